@@ -1,0 +1,44 @@
+"""``rpa-bench`` entry point: dispatches to one module per command.
+
+Hydra commands (check, lower, simulate, run, calibrate) take Hydra overrides
+(``kernel=rpa_v3 model.head_dim=96``); roofline, report and compare take flags.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "check": ("rpa_bench.commands.check", "check every kernel against the reference on small ragged batches"),
+    "lower": ("rpa_bench.commands.lower", "lower each RPA kernel for TPU generations (no TPU needed)"),
+    "simulate": ("rpa_bench.commands.simulate", "simulate continuous batching on a trace; write the batch stream"),
+    "roofline": ("rpa_bench.commands.roofline", "throughput, MBU/MFU and roofline bound for a latency"),
+    "calibrate": ("rpa_bench.commands.calibrate", "measure achievable HBM bandwidth and matmul FLOP/s"),
+    "run": ("rpa_bench.commands.run", "measure kernels on workloads; store results"),
+    "report": ("rpa_bench.commands.report", "render a stored run as HTML + PNG"),
+    "compare": ("rpa_bench.commands.compare", "compare two stored runs (or two kernels in one run)"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: rpa-bench <command> [args...]", "", "commands:"]
+    lines += [f"  {name:<10} {desc}" for name, (_, desc) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"rpa-bench: unknown command {name!r}; allowed: {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""CLI commands. Only this layer sees Hydra's DictConfig; library code takes dataclasses."""

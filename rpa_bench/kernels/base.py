@@ -1,0 +1,112 @@
+"""The one small interface every kernel backend implements.
+
+A backend turns canonical :class:`~rpa_bench.workloads.materialize.KernelInputs` into
+its own layout (``prepare``: the paper's "preprocessing", e.g. the K/V merge into the
+cache layout), runs the kernel on those (``kernel``: "Excl. Prep"), and converts the
+raw result back to the canonical :class:`KernelOutput` (``finish``; never timed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from rpa_bench.workloads.batch import RaggedBatch
+from rpa_bench.workloads.model import AttentionSpec, ModelSpec
+
+
+@dataclasses.dataclass(frozen=True)
+class Capabilities:
+    """What a backend supports; anything else is refused before compiling."""
+
+    dtypes: tuple[str, ...]  # query/output dtypes
+    kv_dtypes: tuple[str, ...]
+    head_dims: tuple[int, ...] | None  # None: any head_dim
+    page_sizes: tuple[int, ...] | None  # None: any page size
+    features: frozenset[str]  # subset of {"non_causal","sliding_window","soft_cap","kv_scales","kv_update","chunked_prefill"}
+    updates_kv_cache: bool  # True: the kernel writes the new K/V into the cache itself
+    head_dim_multiple: int | None = None  # e.g. 128: head_dim must be a multiple of it
+
+
+def check_capabilities(
+    name: str, caps: Capabilities, model: ModelSpec, attn: AttentionSpec, batch: RaggedBatch | None
+) -> None:
+    """Raise ``ValueError`` naming the unsupported field and the allowed values."""
+
+    def allowed(values) -> str:
+        return ", ".join(str(v) for v in values)
+
+    if model.dtype not in caps.dtypes:
+        raise ValueError(f"kernel={name}: model.dtype={model.dtype!r} unsupported; allowed: {allowed(caps.dtypes)}")
+    if model.kv_dtype not in caps.kv_dtypes:
+        raise ValueError(
+            f"kernel={name}: model.kv_dtype={model.kv_dtype!r} unsupported; allowed: {allowed(caps.kv_dtypes)}"
+        )
+    if caps.head_dims is not None and model.head_dim not in caps.head_dims:
+        raise ValueError(
+            f"kernel={name}: model.head_dim={model.head_dim} unsupported; allowed: {allowed(caps.head_dims)}"
+        )
+    if caps.head_dim_multiple and model.head_dim % caps.head_dim_multiple:
+        raise ValueError(
+            f"kernel={name}: model.head_dim={model.head_dim} unsupported; "
+            f"allowed: multiples of {caps.head_dim_multiple}"
+        )
+    missing = attn.features - caps.features
+    if missing:
+        raise ValueError(
+            f"kernel={name}: attention feature(s) {sorted(missing)} unsupported; "
+            f"supported: {sorted(caps.features) or 'none'}"
+        )
+    if batch is not None:
+        if caps.page_sizes is not None and batch.page_size not in caps.page_sizes:
+            raise ValueError(
+                f"kernel={name}: page_size={batch.page_size} unsupported; allowed: {allowed(caps.page_sizes)}"
+            )
+        if batch.chunk_prefill_size is not None and "chunked_prefill" not in caps.features:
+            raise ValueError(
+                f"kernel={name}: chunk_prefill_size={batch.chunk_prefill_size} unsupported; allowed: null"
+            )
+
+
+@dataclasses.dataclass
+class KernelOutput:
+    """Canonical result. Padding rows of ``output`` are not meaningful."""
+
+    output: Any  # [T_pad, h_q, d] in model.dtype
+    k_cache: Any | None = None  # [num_pages, page_size, h_kv, d] after the call (None: not updated)
+    v_cache: Any | None = None
+
+
+@dataclasses.dataclass
+class PreparedCall:
+    """A backend's call split the way it is timed.
+
+    ``prepare(inputs) -> args``            preprocessing (Q reshape, K/V merge into cache layout)
+    ``kernel(*args) -> raw``               the kernel alone ("Excl. Prep")
+    ``finish(raw) -> KernelOutput``        back to canonical layout (not timed)
+    ``donates``: the kernel donates its arguments; callers must pass fresh copies.
+    """
+
+    prepare: Callable[[Any], tuple]
+    kernel: Callable[..., Any]
+    finish: Callable[[Any], KernelOutput]
+    donates: bool = False
+    meta: dict = dataclasses.field(default_factory=dict)  # block sizes, source, revision...
+
+
+class KernelBackend(Protocol):
+    name: str
+    capabilities: Capabilities
+
+    def availability(self) -> tuple[bool, str]:
+        """(available, reason): e.g. (False, "tpu-inference is not installed")."""
+
+    def validate(self, model: ModelSpec, attn: AttentionSpec, batch: RaggedBatch | None = None) -> None:
+        """Raise ValueError naming the field for anything unsupported. Cheap: no compile."""
+
+    def build(self, model: ModelSpec, attn: AttentionSpec, batch: RaggedBatch, *, interpret: bool) -> PreparedCall:
+        """Return the jitted pieces for calls with this model/attention and padded shape."""
+
+    def provenance(self) -> dict:
+        """Where the kernel code came from: package version, source path, git commit, dirty flag."""

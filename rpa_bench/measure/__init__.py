@@ -1,0 +1,1 @@
+"""rpa_bench.measure"""
