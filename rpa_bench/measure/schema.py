@@ -1,0 +1,108 @@
+"""The run store's schema: one contract between the run pipeline and the reports.
+
+A run folder ``results/<run>/`` holds:
+- ``manifest.json``: resolved config, environment, provenance (see MANIFEST_KEYS);
+- ``measurements.parquet``: one row per (workload point, kernel, variant) measurement
+  (see COLUMNS); failures are rows with a status, never missing rows;
+- ``captures/``: profiler captures (xplane.pb files), openable in xprof / TensorBoard;
+- ``workloads/<workload>/``: per-step simulation summaries of trace workloads (parquet)
+  so reports can redraw batch-shape plots without re-simulating.
+
+Bump SCHEMA_VERSION on any incompatible change; readers list what an older run lacks.
+"""
+
+from __future__ import annotations
+
+SCHEMA_VERSION = 1
+
+STATUSES = ("ok", "incorrect", "failed", "skipped")
+
+# column name -> (dtype, meaning). Units are in the names.
+COLUMNS: dict[str, tuple[str, str]] = {
+    "run_id": ("string", "run folder name"),
+    "experiment": ("string", "experiment name (e.g. paper_decode)"),
+    "workload": ("string", "workload name"),
+    "workload_kind": ("string", "paper_decode | paper_prefill | synthetic | trace | batch_spec"),
+    "point_id": ("string", "stable id of the workload point, e.g. ctx=8192 or step=12345"),
+    "workload_hash": ("string", "content hash of the batch + model + attention config"),
+    "phase": ("string", "decode | prefill | mixed"),
+    "num_seqs": ("int64", "sequences in the batch"),
+    "num_tokens": ("int64", "query tokens in the batch"),
+    "max_kv_len": ("int64", "longest kv_len"),
+    "context_len": ("Int64", "paper decode context c (kv_len - 1), else null"),
+    "seq_len": ("Int64", "paper prefill sequence length s, else null"),
+    "causal": ("bool", "causal mask"),
+    "weight": ("float64", "share of the workload this point represents"),
+    "batch_spec": ("string", "batch-spec string of the batch when short, else null"),
+    "model": ("string", "model config name"),
+    "num_q_heads": ("int64", ""),
+    "num_kv_heads": ("int64", ""),
+    "head_dim": ("int64", ""),
+    "dtype": ("string", "query/output dtype"),
+    "kv_dtype": ("string", "KV cache dtype"),
+    "page_size": ("int64", ""),
+    "kernel": ("string", "backend name (rpa_v3, rpa_v2, jax_rpa, reference, ...)"),
+    "kernel_source": ("string", "package version or source path[@ref]"),
+    "kernel_commit": ("string", "git commit of the kernel source, null for a release"),
+    "variant": ("string", "incl_prep | excl_prep"),
+    "status": ("string", "ok | incorrect | failed | skipped"),
+    "error": ("string", "error message / skip reason, null when ok"),
+    "max_abs_err": ("float64", "max abs error vs reference on this batch"),
+    "tolerance": ("float64", "tolerance used for the correctness gate"),
+    "interpret": ("bool", "ran in Pallas interpret mode (timings are NOT kernel performance)"),
+    "timing_source": ("string", "device | wall (device: profiler device plane)"),
+    "compile_time_s": ("float64", "first call (compile) time, measured apart"),
+    "loops_per_sample": ("int64", "kernel calls per timed sample (loop calibration)"),
+    "samples_us": ("object", "list[float]: raw per-call latency samples (us) of the timing source"),
+    "wall_samples_us": ("object", "list[float]: raw per-call wall-clock samples (us)"),
+    "device_samples_us": ("object", "list[float] or null: per-call device time samples from the profiler"),
+    "latency_us": ("float64", "median per-call latency of the timing source"),
+    "latency_iqr_us": ("float64", "interquartile range"),
+    "latency_ci_low_us": ("float64", "bootstrap 95% CI of the median, low"),
+    "latency_ci_high_us": ("float64", "bootstrap 95% CI of the median, high"),
+    "wall_latency_us": ("float64", "median wall-clock latency"),
+    "device_latency_us": ("float64", "median device latency from the profiler, null if none"),
+    "warnings": ("object", "list[str]: instability / outlier / accounting warnings"),
+    "hbm_bytes": ("int64", "analytic HBM bytes of the call"),
+    "flops": ("int64", "analytic FLOPs used for the metric (see flops_count)"),
+    "flops_count": ("string", "noncausal | causal_executed | causal_useful"),
+    "arithmetic_intensity": ("float64", "flops / hbm_bytes"),
+    "convention": ("string", "paper | si: the convention of throughput/MBU/MFU"),
+    "throughput_gb_per_s": ("float64", "bytes / 1e9 / s"),
+    "throughput_gib_per_s": ("float64", "bytes / 2**30 / s"),
+    "tflops": ("float64", "flops / 1e12 / s"),
+    "mbu_pct": ("float64", "memory-bandwidth utilisation (decode, mixed), convention above"),
+    "mfu_pct": ("float64", "FLOP utilisation (prefill, mixed), convention above"),
+    "mbu_si_pct": ("float64", "MBU in the si convention against the datasheet"),
+    "mfu_si_pct": ("float64", "MFU in the si convention against the datasheet"),
+    "mbu_calibrated_pct": ("float64", "MBU (si) against the calibrated copy bandwidth, null if none"),
+    "mfu_calibrated_pct": ("float64", "MFU (si) against the calibrated matmul FLOP/s, null if none"),
+    "bound_time_us": ("float64", "roofline lower-bound time on the run's device"),
+    "bound_by": ("string", "memory | compute"),
+    "roofline_efficiency_pct": ("float64", "bound_time / latency * 100"),
+    "above_roof": ("bool", "metric above 100% of a roof: a measurement or accounting error"),
+    "device": ("string", "device spec name (tpu7x, h100_sxm, cpu, ...)"),
+    "device_kind": ("string", "jax device_kind string"),
+    "num_devices": ("int64", "devices the kernel ran on"),
+    "mesh": ("string", "mesh shape, e.g. data=2,model=1"),
+    "per_device_latency_us": ("object", "list[float] or null: per-device median device time"),
+    "load_imbalance": ("float64", "max device time / mean device time, null for one device"),
+    "capture_path": ("string", "profiler capture relative to the run folder, null if none"),
+    "seed": ("int64", ""),
+    "timestamp": ("string", "ISO-8601 UTC time of the measurement"),
+}
+
+MANIFEST_KEYS = (
+    "schema_version",
+    "run_id",
+    "created_utc",
+    "command",  # argv
+    "config",  # resolved config (dict)
+    "environment",  # python, jax, jaxlib, libtpu, tpu-inference versions; host; platform; device kind/count
+    "git",  # rpa_bench commit, dirty flag
+    "kernels",  # per kernel: provenance (source, version, commit, dirty, file sha256)
+    "workloads",  # per workload: kind, sources {file: sha256}, seed, summary (traces: sample coverage)
+    "device_spec",  # the roofline DeviceSpec used, with sources
+    "calibration",  # measured ceilings used, or null
+    "status",  # running | complete | interrupted | failed
+)
