@@ -22,9 +22,17 @@ class ModelSpec:
     head_dim: int
     dtype: str = "bfloat16"
     kv_dtype: str = "bfloat16"
+    # Whole-model figures, used only by the scheduler's step-time model (per device):
+    num_layers: int = 1  # attention layers per forward step
+    model_weight_bytes: int = 0  # weights read once per step (0: attention only)
+    model_flops_per_token: int = 0  # non-attention FLOPs per token (~2 x parameters)
 
     def __post_init__(self) -> None:
-        for field in ("num_q_heads", "num_kv_heads", "head_dim"):
+        for field in ("model_weight_bytes", "model_flops_per_token"):
+            value = getattr(self, field)
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"model.{field}={value!r} must be an integer >= 0")
+        for field in ("num_q_heads", "num_kv_heads", "head_dim", "num_layers"):
             value = getattr(self, field)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"model.{field}={value!r} must be a positive integer")
@@ -39,6 +47,15 @@ class ModelSpec:
             raise ValueError(
                 f"model.kv_dtype={self.kv_dtype!r}; allowed: {', '.join(SUPPORTED_KV_DTYPES)}"
             )
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelSpec":
+        """Build from a plain mapping (e.g. the ``model`` config group); unknown keys are refused."""
+        allowed = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(d) - set(allowed))
+        if unknown:
+            raise ValueError(f"model: unknown field(s) {unknown}; allowed: {', '.join(allowed)}")
+        return cls(**dict(d))
 
     @property
     def num_queries_per_kv(self) -> int:
