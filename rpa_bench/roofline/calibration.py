@@ -1,0 +1,115 @@
+"""Measured ceilings of one machine: the record ``rpa-bench calibrate`` writes, and loaders.
+
+Files live at ``<results_dir>/calibration/<hostname>-<device_kind>.json`` (one per machine
+and device kind, overwritten by a newer calibration). Metrics use them for MBU / MFU
+against achievable ceilings (``peak_source="calibrated"``) and for the above-roof check.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import socket
+from pathlib import Path
+
+from rpa_bench.roofline.specs import PEAK_FIELD_BY_DTYPE, DeviceSpec, FieldSource
+
+
+@dataclasses.dataclass(frozen=True)
+class Calibration:
+    """Achievable HBM bandwidth and dense matmul FLOP/s measured on one device.
+
+    ``hbm_bw_bytes_per_s`` counts bytes read + written by a device copy; the matmul
+    figure is for ``matmul_dtype`` (on CPU often float32: the label says which).
+    Medians over ``trials``; raw samples are kept.
+    """
+
+    hostname: str
+    device_kind: str
+    platform: str
+    num_devices: int  # JAX devices the measurement ran on (1: one device)
+    hbm_bw_bytes_per_s: float
+    matmul_flops_per_s: float
+    matmul_dtype: str
+    copy_bytes: int  # bytes read + written per copy
+    matmul_m: int  # square matmul size (m x m @ m x m)
+    trials: int
+    copy_samples_s: tuple[float, ...]
+    matmul_samples_s: tuple[float, ...]
+    method: str
+    jax_version: str
+    timestamp: str  # ISO 8601, UTC
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "copy_samples_s", tuple(float(x) for x in self.copy_samples_s))
+        object.__setattr__(self, "matmul_samples_s", tuple(float(x) for x in self.matmul_samples_s))
+        for field in ("hbm_bw_bytes_per_s", "matmul_flops_per_s"):
+            if getattr(self, field) <= 0:
+                raise ValueError(f"calibration.{field}={getattr(self, field)!r} must be > 0")
+        if self.matmul_dtype not in PEAK_FIELD_BY_DTYPE:
+            raise ValueError(
+                f"calibration.matmul_dtype={self.matmul_dtype!r}; allowed: {', '.join(PEAK_FIELD_BY_DTYPE)}"
+            )
+
+    def to_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        out["copy_samples_s"] = list(self.copy_samples_s)
+        out["matmul_samples_s"] = list(self.matmul_samples_s)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Calibration":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.]+", "_", text).strip("_") or "unknown"
+
+
+def calibration_path(device_kind: str, *, results_dir: str | Path = "results",
+                     hostname: str | None = None) -> Path:
+    host = hostname or socket.gethostname()
+    return Path(results_dir) / "calibration" / f"{_slug(host)}-{_slug(device_kind)}.json"
+
+
+def save_calibration(cal: Calibration, *, results_dir: str | Path = "results") -> Path:
+    path = calibration_path(cal.device_kind, results_dir=results_dir, hostname=cal.hostname)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(cal.to_dict(), indent=2) + "\n")
+    return path
+
+
+def load_calibration(path: str | Path) -> Calibration:
+    return Calibration.from_dict(json.loads(Path(path).read_text()))
+
+
+def latest_calibration(device_kind: str, *, results_dir: str | Path = "results",
+                       hostname: str | None = None) -> Calibration | None:
+    """This machine's calibration for ``device_kind``, or None when there is none."""
+    path = calibration_path(device_kind, results_dir=results_dir, hostname=hostname)
+    if not path.is_file():
+        return None
+    return load_calibration(path)
+
+
+def apply_calibration(spec: DeviceSpec, cal: Calibration) -> DeviceSpec:
+    """``spec`` with bandwidth and the matmul dtype's peak replaced by measured values.
+
+    For a ``measured`` spec (the CPU) the bf16 peak is also set to the measured matmul
+    figure when no bf16 matmul was measured, so FLOP/s ratios stay defined; the source
+    says so. The result covers the ``num_devices`` the calibration ran on.
+    """
+    spec = spec.for_devices(cal.num_devices)
+    note = f"measured: rpa-bench calibrate on {cal.hostname} at {cal.timestamp}"
+    field = PEAK_FIELD_BY_DTYPE[cal.matmul_dtype]
+    changes: dict = {"hbm_bw_bytes_per_s": cal.hbm_bw_bytes_per_s, field: cal.matmul_flops_per_s}
+    srcs = {"hbm_bw_bytes_per_s": note, field: f"{note} ({cal.matmul_dtype} matmul)"}
+    if spec.measured and field != "peak_bf16_flops_per_s":
+        changes["peak_bf16_flops_per_s"] = cal.matmul_flops_per_s
+        srcs["peak_bf16_flops_per_s"] = f"{note} ({cal.matmul_dtype} matmul, standing in for bf16)"
+    sources = tuple(s for s in spec.sources if s.field not in srcs) + tuple(
+        FieldSource(f, s) for f, s in srcs.items()
+    )
+    return dataclasses.replace(spec, **changes, sources=sources, measured=True)
