@@ -82,7 +82,10 @@ class KernelOutput:
 class PreparedCall:
     """A backend's call split the way it is timed.
 
-    ``prepare(inputs) -> args``            preprocessing (Q reshape, K/V merge into cache layout)
+    ``layout(inputs) -> state``            optional, not timed: the canonical inputs in the
+                                           backend's resident layout (e.g. the KV cache as a
+                                           serving engine keeps it); None: state = inputs
+    ``prepare(state) -> args``             preprocessing (Q reshape, K/V merge into cache layout)
     ``kernel(*args) -> raw``               the kernel alone ("Excl. Prep")
     ``finish(raw) -> KernelOutput``        back to canonical layout (not timed)
     ``donates``: the kernel donates its arguments; callers must pass fresh copies.
@@ -93,6 +96,11 @@ class PreparedCall:
     finish: Callable[[Any], KernelOutput]
     donates: bool = False
     meta: dict = dataclasses.field(default_factory=dict)  # block sizes, source, revision...
+    layout: Callable[[Any], Any] | None = None
+
+    def state(self, inputs: Any) -> Any:
+        """What ``prepare`` takes: ``layout(inputs)``, or ``inputs`` when there is no layout."""
+        return inputs if self.layout is None else self.layout(inputs)
 
 
 class KernelBackend(Protocol):
