@@ -21,6 +21,7 @@ STATUSES = ("ok", "incorrect", "failed", "skipped")
 COLUMNS: dict[str, tuple[str, str]] = {
     "run_id": ("string", "run folder name"),
     "experiment": ("string", "experiment name (e.g. paper_decode)"),
+    "scale": ("string", "scale preset: full (the paper's shapes) | cpu_smoke (reduced shapes, not the paper's)"),
     "workload": ("string", "workload name"),
     "workload_kind": ("string", "paper_decode | paper_prefill | synthetic | trace | batch_spec"),
     "point_id": ("string", "stable id of the workload point, e.g. ctx=8192 or step=12345"),
