@@ -1,25 +1,19 @@
 """Any registered kernel backend run on a ``data`` x ``model`` mesh with ``jax.shard_map``.
 
-Layout of the sharded inputs (:class:`ShardedInputs`), built from the *unsharded*
-canonical inputs so both runs see the same numbers:
-- every array gets a leading device axis of size ``mesh.data``: device ``d`` holds its
-  own sub-batch (:class:`~rpa_bench.parallel.partition.DataPartition`) padded to common
-  per-device sizes, with its own ``kv_lens``, ``cu_q_lens``, page table and cache shard
-  (the pages of its sequences, copied from the unsharded cache, in a shuffled order);
-- the heads axes of queries, new K/V and caches are split over ``model`` (each device
-  gets ``h_kv / model`` KV heads and their ``h_q / model`` query heads, contiguous, so
-  GQA groups stay whole); metadata is replicated over ``model``.
-
-:func:`build_sharded` wraps the backend's own ``prepare`` / ``kernel`` / ``finish`` so
-one program, traced once with per-device shapes, serves every device. Whatever the
-backend's ``prepare`` returns (its own layout) stays per device, as ``[data, model,
-...local]`` arrays sharded ``P("data", "model")``, so any backend works unchanged.
-:func:`gather_output` puts the result back into the unsharded canonical layout.
+:func:`build_sharded` wraps a backend's own ``layout`` / ``prepare`` / ``kernel`` /
+``finish`` (see kernels/base.py) so that one program, traced once with the common
+per-device shapes of a :class:`~rpa_bench.parallel.layout.ShardPlan`, runs on every
+device. What the backend's stages pass between them (its own cache layout, its own
+argument tuple, its raw result) stays per device: each array leaf becomes a global
+``[data, model, ...local]`` array sharded ``P("data", "model")``, and non-array parts
+(static knobs, dataclass shells) are kept aside at trace time. So every backend works
+unchanged, and the timed ``kernel`` stage is exactly the backend's kernel on each device.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -29,265 +23,119 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from rpa_bench.kernels.base import KernelOutput, PreparedCall
-from rpa_bench.parallel.mesh import DATA, MODEL, MeshSpec
-from rpa_bench.parallel.partition import DataPartition
-from rpa_bench.workloads.batch import RaggedBatch
-from rpa_bench.workloads.materialize import KernelInputs, poison_value
-from rpa_bench.workloads.model import AttentionSpec, ModelSpec
+from rpa_bench.parallel.layout import ARRAY_FIELDS, FIELD_SPECS, ShardedInputs, ShardPlan
+from rpa_bench.parallel.mesh import DATA, MODEL
+from rpa_bench.workloads.materialize import KernelInputs
+from rpa_bench.workloads.model import AttentionSpec
 
-ARRAY_FIELDS = (
-    "queries", "new_keys", "new_values", "k_cache", "v_cache",
-    "kv_lens", "page_indices", "cu_q_lens", "num_seqs", "distribution",
-)
-# Global (stacked) layout of each field: leading device axis over data, heads over model.
-FIELD_SPECS = {
-    "queries": P(DATA, None, MODEL, None),  # [D, T_loc, h_q, d]
-    "new_keys": P(DATA, None, MODEL, None),  # [D, T_loc, h_kv, d]
-    "new_values": P(DATA, None, MODEL, None),
-    "k_cache": P(DATA, None, None, MODEL, None),  # [D, P_loc, page_size, h_kv, d]
-    "v_cache": P(DATA, None, None, MODEL, None),
-    "kv_lens": P(DATA, None),  # i32[D, S_loc]
-    "page_indices": P(DATA, None, None),  # i32[D, S_loc, pages_per_seq]
-    "cu_q_lens": P(DATA, None),  # i32[D, S_loc + 1]
-    "num_seqs": P(DATA, None),  # i32[D, 1]
-    "distribution": P(DATA, None),  # i32[D, 3]
-}
-PER_DEVICE = P(DATA, MODEL)  # backend-private arrays: [D, M, ...local]
+PER_DEVICE = P(DATA, MODEL)  # backend-private arrays: [data, model, ...local]
+
+Rebuild = Callable[[Iterator[Any]], Any]
 
 
-@dataclasses.dataclass(frozen=True)
-class ShardPlan:
-    """How one batch is laid out on a mesh: the split and the common per-device shape."""
+def flatten(obj: Any) -> tuple[list[Any], Rebuild]:
+    """Array leaves of ``obj`` (tuples, lists, dicts and dataclasses walked) and a function
+    rebuilding ``obj`` from an iterator over replacement leaves; anything else is static."""
+    if isinstance(obj, (jax.Array, np.ndarray)):
+        return [obj], lambda it: next(it)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        names = [f.name for f in dataclasses.fields(obj) if f.init]
+        parts = {n: flatten(getattr(obj, n)) for n in names}
+        return ([leaf for leaves, _ in parts.values() for leaf in leaves],
+                lambda it: dataclasses.replace(obj, **{n: r(it) for n, (_, r) in parts.items()}))
+    if isinstance(obj, (tuple, list)):
+        parts = [flatten(x) for x in obj]
+        kind = type(obj)
 
-    mesh: MeshSpec
-    model: ModelSpec  # the whole model
-    local_model: ModelSpec  # what one device sees
-    partition: DataPartition
-    max_num_batched_tokens: int  # T_loc: query rows per device
-    max_num_seqs: int  # S_loc: sequence slots per device
-    pages_per_seq: int  # page-table width
-    num_pages: int  # P_loc: pages of each device's cache shard
+        def rebuild_seq(it):
+            items = [r(it) for _, r in parts]
+            return kind(*items) if hasattr(kind, "_fields") else kind(items)
 
-    def __post_init__(self) -> None:
-        if self.partition.num_parts != self.mesh.data:
-            raise ValueError(
-                f"partition has {self.partition.num_parts} parts but mesh.data={self.mesh.data}"
-            )
-        for field, need in (
-            ("max_num_batched_tokens", max(self.partition.tokens_per_part)),
-            ("max_num_seqs", max(self.partition.seqs_per_part)),
-            ("pages_per_seq", max(self.batch.pages_per_seq)),
-            ("num_pages", max(self.partition.pages_per_part) + 1),
-        ):
-            if getattr(self, field) < need:
-                raise ValueError(f"per-device {field}={getattr(self, field)} is too small: the split needs >= {need}")
-
-    @property
-    def batch(self) -> RaggedBatch:
-        return self.partition.batch
-
-    @property
-    def build_batch(self) -> RaggedBatch:
-        """The batch handed to ``backend.build``: the busiest device's sub-batch (shapes come
-        from the padded sizes; every device runs the same program on its own metadata)."""
-        times = self.partition.part_time_s
-        order = sorted(range(len(times)), key=lambda p: (-times[p], p))
-        for p in order:
-            sub = self.partition.sub_batch(p)
-            if sub is not None:
-                return sub
-        raise AssertionError("a partition of a non-empty batch has a non-empty part")
+        return [leaf for leaves, _ in parts for leaf in leaves], rebuild_seq
+    if isinstance(obj, dict):
+        parts = {k: flatten(v) for k, v in obj.items()}
+        return ([leaf for leaves, _ in parts.values() for leaf in leaves],
+                lambda it: {k: r(it) for k, (_, r) in parts.items()})
+    return [], lambda it: obj
 
 
-def plan_sharding(partition: DataPartition, model: ModelSpec, mesh: MeshSpec, *,
-                  max_num_batched_tokens: int | None = None, max_num_seqs: int | None = None,
-                  pages_per_seq: int | None = None, num_pages: int | None = None) -> ShardPlan:
-    """Per-device padded sizes: exact needs by default (one spare, poisoned page per device)."""
-    local = mesh.local_model(model)
-    batch = partition.batch
-    return ShardPlan(
-        mesh=mesh, model=model, local_model=local, partition=partition,
-        max_num_batched_tokens=max_num_batched_tokens or max(partition.tokens_per_part),
-        max_num_seqs=max_num_seqs or max(1, max(partition.seqs_per_part)),
-        pages_per_seq=pages_per_seq or max(batch.pages_per_seq),
-        num_pages=num_pages or max(partition.pages_per_part) + 1,
-    )
-
-
-@dataclasses.dataclass
-class ShardedInputs:
-    """Kernel inputs of every device, as global arrays sharded over the mesh."""
-
-    plan: ShardPlan
-    queries: Any  # [D, T_loc, h_q, d] model.dtype
-    new_keys: Any  # [D, T_loc, h_kv, d] model.kv_dtype
-    new_values: Any  # [D, T_loc, h_kv, d]
-    k_cache: Any  # [D, P_loc, page_size, h_kv, d]
-    v_cache: Any  # [D, P_loc, page_size, h_kv, d]
-    kv_lens: Any  # i32[D, S_loc]
-    page_indices: Any  # i32[D, S_loc, pages_per_seq]
-    cu_q_lens: Any  # i32[D, S_loc + 1]
-    num_seqs: Any  # i32[D, 1]
-    distribution: Any  # i32[D, 3]
-    token_rows: tuple[np.ndarray, ...]  # per data index: unsharded rows of its local rows
-    page_map: np.ndarray  # i64[D, P_loc]: unsharded page of each local page, -1 for none
-    global_num_tokens: int  # T_pad of the unsharded inputs
-    global_num_pages: int  # pages of the unsharded cache
-
-    def arrays(self) -> dict[str, Any]:
-        return {f: getattr(self, f) for f in ARRAY_FIELDS}
-
-    def copy(self) -> "ShardedInputs":
-        """Fresh device copies (for kernels that donate their inputs)."""
-        return dataclasses.replace(self, **{k: jnp.copy(v) for k, v in self.arrays().items()})
-
-
-
-def _poison_or_zero(dtype, poison: bool):
-    if not poison:
-        return np.zeros((), dtype)
-    try:
-        return np.asarray(poison_value(dtype))
-    except ValueError:
-        return np.zeros((), dtype)
-
-
-def _global_array(host: np.ndarray, mesh, spec: P):
-    """A global array from a host copy every process holds (works across hosts)."""
-    sharding = NamedSharding(mesh, spec)
-    return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
-
-
-def shard_inputs(inputs: KernelInputs, plan: ShardPlan, mesh, *, seed: int = 0, poison: bool = True) -> ShardedInputs:
-    """Split unsharded canonical ``inputs`` over ``mesh`` following ``plan``.
-
-    Each device's cache shard holds copies of its sequences' pages (new page ids,
-    shuffled from ``seed + data index``); unused pages and padding rows are poisoned.
-    """
-    if inputs.batch != plan.batch:
-        raise ValueError("inputs.batch differs from the plan's batch: plan the split for these inputs")
-    if inputs.model != plan.model:
-        raise ValueError(f"inputs.model={inputs.model.name!r} differs from the plan's model={plan.model.name!r}")
-    if tuple(mesh.axis_names) != (DATA, MODEL) or tuple(mesh.devices.shape) != plan.mesh.shape:
-        raise ValueError(f"mesh {dict(mesh.shape)} does not match the plan's {plan.mesh.label}")
-    batch, part = plan.batch, plan.partition
-    d_n, t_loc, s_loc, pps, p_loc = (plan.mesh.data, plan.max_num_batched_tokens, plan.max_num_seqs,
-                                     plan.pages_per_seq, plan.num_pages)
-    host = {k: np.asarray(v) for k, v in inputs.arrays().items()}
-    q, nk, nv, kc, vc = (host[k] for k in ("queries", "new_keys", "new_values", "k_cache", "v_cache"))
-    gtable = host["page_indices"]
-    out = {
-        "queries": np.broadcast_to(_poison_or_zero(q.dtype, poison), (d_n, t_loc, *q.shape[1:])).copy(),
-        "new_keys": np.broadcast_to(_poison_or_zero(nk.dtype, poison), (d_n, t_loc, *nk.shape[1:])).copy(),
-        "new_values": np.broadcast_to(_poison_or_zero(nv.dtype, poison), (d_n, t_loc, *nv.shape[1:])).copy(),
-        "k_cache": np.broadcast_to(_poison_or_zero(kc.dtype, poison), (d_n, p_loc, *kc.shape[1:])).copy(),
-        "v_cache": np.broadcast_to(_poison_or_zero(vc.dtype, poison), (d_n, p_loc, *vc.shape[1:])).copy(),
-        "kv_lens": np.zeros((d_n, s_loc), np.int32),
-        "page_indices": np.zeros((d_n, s_loc, pps), np.int32),
-        "cu_q_lens": np.zeros((d_n, s_loc + 1), np.int32),
-        "num_seqs": np.zeros((d_n, 1), np.int32),
-        "distribution": np.zeros((d_n, 3), np.int32),
-    }
-    page_map = np.full((d_n, p_loc), -1, np.int64)
-    token_rows = []
-    pages_of = batch.pages_per_seq
-    for d in range(d_n):
-        rows = part.token_rows(d)
-        token_rows.append(rows)
-        for name, src in (("queries", q), ("new_keys", nk), ("new_values", nv)):
-            out[name][d, : len(rows)] = src[rows]
-        ids = part.seq_ids[d]
-        perm = np.random.default_rng(seed + d).permutation(p_loc)
-        used = part.pages_per_part[d]
-        out["page_indices"][d] = perm[used]  # padding entries: the spare, poisoned page
-        k = 0
-        for j, s in enumerate(ids):
-            n = pages_of[s]
-            local_pages = perm[k : k + n]
-            global_pages = gtable[s, :n]
-            out["page_indices"][d, j, :n] = local_pages
-            out["k_cache"][d, local_pages] = kc[global_pages]
-            out["v_cache"][d, local_pages] = vc[global_pages]
-            page_map[d, local_pages] = global_pages
-            k += n
-        q_lens = [batch.q_lens[s] for s in ids]
-        out["kv_lens"][d, : len(ids)] = [batch.kv_lens[s] for s in ids]
-        cu = np.concatenate([[0], np.cumsum(q_lens, dtype=np.int64)]).astype(np.int32)
-        out["cu_q_lens"][d] = np.concatenate([cu, np.full(s_loc - len(ids), cu[-1], np.int32)])
-        out["num_seqs"][d] = len(ids)
-        sub = part.sub_batch(d)
-        out["distribution"][d] = sub.distribution if sub is not None else (0, 0, 0)
-    arrays = {k: _global_array(v, mesh, FIELD_SPECS[k]) for k, v in out.items()}
-    return ShardedInputs(
-        plan=plan, **arrays, token_rows=tuple(token_rows), page_map=page_map,
-        global_num_tokens=int(q.shape[0]), global_num_pages=int(kc.shape[0]),
-    )
-
-
-# --- the sharded call -------------------------------------------------------------------
-def _lift(tree):
-    return jax.tree.map(lambda x: jnp.asarray(x)[None, None], tree)
-
-
-def _drop(tree):
-    return jax.tree.map(lambda x: x[0, 0], tree)
+def _lift(leaves: list) -> tuple:
+    return tuple(jnp.asarray(x)[None, None] for x in leaves)
 
 
 @dataclasses.dataclass
 class ShardedCall(PreparedCall):
-    """A :class:`PreparedCall` over a mesh, with its jitted pieces for lowering:
-    ``prepare_jit.trace(*arrays)`` (fields in ARRAY_FIELDS order), ``kernel_jit.trace(args)``."""
+    """A :class:`PreparedCall` over a mesh; its jitted stages are kept for lowering:
+    ``layout_jit(*arrays)`` (ARRAY_FIELDS order), ``prepare_jit(*state)``, ``kernel_jit(args)``."""
 
     plan: ShardPlan | None = None
+    layout_jit: Any = None
     prepare_jit: Any = None
     kernel_jit: Any = None
 
 
 def build_sharded(backend, plan: ShardPlan, attn: AttentionSpec, mesh, *, interpret: bool = False) -> ShardedCall:
-    """The backend's call split the same way, run on every device of ``mesh`` at once.
+    """The backend's call, split the same way, run on every device of ``mesh`` at once.
 
-    ``prepare(sharded_inputs) -> args``: each device's preprocessing, results kept per
-    device (``[data, model, ...]``); ``kernel(*args) -> raw``: the kernel alone on every
-    device (one program; what the timer measures); ``finish(raw) -> KernelOutput``:
-    per-device canonical outputs stacked ``[data, ...]`` with heads re-joined (see
-    :func:`gather_output` for the unsharded layout). ``mesh`` may be an AbstractMesh
-    for cross-lowering.
+    ``layout(sharded_inputs) -> state`` (not timed): each device's inputs in the
+    backend's resident layout; ``prepare(state) -> args``: each device's preprocessing;
+    ``kernel(*args) -> raw``: the kernel alone on every device (one program: what the
+    timer measures); ``finish(raw) -> KernelOutput``: per-device canonical outputs stacked
+    ``[data, ...]`` with heads re-joined (:func:`~rpa_bench.parallel.layout.gather_output`
+    gives the unsharded layout). ``mesh`` may be an ``AbstractMesh`` for cross-lowering.
+    Use ``call.prepare(call.state(inputs))`` as with any PreparedCall.
     """
     plan.mesh.check_model(plan.model)
     backend.validate(plan.local_model, attn, plan.batch)
     inner = backend.build(plan.local_model, attn, plan.build_batch, interpret=interpret)
-    specs = tuple(FIELD_SPECS[k] for k in ARRAY_FIELDS)
+    rebuild: dict[str, Rebuild] = {}  # stage -> how to rebuild its output from leaves (set at trace)
 
-    def prepare_body(*arrays):
+    def leaves_of(stage: str, obj: Any) -> tuple:
+        leaves, rebuild[stage] = flatten(obj)
+        return _lift(leaves)
+
+    def unlift(stage: str, leaves: tuple) -> Any:
+        return rebuild[stage](iter(x[0, 0] for x in leaves))
+
+    def layout_body(*arrays):
         local = KernelInputs(
             batch=plan.build_batch, model=plan.local_model,
             max_num_batched_tokens=plan.max_num_batched_tokens, max_num_seqs=plan.max_num_seqs,
             **{k: v[0] for k, v in zip(ARRAY_FIELDS, arrays)},
         )
-        return _lift(tuple(inner.prepare(local)))
+        return leaves_of("state", inner.state(local))
+
+    def prepare_body(*state):
+        return leaves_of("args", tuple(inner.prepare(unlift("state", state))))
 
     def kernel_body(*args):
-        return _lift(inner.kernel(*_drop(args)))
+        return leaves_of("raw", inner.kernel(*unlift("args", args)))
 
-    prepare_sm = jax.jit(jax.shard_map(prepare_body, mesh=mesh, in_specs=specs, out_specs=PER_DEVICE,
-                                       check_vma=False))
-    kernel_sm = jax.shard_map(kernel_body, mesh=mesh, in_specs=PER_DEVICE, out_specs=PER_DEVICE, check_vma=False)
+    def sm(body, in_specs):
+        return jax.shard_map(body, mesh=mesh, in_specs=in_specs, out_specs=PER_DEVICE, check_vma=False)
 
+    layout_jit = jax.jit(sm(layout_body, tuple(FIELD_SPECS[k] for k in ARRAY_FIELDS)))
+    prepare_jit = jax.jit(sm(prepare_body, PER_DEVICE))
+    kernel_sm = sm(kernel_body, PER_DEVICE)
     kernel_jit = jax.jit(lambda args: kernel_sm(*args), donate_argnums=(0,) if inner.donates else ())
 
-    def prepare(inputs: ShardedInputs) -> tuple:
-        return prepare_sm(*(getattr(inputs, k) for k in ARRAY_FIELDS))
+    def layout(inputs: ShardedInputs) -> tuple:
+        return layout_jit(*(getattr(inputs, k) for k in ARRAY_FIELDS))
+
+    def prepare(state: tuple) -> tuple:
+        return prepare_jit(*state)
 
     def kernel(*args):
         return kernel_jit(args)
 
     def finish(raw) -> KernelOutput:
-        return stacked_output(inner, raw, plan)
+        return stacked_output(inner, rebuild["raw"], raw, plan)
 
     meta = dict(inner.meta, mesh=plan.mesh.label, num_devices=plan.mesh.num_devices,
                 modelled_imbalance=plan.partition.modelled_imbalance)
     return ShardedCall(prepare=prepare, kernel=kernel, finish=finish, donates=inner.donates, meta=meta,
-                       plan=plan, prepare_jit=prepare_sm, kernel_jit=kernel_jit)
+                       layout=layout, plan=plan, layout_jit=layout_jit, prepare_jit=prepare_jit,
+                       kernel_jit=kernel_jit)
 
 
 def _host(x) -> np.ndarray:
@@ -298,42 +146,50 @@ def _host(x) -> np.ndarray:
     return np.asarray(x)
 
 
-def stacked_output(inner: PreparedCall, raw, plan: ShardPlan) -> KernelOutput:
+def stacked_output(inner: PreparedCall, rebuild_raw: Rebuild, raw: tuple, plan: ShardPlan) -> KernelOutput:
     """Each device's canonical output via the backend's own ``finish``, heads re-joined over
     ``model``: output [D, T_loc, h_q, d], caches [D, P_loc, page_size, h_kv, d] (host arrays)."""
-    raw = jax.tree.map(_host, raw)
+    raw = [_host(x) for x in raw]
     fields: dict[str, list] = {"output": [], "k_cache": [], "v_cache": []}
     for d in range(plan.mesh.data):
-        per_m = [inner.finish(jax.tree.map(lambda x, d=d, m=m: x[d, m], raw)) for m in range(plan.mesh.model)]
+        per_m = [inner.finish(rebuild_raw(iter(jnp.asarray(x[d, m]) for x in raw))) for m in range(plan.mesh.model)]
         for name in fields:
             parts = [getattr(o, name) for o in per_m]
             fields[name].append(None if parts[0] is None else np.concatenate([np.asarray(p) for p in parts], axis=-2))
     return KernelOutput(**{k: None if v[0] is None else np.stack(v) for k, v in fields.items()})
 
 
-def gather_output(stacked: KernelOutput, inputs: ShardedInputs) -> KernelOutput:
-    """Per-device outputs back in the unsharded canonical layout.
+# --- lowering without the devices -------------------------------------------------------
+def abstract_inputs(plan: ShardPlan, mesh) -> tuple[jax.ShapeDtypeStruct, ...]:
+    """Shapes, dtypes and shardings of :class:`ShardedInputs`' arrays (ARRAY_FIELDS order)."""
+    m, D = plan.local_model, plan.mesh.data
+    h_q, h_kv, d = plan.model.num_q_heads, plan.model.num_kv_heads, m.head_dim
+    T, S, pps, P_loc = plan.max_num_batched_tokens, plan.max_num_seqs, plan.pages_per_seq, plan.num_pages
+    dt, kvdt, i32 = jnp.dtype(m.dtype), jnp.dtype(m.kv_dtype), jnp.dtype(jnp.int32)
+    shapes = {
+        "queries": ((D, T, h_q, d), dt), "new_keys": ((D, T, h_kv, d), kvdt),
+        "new_values": ((D, T, h_kv, d), kvdt),
+        "k_cache": ((D, P_loc, plan.batch.page_size, h_kv, d), kvdt),
+        "v_cache": ((D, P_loc, plan.batch.page_size, h_kv, d), kvdt),
+        "kv_lens": ((D, S), i32), "page_indices": ((D, S, pps), i32), "cu_q_lens": ((D, S + 1), i32),
+        "num_seqs": ((D, 1), i32), "distribution": ((D, 3), i32),
+    }
+    return tuple(jax.ShapeDtypeStruct(shapes[k][0], shapes[k][1], sharding=NamedSharding(mesh, FIELD_SPECS[k]))
+                 for k in ARRAY_FIELDS)
 
-    output [T_pad, h_q, d]: each device's rows at their unsharded rows (padding rows 0);
-    caches [num_pages, page_size, h_kv, d]: each local page at its unsharded page id,
-    pages no device held poisoned (NaN) as in the unsharded inputs.
+
+def lower_sharded(call: ShardedCall, mesh, *, platforms: tuple[str, ...] = ("tpu",)) -> dict[str, Any]:
+    """Lower the call's three stages for ``platforms`` from abstract inputs: {stage: Lowered}.
+
+    With ``mesh`` an :func:`~rpa_bench.parallel.mesh.abstract_mesh` of TPU devices this
+    needs no TPU (Mosaic kernels lower to ``tpu_custom_call``); compiling still does.
     """
-    out = np.asarray(stacked.output)
-    t_glob = inputs.global_num_tokens
-    output = np.zeros((t_glob, *out.shape[2:]), out.dtype)
-    for d, rows in enumerate(inputs.token_rows):
-        output[rows] = out[d, : len(rows)]
-    caches = {}
-    for name in ("k_cache", "v_cache"):
-        local = getattr(stacked, name)
-        if local is None:
-            caches[name] = None
-            continue
-        local = np.asarray(local)
-        full = np.broadcast_to(_poison_or_zero(local.dtype, True),
-                               (inputs.global_num_pages, *local.shape[2:])).copy()
-        for d in range(local.shape[0]):
-            mine = inputs.page_map[d] >= 0
-            full[inputs.page_map[d][mine]] = local[d][mine]
-        caches[name] = full
-    return KernelOutput(output=output, **caches)
+    out = {}
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh if hasattr(mesh, "abstract_mesh") else mesh):
+        traced = call.layout_jit.trace(*abstract_inputs(call.plan, mesh))
+        out["layout"] = traced.lower(lowering_platforms=platforms)
+        traced = call.prepare_jit.trace(*traced.out_info)
+        out["prepare"] = traced.lower(lowering_platforms=platforms)
+        traced = call.kernel_jit.trace(tuple(traced.out_info))
+        out["kernel"] = traced.lower(lowering_platforms=platforms)
+    return out
