@@ -72,6 +72,8 @@ class Cost:
     phase: str  # decode | prefill | mixed (from the batch)
     num_seqs: int
     num_tokens: int
+    head_dim: int  # for the matrix-unit utilisation cap
+    dtype: str  # query/output dtype: the matmul compute dtype metrics use
 
     @property
     def hbm_bytes(self) -> int:
@@ -250,6 +252,8 @@ def batch_cost(batch: RaggedBatch, model: ModelSpec, *, causal: bool = True, sli
         phase=batch.phase,
         num_seqs=n,
         num_tokens=batch.num_tokens,
+        head_dim=d,
+        dtype=model.dtype,
     )
 
 
