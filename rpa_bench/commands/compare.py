@@ -1,0 +1,89 @@
+"""``rpa-bench compare``: two stored runs (revision A vs B) or two kernels of one run.
+
+    rpa-bench compare results/A results/B [--threshold 1.1] [--alpha 0.05] [--out DIR]
+    rpa-bench compare results/RUN --kernels KERNEL_A KERNEL_B
+
+Exit status: 1 when some point is significantly slower in B beyond the threshold, 0
+otherwise, 2 for bad input (not a results run, unknown kernel, no point in common).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+
+from rpa_bench.reports.compare import CompareOptions, compare_kernels, compare_measurements
+from rpa_bench.reports.compare_report import manifest_differences, write_compare
+from rpa_bench.reports.load import NotARunError, load_run
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="rpa-bench compare",
+                                description="Compare median latencies of two runs, or of two kernels in one run.")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run A and run B (or one run with --kernels)")
+    p.add_argument("--kernels", nargs=2, metavar=("KERNEL_A", "KERNEL_B"), help="kernel vs kernel within one run")
+    p.add_argument("--threshold", type=float, default=1.1, help="ratio beyond which a change counts (default 1.1)")
+    p.add_argument("--alpha", type=float, default=0.05, help="significance level of Mann-Whitney U (default 0.05)")
+    p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples for the ratio CI")
+    p.add_argument("--out", default=None, help="output folder (default <run B>/compare-<run A>/)")
+    return p
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "x"
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = parser().parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    err = lambda msg: print(f"rpa-bench compare: {msg}", file=sys.stderr)  # noqa: E731
+    if args.kernels and len(args.runs) != 1:
+        err(f"--kernels takes exactly one run, got {len(args.runs)}")
+        return 2
+    if not args.kernels and len(args.runs) != 2:
+        err(f"give two runs (A and B), or one run with --kernels; got {len(args.runs)}")
+        return 2
+    try:
+        options = CompareOptions(threshold=args.threshold, alpha=args.alpha, n_resamples=args.resamples)
+        runs = [load_run(r) for r in args.runs]
+    except (NotARunError, ValueError) as e:
+        err(str(e))
+        return 2
+    for run in runs:
+        for problem in run.problems:
+            err(f"warning: {run.name}: {problem}")
+    if args.kernels:
+        run = runs[0]
+        ka, kb = args.kernels
+        try:
+            result = compare_kernels(run.measurements, ka, kb, options)
+        except ValueError as e:
+            err(str(e))
+            return 2
+        side_a, side_b, device, diffs = f"{run.name}:{ka}", f"{run.name}:{kb}", run.device, None
+        out = args.out or run.path / f"compare-{_slug(ka)}-vs-{_slug(kb)}"
+    else:
+        a, b = runs
+        result = compare_measurements(a.measurements, b.measurements, options)
+        side_a, side_b = a.name, b.name
+        device = a.device if a.device == b.device else f"{a.device} (A) / {b.device} (B)"
+        diffs = manifest_differences(a, b)
+        out = args.out or b.path / f"compare-{_slug(a.name)}"
+    if result.empty or (result["reason"].fillna("").str.contains(" only$").all()):
+        err("the two sides share no workload point: nothing to compare")
+        return 2
+    banners = (result.attrs["warning"],) if "warning" in result.attrs else ()
+    output = write_compare(result, out, side_a=side_a, side_b=side_b, device=device, options=options,
+                           differences=diffs, banners=banners)
+    s = output.summary
+    counts = ", ".join(f"{m}: {n}" for m, n in s.counts.items())
+    geo = "n/a" if s.geomean_ratio is None else f"{s.geomean_ratio:.3f}x"
+    print(f"{side_b} vs {side_a}: {counts}; geometric mean B/A {geo}")
+    for _, row in result[result["mark"] == "worse"].iterrows():
+        print(f"  worse: {row['workload']} {row['point_id']} {row['kernel']} {row['variant']}: "
+              f"{row['ratio']:.3f}x (CI {row['ci_low']:.3f}-{row['ci_high']:.3f}, p={row['p_value']:.2g})")
+    print(f"wrote {output.index_html}")
+    return s.exit_status

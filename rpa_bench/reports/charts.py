@@ -1,0 +1,237 @@
+"""PNG charts of one run (matplotlib, Agg). Each returns the file it wrote, or None when
+it has nothing to draw (callers then omit the section and say why)."""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
+
+PHASE_COLORS = {"decode": "#1f77b4", "prefill": "#d62728", "mixed": "#2ca02c"}
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+CONVENTION_TEXT = {
+    "paper": "paper convention (MBU: GiB/s over GB/s peak; MFU: over peak x MXU ceiling)",
+    "si": "SI convention (bytes/s over bytes/s peak; FLOP/s over peak FLOP/s)",
+}
+DPI = 110
+
+
+def convention_label(conventions: Sequence[str]) -> str:
+    names = sorted({str(c) for c in conventions if isinstance(c, str)})
+    if not names:
+        return "convention not recorded"
+    return "; ".join(CONVENTION_TEXT.get(n, f"{n} convention") for n in names)
+
+
+def speed_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows that may be shown as speed: status ok, not interpret mode, a positive latency."""
+    ok = (frame["status"] == "ok") & ~frame["interpret"].fillna(False).astype(bool)
+    latency = pd.to_numeric(frame["latency_us"], errors="coerce")
+    return frame[ok & (latency > 0)].copy()
+
+
+def _save(fig: Figure, path: pathlib.Path) -> pathlib.Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    return path
+
+
+def _tokens(value: float, _pos=None) -> str:
+    """512, 1K, 32K: token counts as the paper writes them."""
+    if value >= 1024 and value % 1024 == 0:
+        return f"{int(value) // 1024}K"
+    return f"{value:g}"
+
+
+def _kernel_markers(kernels: Sequence[str]) -> dict[str, str]:
+    return {k: MARKERS[i % len(MARKERS)] for i, k in enumerate(sorted(set(kernels)))}
+
+
+def _roof(ax, ai: np.ndarray, bw: float | None, peak: float | None, *, style: str, label: str) -> None:
+    if not bw or not peak:
+        return
+    ax.plot(ai, np.minimum(peak, bw * ai), style, color="black", lw=1.2, label=label)
+    ridge = peak / bw
+    if ai.min() <= ridge <= ai.max():
+        ax.axvline(ridge, color="grey", lw=0.6, ls=":")
+
+
+def roofline_chart(
+    frame: pd.DataFrame,
+    out_path: pathlib.Path,
+    *,
+    device: str,
+    hbm_bw_bytes_per_s: float | None,
+    peak_flops_per_s: float | None,
+    calibrated_bw_bytes_per_s: float | None = None,
+    calibrated_flops_per_s: float | None = None,
+) -> pathlib.Path | None:
+    """Arithmetic intensity vs attained FLOP/s (log-log), roofs, one point per measured batch."""
+    rows = speed_rows(frame)
+    rows = rows[(pd.to_numeric(rows["flops"], errors="coerce") > 0) & (pd.to_numeric(rows["hbm_bytes"], errors="coerce") > 0)]
+    if rows.empty:
+        return None
+    flops = rows["flops"].astype(float)
+    ai = flops / rows["hbm_bytes"].astype(float)
+    attained = flops / (rows["latency_us"].astype(float) * 1e-6)
+    fig = Figure(figsize=(8.5, 5.5))
+    ax = fig.add_subplot()
+    lo, hi = float(ai.min()) / 3, float(ai.max()) * 3
+    for roof in (peak_flops_per_s, calibrated_flops_per_s):
+        for bw in (hbm_bw_bytes_per_s, calibrated_bw_bytes_per_s):
+            if roof and bw:
+                lo, hi = min(lo, roof / bw / 3), max(hi, roof / bw * 3)
+    grid = np.geomspace(lo, hi, 200)
+    _roof(ax, grid, hbm_bw_bytes_per_s, peak_flops_per_s, style="-", label="datasheet roof")
+    _roof(ax, grid, calibrated_bw_bytes_per_s, calibrated_flops_per_s, style="--", label="calibrated roof")
+    markers = _kernel_markers(rows["kernel"])
+    for (phase, kernel, variant), group in rows.groupby(["phase", "kernel", "variant"], sort=True):
+        idx = group.index
+        color = PHASE_COLORS.get(phase, "#7f7f7f")
+        hollow = variant == "incl_prep"
+        ax.scatter(ai[idx], attained[idx], marker=markers[kernel], s=42, label=f"{phase} / {kernel} / {variant}",
+                   facecolors="none" if hollow else color, edgecolors=color, linewidths=1.3, zorder=3)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("arithmetic intensity (FLOP / HBM byte, analytic)")
+    ax.set_ylabel("attained FLOP/s (analytic FLOPs / median latency)")
+    roofs = "no datasheet roofs for this device" if not (hbm_bw_bytes_per_s and peak_flops_per_s) else (
+        f"roofs: {hbm_bw_bytes_per_s / 1e9:,.0f} GB/s, {peak_flops_per_s / 1e12:,.1f} TFLOP/s (bf16 peak)")
+    kernels = ", ".join(sorted(set(rows["kernel"])))
+    fig.suptitle(f"Roofline on {device} - kernels: {kernels}", fontsize=12)
+    ax.set_title(f"SI units; {roofs}", fontsize=9)
+    ax.grid(True, which="both", lw=0.3, alpha=0.5)
+    ax.legend(fontsize=7, loc="lower right")
+    return _save(fig, out_path)
+
+
+def utilization_chart(
+    frame: pd.DataFrame,
+    out_path: pathlib.Path,
+    *,
+    device: str,
+    phase: str,
+) -> pathlib.Path | None:
+    """decode: MBU vs context length; prefill: MFU vs sequence length; one line per kernel."""
+    rows = speed_rows(frame)
+    rows = rows[(rows["phase"] == phase) & (rows["workload_kind"] != "trace")]
+    if phase == "decode":
+        x = pd.to_numeric(rows["context_len"], errors="coerce").fillna(rows["max_kv_len"].astype(float) - 1)
+        metric, xlabel, ylabel, split = "mbu_pct", "context length c (tokens)", "MBU (%)", ["kernel", "variant"]
+    elif phase == "prefill":
+        single = rows["num_seqs"] == 1
+        rows = rows[single]
+        x = pd.to_numeric(rows["seq_len"], errors="coerce").fillna(rows["num_tokens"].astype(float))
+        metric, xlabel, ylabel, split = "mfu_pct", "sequence length s (tokens)", "MFU (%)", ["kernel", "variant", "causal"]
+    else:
+        raise ValueError(f"phase={phase!r}; allowed: decode, prefill")
+    y = pd.to_numeric(rows[metric], errors="coerce")
+    rows = rows.assign(_x=x, _y=y).dropna(subset=["_x", "_y"])
+    if rows.empty:
+        return None
+    fig = Figure(figsize=(8.5, 4.8))
+    ax = fig.add_subplot()
+    markers = _kernel_markers(rows["kernel"])
+    for key, group in rows.groupby(split, sort=True):
+        group = group.sort_values("_x")
+        label = " / ".join(str(k) if name != "causal" else ("causal" if k else "non-causal")
+                           for name, k in zip(split, key))
+        ax.plot(group["_x"], group["_y"], marker=markers[key[0]], ls="--" if key[1] == "incl_prep" else "-",
+                label=label)
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_formatter(FuncFormatter(_tokens))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(bottom=0)
+    what = "MBU vs context length (decode)" if phase == "decode" else "MFU vs sequence length (prefill)"
+    kernels = ", ".join(sorted(set(rows["kernel"])))
+    fig.suptitle(f"{what} on {device} - kernels: {kernels}", fontsize=12)
+    ax.set_title(convention_label(rows["convention"]), fontsize=8)
+    ax.grid(True, which="both", lw=0.3, alpha=0.5)
+    ax.legend(fontsize=8)
+    return _save(fig, out_path)
+
+
+STEP_COLUMNS = ("num_seqs", "num_tokens", "num_decode", "num_prefill", "max_kv_len", "total_kv_len", "kv_tokens")
+
+
+def step_chart(steps: pd.DataFrame, out_path: pathlib.Path, *, workload: str, device: str) -> pathlib.Path | None:
+    """Batch shape per simulated step (from the run's stored per-step table)."""
+    numeric = [c for c in steps.columns if pd.api.types.is_numeric_dtype(steps[c]) and not pd.api.types.is_bool_dtype(steps[c])]
+    xcol = next((c for c in ("step", "step_index", "index") if c in numeric), None)
+    cols = [c for c in STEP_COLUMNS if c in numeric] or [c for c in numeric if c != xcol][:4]
+    cols = cols[:4]
+    if not cols or steps.empty:
+        return None
+    x = steps[xcol] if xcol else pd.Series(np.arange(len(steps)))
+    fig = Figure(figsize=(8.5, 1.9 * len(cols) + 0.8))
+    axes = fig.subplots(len(cols), 1, sharex=True, squeeze=False)[:, 0]
+    sampled = steps["sampled"].astype(bool) if "sampled" in steps.columns else None
+    for ax, col in zip(axes, cols):
+        ax.plot(x, steps[col], lw=0.8, color="#444444")
+        if sampled is not None and sampled.any():
+            ax.scatter(x[sampled], steps[col][sampled], color="#d62728", s=14, zorder=3, label="measured step")
+        ax.set_ylabel(col.replace("_", " "), fontsize=8)
+        ax.grid(True, lw=0.3, alpha=0.5)
+    if sampled is not None and sampled.any():
+        axes[0].legend(fontsize=7, loc="upper right")
+    axes[-1].set_xlabel(f"{xcol or 'row'} (scheduler step)")
+    fig.suptitle(f"Batch shape per step - trace {workload} (scheduler simulation; red: steps measured on {device})",
+                 fontsize=11)
+    return _save(fig, out_path)
+
+
+def ratio_chart(result: pd.DataFrame, out_path: pathlib.Path, *, title: str, threshold: float) -> pathlib.Path | None:
+    """B/A median-latency ratio per point with its bootstrap CI (log axis)."""
+    rows = result[result["mark"] != "not comparable"].dropna(subset=["ratio"])
+    if rows.empty:
+        return None
+    colors = {"improved": "#2ca02c", "worse": "#d62728", "not significant": "#7f7f7f"}
+    labels = [f"{w} {p} {k} {v}" for w, p, k, v in zip(rows["workload"], rows["point_id"], rows["kernel"], rows["variant"])]
+    y = np.arange(len(rows))
+    ratio = rows["ratio"].to_numpy(float)
+    low = rows["ci_low"].to_numpy(float)
+    high = rows["ci_high"].to_numpy(float)
+    err = np.vstack([np.clip(ratio - np.nan_to_num(low, nan=ratio), 0, None),
+                     np.clip(np.nan_to_num(high, nan=ratio) - ratio, 0, None)])
+    fig = Figure(figsize=(8.5, 1.4 + 0.28 * len(rows)))
+    ax = fig.add_subplot()
+    for mark, color in colors.items():
+        sel = (rows["mark"] == mark).to_numpy()
+        if sel.any():
+            ax.errorbar(ratio[sel], y[sel], xerr=err[:, sel], fmt="o", color=color, ecolor=color, capsize=3, label=mark)
+    ax.axvline(1.0, color="black", lw=0.8)
+    for t in (threshold, 1 / threshold):
+        ax.axvline(t, color="grey", lw=0.8, ls="--")
+    ax.set_xscale("log")
+    ax.set_yticks(y, labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"ratio B/A of median latency (x; < 1 faster, > 1 slower; dashed: {threshold:g}x threshold)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, axis="x", which="both", lw=0.3, alpha=0.5)
+    ax.legend(fontsize=8, loc="best")
+    return _save(fig, out_path)
+
+
+def calibrated_roofs(calibration: Mapping | None) -> tuple[float | None, float | None]:
+    """(bandwidth bytes/s, FLOP/s) from a calibration record, whatever its exact key names."""
+    if not isinstance(calibration, Mapping):
+        return None, None
+    bw = flops = None
+    for key, value in calibration.items():
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+            continue
+        if key.endswith("bytes_per_s") and bw is None:
+            bw = float(value)
+        elif key.endswith("flops_per_s") and flops is None:
+            flops = float(value)
+    return bw, flops

@@ -1,0 +1,105 @@
+"""Render a comparison (see :mod:`rpa_bench.reports.compare`) as HTML + a ratio PNG."""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+
+import pandas as pd
+
+from rpa_bench import __version__
+from rpa_bench.reports import charts
+from rpa_bench.reports.compare import NOT_COMPARABLE, WORSE, CompareOptions, CompareSummary, summarize
+from rpa_bench.reports.html import Column, Image, Section, flatten, fmt_num, render, table_from_frame
+from rpa_bench.reports.load import LoadedRun
+
+
+@dataclasses.dataclass(frozen=True)
+class CompareOutput:
+    index_html: pathlib.Path
+    ratio_png: pathlib.Path | None
+    summary: CompareSummary
+
+
+def _mark_css(value) -> str:
+    return str(value).replace(" ", "-")
+
+
+def manifest_differences(a: LoadedRun, b: LoadedRun) -> pd.DataFrame:
+    """Provenance that differs between the two runs (git, kernels, environment, device)."""
+    rows = []
+    for key in ("git", "kernels", "environment", "device_spec", "calibration"):
+        fa = dict(flatten(a.manifest.get(key) or {}, key))
+        fb = dict(flatten(b.manifest.get(key) or {}, key))
+        for name in sorted(set(fa) | set(fb)):
+            va, vb = fa.get(name), fb.get(name)
+            if str(va) != str(vb):
+                rows.append({"field": name, "a": va, "b": vb})
+    return pd.DataFrame(rows, columns=["field", "a", "b"])
+
+
+def _fmt_p(value) -> str:
+    return "\u2014" if pd.isna(value) else (f"{value:.2g}" if value >= 1e-3 else f"{value:.1e}")
+
+
+def write_compare(
+    result: pd.DataFrame,
+    out_dir: str | pathlib.Path,
+    *,
+    side_a: str,
+    side_b: str,
+    device: str,
+    options: CompareOptions,
+    differences: pd.DataFrame | None = None,
+    banners: tuple[str, ...] = (),
+) -> CompareOutput:
+    """Write ``index.html`` and ``ratio.png`` (when any point is comparable) to ``out_dir``."""
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = summarize(result)
+    kernels = sorted({str(k) for k in result.get("kernel", pd.Series(dtype=object)).dropna()})
+    title = f"{side_b} vs {side_a} on {device}"
+    png = charts.ratio_chart(
+        result, out / "ratio.png", threshold=options.threshold,
+        title=(f"B/A median latency, {device}, kernels: {', '.join(kernels) or 'none'}\n"
+               f"A = {side_a}, B = {side_b}; 95% bootstrap CI; per-call latency of the timing source"))
+    sections = []
+    counts = pd.DataFrame([{"mark": m, "points": n} for m, n in summary.counts.items()])
+    counts_table = table_from_frame(counts, [Column("mark", "mark", css=_mark_css),
+                                             Column("points", "points", fmt_num, numeric=True)], "Points per mark")
+    intro = (f"Geometric mean of B/A over {summary.num_comparable} comparable points: "
+             f"{fmt_num(summary.geomean_ratio)}x." if summary.geomean_ratio is not None
+             else "No point is comparable, so there is no geometric mean.")
+    sections.append(Section("summary", "Summary", intro=intro, tables=(counts_table,)))
+    if png is not None:
+        sections.append(Section("ratios", "Ratio per point", images=(Image(png.name, "ratio chart"),)))
+    else:
+        sections.append(Section("ratios", "Ratio per point", omitted="no point is comparable: nothing to chart"))
+    if not result.empty:
+        rows = result.assign(ci=[f"{fmt_num(lo)} \u2013 {fmt_num(hi)}" if not pd.isna(lo) else "\u2014"
+                                 for lo, hi in zip(result["ci_low"], result["ci_high"])])
+        table = table_from_frame(rows, [
+            Column("mark", "mark", css=_mark_css), Column("workload", "workload"), Column("point_id", "point"),
+            Column("kernel", "kernel"), Column("variant", "variant"), Column("phase", "phase"),
+            Column("latency_a_us", "A median (us)", fmt_num, numeric=True),
+            Column("latency_b_us", "B median (us)", fmt_num, numeric=True),
+            Column("ratio", "B/A (x)", fmt_num, numeric=True), Column("ci", "95% CI of B/A", css=lambda _: "nowrap"),
+            Column("p_value", "Mann-Whitney p", _fmt_p, numeric=True),
+            Column("n_a", "n A", fmt_num, numeric=True), Column("n_b", "n B", fmt_num, numeric=True),
+            Column("reason", "why not comparable"),
+        ], "Every point (worse first); not comparable: different workload hash or config, interpret mode, "
+           "a status other than ok, or measured on one side only")
+        sections.append(Section("points", "Points", tables=(table,)))
+    if differences is not None and not differences.empty:
+        sections.append(Section("provenance", "What differs between A and B", tables=(table_from_frame(
+            differences, [Column("field", "field"), Column("a", "A"), Column("b", "B")],
+            "Manifest fields that differ (git, kernels, environment, device, calibration)"),)))
+    worse = summary.counts[WORSE]
+    verdict = (f"{worse} significant regression(s) beyond {options.threshold:g}x: exit status 1" if worse
+               else f"No significant regression beyond {options.threshold:g}x: exit status 0")
+    if summary.num_comparable == 0 and not result.empty:
+        verdict += f" (but every point is {NOT_COMPARABLE})"
+    index = render("compare.html.j2", out / "index.html", generator_version=__version__, title=title,
+                   side_a=side_a, side_b=side_b, threshold=f"{options.threshold:g}", alpha=f"{options.alpha:g}",
+                   verdict=verdict, verdict_class="bad" if worse else "info", banners=list(banners), sections=sections)
+    return CompareOutput(index, png, summary)

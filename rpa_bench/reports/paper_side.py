@@ -1,0 +1,147 @@
+"""The paper side by side: its printed values, this run's, the TPU7x roofline bound, deltas.
+
+Rows of the run's paper experiments (workload kinds ``paper_decode`` / ``paper_prefill``)
+are matched to the paper's Tables 4, 6 and 8 by context length (decode) or sequence
+length (prefill) and by variant (incl_prep / excl_prep).
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from rpa_bench.reports.html import Column, Section, fmt_num, fmt_pct, table_from_frame
+from rpa_bench.reports.load import LoadedRun
+from rpa_bench.roofline import paper
+
+PAPER_DEVICE = "tpu7x"
+GIB_PER_GB = 1e9 / 2**30
+# (table, title, sweep column of the run, utilisation column of the run)
+TABLES = (
+    ("table4", "Decode: paper Table 4 (128 sequences, head_dim 128, page 256)", "context_len", "mbu_pct"),
+    ("table6", "Prefill without causal mask: paper Table 6 (one sequence, head_dim 128)", "seq_len", "mfu_pct"),
+    ("table8", "Prefill with causal mask: paper Table 8 (one sequence, head_dim 128)", "seq_len", "mfu_pct"),
+)
+
+
+def _rows_for(frame: pd.DataFrame, table: str) -> pd.DataFrame:
+    kind = frame["workload_kind"]
+    causal = frame["causal"].fillna(True).astype(bool)
+    if table == "table4":
+        return frame[kind == "paper_decode"]
+    if table == "table6":
+        return frame[(kind == "paper_prefill") & ~causal]
+    return frame[(kind == "paper_prefill") & causal]
+
+
+def _measured_util(row: pd.Series, util: str) -> float | None:
+    """The run's MBU/MFU in the paper convention (None when it cannot be put there)."""
+    value = row.get(util)
+    if pd.isna(value):
+        return None
+    if row.get("convention") == "paper":
+        return float(value)
+    if row.get("convention") == "si" and util == "mbu_pct":
+        return float(value) * GIB_PER_GB  # si -> paper: GB/s numerator -> GiB/s
+    return None
+
+
+def side_by_side(run: LoadedRun, table: str) -> pd.DataFrame:
+    """One row per (sweep value, variant, kernel) the run measured that the paper printed."""
+    spec = paper.PAPER_TABLES[table]
+    util = spec.util_column
+    printed = paper.recompute_table(table)
+    printed = printed[printed["variant"].isin(("incl_prep", "excl_prep"))]
+    measured = _rows_for(run.measurements, table)
+    measured = measured[~measured["interpret"].fillna(False).astype(bool)]
+    sweep = spec.sweep_column
+    out = []
+    for _, m in measured.iterrows():
+        value = m.get(sweep)
+        if pd.isna(value):
+            continue
+        match = printed[(printed["sweep_value"] == int(value)) & (printed["variant"] == m["variant"])]
+        if match.empty:
+            continue
+        p = match.iloc[0]
+        speed = m.get("status") == "ok" and not pd.isna(m.get("latency_us"))
+        lat = float(m["latency_us"]) if speed else None
+        mutil = _measured_util(m, util) if speed else None
+        eff = float(m["roofline_efficiency_pct"]) if speed and not pd.isna(m.get("roofline_efficiency_pct")) else None
+        work_col = "hbm_bytes" if spec.phase == "decode" else "flops"
+        work = m.get(work_col)
+        out.append({
+            "sweep": int(value), "variant": m["variant"], "kernel": m["kernel"],
+            "status": m.get("status"),
+            "paper_latency_us": p["latency_us"], "paper_util_pct": p["util_printed_pct"],
+            "paper_bound_us": p["bound_time_us"], "paper_eff_pct": p["roofline_efficiency_pct"],
+            "latency_us": lat, "util_pct": mutil, "bound_us": m.get("bound_time_us") if speed else None,
+            "eff_pct": eff,
+            "latency_ratio": lat / p["latency_us"] if lat else None,
+            "util_delta_pp": mutil - p["util_printed_pct"] if mutil is not None else None,
+            "eff_delta_pp": eff - p["roofline_efficiency_pct"] if eff is not None else None,
+            "work_ratio": float(work) / float(p[work_col]) if not pd.isna(work) and p[work_col] else None,
+        })
+    frame = pd.DataFrame(out)
+    if frame.empty:
+        return frame
+    return frame.sort_values(["kernel", "variant", "sweep"], kind="stable").reset_index(drop=True)
+
+
+def _scale_notes(run: LoadedRun) -> list[str]:
+    notes = []
+    config = run.manifest.get("config") or {}
+    scale = config.get("scale") if isinstance(config, dict) else None
+    name = scale.get("name") if isinstance(scale, dict) else scale
+    scaled = isinstance(scale, dict) and bool(scale.get("scaled_down"))
+    if scaled or (name not in (None, "full")):
+        notes.append(f"This run is a scaled-down sweep (scale={name or 'scaled'}): rows are matched to the paper "
+                     "by context / sequence length where both exist; the paper's longer points are not measured.")
+    return notes
+
+
+def paper_section(run: LoadedRun) -> Section:
+    title = "The paper side by side"
+    frame = run.measurements
+    if frame.empty or not frame["workload_kind"].isin(("paper_decode", "paper_prefill")).any():
+        return Section("paper", title, omitted="this run measured none of the paper experiments "
+                       "(paper_decode, paper_prefill_noncausal, paper_prefill_causal)")
+    notes = []
+    devices = sorted({str(d) for d in frame["device"].dropna()}) or [run.device]
+    if devices != [PAPER_DEVICE]:
+        notes.append(f"This run's device is {', '.join(devices)}, not a TPU7x: the paper measured one TPU7x chip, "
+                     "so latency ratios say nothing about the kernel's speed. The comparison is of shape (how "
+                     "utilisation grows with length) and accounting (work ratio = this run's analytic bytes or "
+                     "FLOPs over the paper's; roofline efficiency = bound / latency on each side's own device).")
+    notes += _scale_notes(run)
+    paper_rows = frame[frame["workload_kind"].isin(("paper_decode", "paper_prefill"))]
+    interp = paper_rows[paper_rows["interpret"].fillna(False).astype(bool)]
+    if not interp.empty:
+        notes.append(f"{len(interp)} paper-experiment rows of {', '.join(sorted(set(interp['kernel'])))} ran in "
+                     "interpret mode: they are left out here (their time is the emulator's); see Correctness.")
+    tables = []
+    for name, caption, _, util in TABLES:
+        rows = side_by_side(run, name)
+        if rows.empty:
+            notes.append(f"{caption.split(':')[0]} ({name}): no row of this run matches the paper's sweep.")
+            continue
+        label = "MBU" if util == "mbu_pct" else "MFU"
+        tables.append(table_from_frame(rows, [
+            Column("sweep", "c" if name == "table4" else "s", fmt_num, numeric=True),
+            Column("variant", "variant"), Column("kernel", "kernel"), Column("status", "status"),
+            Column("paper_latency_us", "paper latency (us, TPU7x)", fmt_num, numeric=True),
+            Column("paper_util_pct", f"paper {label} (%)", fmt_pct, numeric=True),
+            Column("paper_bound_us", "TPU7x bound (us)", fmt_num, numeric=True),
+            Column("paper_eff_pct", "paper bound/latency (%)", fmt_pct, numeric=True),
+            Column("latency_us", f"run latency (us, {', '.join(devices)})", fmt_num, numeric=True),
+            Column("util_pct", f"run {label} (%, paper conv.)", fmt_pct, numeric=True),
+            Column("bound_us", "run bound (us)", fmt_num, numeric=True),
+            Column("eff_pct", "run bound/latency (%)", fmt_pct, numeric=True),
+            Column("latency_ratio", "latency run/paper (x)", fmt_num, numeric=True),
+            Column("util_delta_pp", f"{label} delta (pp)", fmt_pct, numeric=True),
+            Column("eff_delta_pp", "efficiency delta (pp)", fmt_pct, numeric=True),
+            Column("work_ratio", "work run/paper (x)", fmt_num, numeric=True),
+        ], f"{caption}; paper values as printed, bound recomputed for TPU7x (paper convention)"))
+    return Section("paper", title, notes=tuple(notes), tables=tuple(tables), intro=(
+        "Paper: arXiv:2604.15464 (RPA), Tables 4, 6, 8, as printed. TPU7x bound: max(bytes / HBM bandwidth, "
+        "FLOPs / (peak x MXU cap)) for the paper's row. Deltas are run minus paper; ratios run over paper. "
+        "Rows that did not pass show their status and no speed."))

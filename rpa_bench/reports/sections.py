@@ -1,0 +1,253 @@
+"""Report sections built from one loaded run: tables, notes and charts (not the paper's).
+
+Speed appears only for rows with status ok that did not run in interpret mode; every
+row appears in the correctness section.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import re
+
+import pandas as pd
+
+from rpa_bench.measure.schema import COLUMNS, STATUSES
+from rpa_bench.reports import charts
+from rpa_bench.reports.html import Column, Image, Section, flatten, fmt_num, fmt_pct, key_value_table, table_from_frame
+from rpa_bench.reports.load import LoadedRun
+
+STATUS_ORDER = {"failed": 0, "incorrect": 1, "skipped": 2, "ok": 3}
+
+
+def _point_number(point_id) -> float:
+    match = re.search(r"(-?\d+(?:\.\d+)?)", str(point_id))
+    return float(match.group(1)) if match else float("inf")
+
+
+def ordered(frame: pd.DataFrame) -> pd.DataFrame:
+    """Workload, kernel, variant, then the point's number (ctx=512 before ctx=1024)."""
+    keyed = frame.assign(_n=frame["point_id"].map(_point_number))
+    return keyed.sort_values(["workload", "kernel", "variant", "_n", "point_id"], kind="stable").drop(columns="_n")
+
+
+def interpret_note(run: LoadedRun) -> str | None:
+    rows = run.measurements[run.measurements["interpret"].fillna(False).astype(bool)]
+    if rows.empty:
+        return None
+    kernels = ", ".join(sorted(set(rows["kernel"].dropna())))
+    return (f"{len(rows)} measurements ({kernels}) ran in Pallas interpret mode: the TPU kernel is emulated on the "
+            "host, so their time measures the emulator, not the kernel. They are shown only as correctness results "
+            "and are never charted, tabulated or compared as speed.")
+
+
+def _status_css(value) -> str:
+    return str(value) if value in STATUSES else ""
+
+
+def correctness_section(run: LoadedRun) -> Section:
+    frame = run.measurements
+    if frame.empty:
+        return Section("correctness", "Correctness statuses", omitted="the run holds no measurements")
+    counts = (frame.assign(interpret=frame["interpret"].fillna(False).astype(bool))
+              .groupby(["kernel", "interpret", "status"], dropna=False).size().unstack("status", fill_value=0)
+              .reindex(columns=list(STATUSES), fill_value=0).reset_index())
+    summary = table_from_frame(counts, [Column("kernel", "kernel"), Column("interpret", "interpret mode")]
+                               + [Column(s, s, fmt_num, numeric=True) for s in STATUSES],
+                               "Measurements per kernel and status")
+    rows = frame.assign(_s=frame["status"].map(STATUS_ORDER).fillna(-1), _n=frame["point_id"].map(_point_number))
+    rows = rows.sort_values(["_s", "workload", "kernel", "_n"], kind="stable")
+    detail = table_from_frame(rows, [
+        Column("status", "status", css=_status_css), Column("workload", "workload"), Column("point_id", "point"),
+        Column("kernel", "kernel"), Column("variant", "variant"), Column("interpret", "interpret"),
+        Column("max_abs_err", "max abs err", fmt_num, numeric=True),
+        Column("tolerance", "tolerance", fmt_num, numeric=True), Column("error", "error / skip reason"),
+    ], "Every measurement's status (failures first); errors are against the reference kernel")
+    return Section("correctness", "Correctness statuses", tables=(summary, detail),
+                   intro="Every measurement is a record with a status; failures are rows, not gaps.")
+
+
+def measurements_section(run: LoadedRun) -> Section:
+    rows = charts.speed_rows(run.measurements)
+    if rows.empty:
+        return Section("measurements", "Measured speed", omitted=(
+            "no measurement has status ok outside interpret mode, so this run has no speed to show"))
+    rows = ordered(rows)
+    rows = rows.assign(ci=[f"{fmt_num(lo)} \u2013 {fmt_num(hi)}" for lo, hi in
+                           zip(rows["latency_ci_low_us"], rows["latency_ci_high_us"])])
+    table = table_from_frame(rows, [
+        Column("workload", "workload"), Column("point_id", "point"), Column("phase", "phase"),
+        Column("kernel", "kernel"), Column("variant", "variant"), Column("timing_source", "timing"),
+        Column("latency_us", "median latency (us)", fmt_num, numeric=True), Column("ci", "95% CI (us)", css=lambda _: "nowrap"),
+        Column("mbu_pct", "MBU (%)", fmt_pct, numeric=True), Column("mfu_pct", "MFU (%)", fmt_pct, numeric=True),
+        Column("mbu_si_pct", "MBU SI (%)", fmt_pct, numeric=True), Column("mfu_si_pct", "MFU SI (%)", fmt_pct, numeric=True),
+        Column("bound_time_us", "roofline bound (us)", fmt_num, numeric=True),
+        Column("roofline_efficiency_pct", "bound / latency (%)", fmt_pct, numeric=True),
+        Column("bound_by", "bound by"), Column("above_roof", "above roof"), Column("warnings", "warnings"),
+    ], f"Median per-call latency and utilisation on {run.device}; MBU/MFU columns use the convention in "
+       "'Metric conventions' (SI columns are always SI)")
+    return Section("measurements", "Measured speed", tables=(table,))
+
+
+def roofline_section(run: LoadedRun, out_dir: pathlib.Path) -> Section:
+    spec = run.manifest.get("device_spec") or {}
+    cal_bw, cal_flops = charts.calibrated_roofs(run.manifest.get("calibration"))
+    path = charts.roofline_chart(
+        run.measurements, out_dir / "roofline.png", device=run.device,
+        hbm_bw_bytes_per_s=spec.get("hbm_bw_bytes_per_s"), peak_flops_per_s=spec.get("peak_bf16_flops_per_s"),
+        calibrated_bw_bytes_per_s=cal_bw, calibrated_flops_per_s=cal_flops)
+    if path is None:
+        return Section("roofline", "Roofline", omitted=(
+            "no measurement with status ok, outside interpret mode, with analytic FLOPs and bytes"))
+    notes = []
+    if cal_bw is None:
+        notes.append("No calibration in this run: only the datasheet roof is drawn.")
+    return Section("roofline", "Roofline", images=(Image(path.name, f"roofline chart on {run.device}"),),
+                   notes=tuple(notes), intro=(
+                       "One point per measured batch: analytic FLOPs over analytic HBM bytes against FLOPs over "
+                       "the median latency. Solid line: datasheet roof; dashed: calibrated (measured) ceilings. "
+                       "Filled markers exclude preprocessing, hollow ones include it."))
+
+
+def utilization_sections(run: LoadedRun, out_dir: pathlib.Path) -> list[Section]:
+    out = []
+    for phase, ident, title, what in (
+        ("decode", "mbu", "Decode: MBU vs context length", "decode points (paper or synthetic sweeps)"),
+        ("prefill", "mfu", "Prefill: MFU vs sequence length", "single-sequence prefill points"),
+    ):
+        path = charts.utilization_chart(run.measurements, out_dir / f"{ident}_{phase}.png", device=run.device, phase=phase)
+        if path is None:
+            out.append(Section(ident, title, omitted=f"this run has no {what} with status ok outside interpret mode"))
+        else:
+            out.append(Section(ident, title, images=(Image(path.name, title),)))
+    return out
+
+
+def _time_weighted(rows: pd.DataFrame, metric: str) -> tuple[float, float]:
+    """(time-weighted mean of metric, share of weighted time the rows with it cover)."""
+    time = rows["weight"].astype(float) * rows["latency_us"].astype(float)
+    has = rows[metric].notna()
+    if not has.any() or time.sum() <= 0:
+        return float("nan"), 0.0
+    value = float((time[has] * rows.loc[has, metric].astype(float)).sum() / time[has].sum())
+    return value, float(time[has].sum() / time.sum() * 100)
+
+
+def trace_sections(run: LoadedRun, out_dir: pathlib.Path) -> list[Section]:
+    frame = run.measurements
+    names = sorted(set(frame.loc[frame["workload_kind"] == "trace", "workload"].dropna()))
+    names += sorted(n for n, w in (run.manifest.get("workloads") or {}).items()
+                    if isinstance(w, dict) and w.get("kind") == "trace" and n not in names)
+    if not names:
+        return [Section("traces", "Trace workloads", omitted="this run measured no trace workload")]
+    sections = []
+    for name in names:
+        rows = charts.speed_rows(frame[frame["workload"] == name])
+        tables, images, notes = [], [], []
+        summary = []
+        for (kernel, variant), group in rows.groupby(["kernel", "variant"], sort=True):
+            mbu, mbu_cov = _time_weighted(group, "mbu_pct")
+            mfu, mfu_cov = _time_weighted(group, "mfu_pct")
+            summary.append({"kernel": kernel, "variant": variant, "points": len(group),
+                            "weight": float(group["weight"].sum()),
+                            "step_us": float((group["weight"] * group["latency_us"]).sum() / max(group["weight"].sum(), 1e-30)),
+                            "mbu": mbu, "mbu_cov": mbu_cov, "mfu": mfu, "mfu_cov": mfu_cov,
+                            "convention": ", ".join(sorted(set(group["convention"].dropna())))})
+        if summary:
+            tables.append(table_from_frame(pd.DataFrame(summary), [
+                Column("kernel", "kernel"), Column("variant", "variant"), Column("points", "points", fmt_num, numeric=True),
+                Column("weight", "weight covered", fmt_num, numeric=True),
+                Column("step_us", "weighted mean latency (us)", fmt_num, numeric=True),
+                Column("mbu", "time-weighted MBU (%)", fmt_pct, numeric=True),
+                Column("mbu_cov", "time share with MBU (%)", fmt_pct, numeric=True),
+                Column("mfu", "time-weighted MFU (%)", fmt_pct, numeric=True),
+                Column("mfu_cov", "time share with MFU (%)", fmt_pct, numeric=True), Column("convention", "convention"),
+            ], f"Time-weighted utilisation of trace {name} on {run.device} (weights x median latency)"))
+        else:
+            notes.append("No measured point of this trace has status ok outside interpret mode: no speed summary.")
+        wl = (run.manifest.get("workloads") or {}).get(name) or {}
+        if isinstance(wl, dict) and wl.get("summary"):
+            tables.append(key_value_table(flatten(wl["summary"]), f"Sample coverage of trace {name} (from the run manifest)"))
+        else:
+            notes.append("The manifest holds no summary for this trace: the share of the trace the sample covers is unknown.")
+        for table_name, steps in sorted((run.step_tables.get(name) or {}).items()):
+            path = charts.step_chart(steps, out_dir / f"steps_{_slug(name)}_{_slug(table_name)}.png", workload=name,
+                                     device=run.device)
+            if path is not None:
+                images.append(Image(path.name, f"batch shape per step of trace {name}"))
+        if not run.step_tables.get(name):
+            notes.append(f"No per-step tables under workloads/{name}/: the batch-shape plots cannot be drawn.")
+        sections.append(Section(f"trace-{_slug(name)}", f"Trace workload: {name}", notes=tuple(notes),
+                                images=tuple(images), tables=tuple(tables)))
+    return sections
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text)).strip("_") or "x"
+
+
+CONVENTION_DEFINITIONS = {
+    "paper": ("MBU = bytes / 2^30 / s over peak bytes / 1e9 / s (GiB/s over GB/s, as the paper; SI MBU is 1.0737x "
+              "larger); MFU = FLOP/s over peak x max matrix-unit utilisation (head_dim / MXU width)"),
+    "si": "MBU = bytes/s over peak bytes/s; MFU = FLOP/s over peak FLOP/s",
+}
+FLOPS_COUNTS = {
+    "noncausal": "4 * q_len * kv_len * h_q * d per sequence (QK^T and PV only)",
+    "causal_executed": "query/key pairs the kernel computes in KV blocks (masked entries inside a block count)",
+    "causal_useful": "only the query/key pairs a causal mask keeps",
+}
+
+
+def conventions_section(run: LoadedRun) -> Section:
+    frame = run.measurements
+    def values(col):
+        return ", ".join(sorted({str(v) for v in frame[col].dropna()})) or "\u2014"
+    rows = [
+        ("latency_us", COLUMNS["latency_us"][1], f"timing source: {values('timing_source')}"),
+        ("hbm_bytes", "analytic HBM bytes: Q read, K/V read, new K/V written, output written; no metadata", ""),
+        ("flops", "analytic matmul FLOPs", "; ".join(f"{c}: {FLOPS_COUNTS.get(c, c)}" for c in sorted(set(frame['flops_count'].dropna())))),
+        ("arithmetic_intensity", COLUMNS["arithmetic_intensity"][1], ""),
+        ("throughput_gb_per_s / _gib_per_s", "bytes / 1e9 / s and bytes / 2^30 / s", ""),
+        ("mbu_pct / mfu_pct", "utilisation in the run's convention",
+         "; ".join(f"{c}: {CONVENTION_DEFINITIONS.get(c, c)}" for c in sorted(set(frame['convention'].dropna()))) or "\u2014"),
+        ("mbu_si_pct / mfu_si_pct", "always SI, against the datasheet peaks of the run's device spec", ""),
+        ("mbu_calibrated_pct / mfu_calibrated_pct", "SI, against the calibrated (measured) ceilings, if any", ""),
+        ("bound_time_us", COLUMNS["bound_time_us"][1], "max(bytes / bandwidth, FLOPs / peak)"),
+        ("roofline_efficiency_pct", COLUMNS["roofline_efficiency_pct"][1], ""),
+    ]
+    table = table_from_frame(pd.DataFrame(rows, columns=["metric", "definition", "in this run"]),
+                             [Column("metric", "metric"), Column("definition", "definition"), Column("in this run", "in this run")],
+                             "The convention of every metric on this page")
+    return Section("conventions", "Metric conventions", tables=(table,))
+
+
+def provenance_section(run: LoadedRun) -> Section:
+    m = run.manifest
+    tables = []
+    general = [("run_id", run.name), ("status", m.get("status")), ("created_utc", m.get("created_utc")),
+               ("schema_version", m.get("schema_version")), ("command", " ".join(map(str, m.get("command") or []))),
+               ("synthetic", m.get("synthetic", False))]
+    general += flatten(m.get("git") or {}, "git")
+    tables.append(key_value_table(general, "Run and rpa_bench revision"))
+    for key, caption in (("environment", "Environment (versions, host, platform)"),
+                         ("kernels", "Kernel provenance (source, version, commit)"),
+                         ("workloads", "Workloads: kinds, source files with sha256, seeds, summaries"),
+                         ("device_spec", "Device spec used for the roofline (with sources)"),
+                         ("calibration", "Calibration used (measured ceilings)"),
+                         ("config", "Resolved config")):
+        value = m.get(key)
+        if value:
+            tables.append(key_value_table(flatten(value), caption))
+    frame = run.measurements
+    if not frame.empty:
+        per_kernel = frame.groupby("kernel", dropna=False).agg(
+            kernel_source=("kernel_source", lambda s: ", ".join(sorted({str(v) for v in s.dropna()}))),
+            kernel_commit=("kernel_commit", lambda s: ", ".join(sorted({str(v) for v in s.dropna()}))),
+            seeds=("seed", lambda s: ", ".join(str(int(v)) for v in sorted(set(s.dropna())))),
+            hashes=("workload_hash", lambda s: str(s.nunique())),
+        ).reset_index()
+        tables.append(table_from_frame(per_kernel, [
+            Column("kernel", "kernel"), Column("kernel_source", "source"), Column("kernel_commit", "commit"),
+            Column("seeds", "seeds"), Column("hashes", "distinct workload hashes", numeric=True)],
+            "Per kernel, from the measurement rows"))
+    return Section("provenance", "Environment and provenance", tables=tuple(tables))
+

@@ -1,0 +1,239 @@
+"""A synthetic, schema-conforming run folder: to preview reports and to test them.
+
+Rows are plausible, not measured: latencies follow a simple roofline model of a made-up
+CPU-like device with log-normal noise. The manifest says so (``synthetic: true``) and the
+report shows it in the provenance. It covers a scaled-down paper decode sweep, both
+prefill sweeps, a weighted trace workload with per-step tables, every status, and
+interpret-mode rows of an RPA kernel next to the reference kernel.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import pathlib
+
+import numpy as np
+import pandas as pd
+
+from rpa_bench.measure.schema import COLUMNS, SCHEMA_VERSION
+from rpa_bench.measure.store import RunStore
+
+SYNTHETIC_DEVICE = {
+    "name": "cpu",
+    "hbm_bw_bytes_per_s": 40e9,
+    "peak_bf16_flops_per_s": 0.8e12,
+    "matrix_unit_width": None,
+    "source": "synthetic example device (not a datasheet)",
+}
+HEADS_Q, HEADS_KV, HEAD_DIM, PAGE = 32, 8, 128, 256
+DTYPE_BYTES = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticRunSpec:
+    """What to put in a synthetic run. ``slowdown`` multiplies every latency."""
+
+    run_id: str = "synthetic"
+    seed: int = 0
+    slowdown: float = 1.0
+    num_samples: int = 15
+    decode_context_lens: tuple[int, ...] = (512, 1024, 2048, 4096)
+    prefill_seq_lens: tuple[int, ...] = (512, 1024, 2048, 4096)
+    decode_num_seqs: int = 8
+    include_prefill: bool = True
+    include_trace: bool = True
+    status: str = "complete"
+
+
+def _hash(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _decode_cost(n: int, c: int) -> tuple[int, int]:
+    hbm = n * HEAD_DIM * ((c + 1) * 2 * HEADS_KV + 2 * HEADS_Q) * DTYPE_BYTES
+    flops = 4 * n * (c + 1) * HEADS_Q * HEAD_DIM
+    return hbm, flops
+
+
+def _prefill_cost(s: int, causal: bool) -> tuple[int, int]:
+    hbm = s * HEAD_DIM * (2 * HEADS_Q + 4 * HEADS_KV) * DTYPE_BYTES
+    flops = 2 * s * (s + min(1024, s)) * HEADS_Q * HEAD_DIM if causal else 4 * s * s * HEADS_Q * HEAD_DIM
+    return hbm, flops
+
+
+def _metrics(hbm: int, flops: int, latency_us: float, phase: str) -> dict:
+    bw, peak = SYNTHETIC_DEVICE["hbm_bw_bytes_per_s"], SYNTHETIC_DEVICE["peak_bf16_flops_per_s"]
+    seconds = latency_us * 1e-6
+    bound_s = max(hbm / bw, flops / peak)
+    gib_per_s = hbm / 2**30 / seconds
+    tflops = flops / 1e12 / seconds
+    mbu = gib_per_s / (bw / 1e9) * 100 if phase != "prefill" else None
+    mfu = tflops / (peak / 1e12 * 0.5) * 100 if phase != "decode" else None
+    return {
+        "throughput_gb_per_s": hbm / 1e9 / seconds,
+        "throughput_gib_per_s": gib_per_s,
+        "tflops": tflops,
+        "mbu_pct": mbu,
+        "mfu_pct": mfu,
+        "mbu_si_pct": hbm / seconds / bw * 100 if phase != "prefill" else None,
+        "mfu_si_pct": flops / seconds / peak * 100 if phase != "decode" else None,
+        "mbu_calibrated_pct": hbm / seconds / (0.8 * bw) * 100 if phase != "prefill" else None,
+        "mfu_calibrated_pct": flops / seconds / (0.7 * peak) * 100 if phase != "decode" else None,
+        "bound_time_us": bound_s * 1e6,
+        "bound_by": "memory" if hbm / bw >= flops / peak else "compute",
+        "roofline_efficiency_pct": bound_s * 1e6 / latency_us * 100,
+        "above_roof": bound_s * 1e6 > latency_us,
+        "arithmetic_intensity": flops / hbm,
+    }
+
+
+class _Rows:
+    def __init__(self, spec: SyntheticRunSpec):
+        self.spec = spec
+        self.rng = np.random.default_rng(spec.seed)
+        self.rows: list[dict] = []
+
+    def add(self, *, experiment, workload, kind, point_id, phase, num_seqs, num_tokens, max_kv_len,
+            context_len=None, seq_len=None, causal=True, weight=1.0, kernel="reference",
+            variant="excl_prep", status="ok", interpret=False, hbm=0, flops=0, flops_count="noncausal",
+            error=None) -> None:
+        spec = self.spec
+        bw, peak = SYNTHETIC_DEVICE["hbm_bw_bytes_per_s"], SYNTHETIC_DEVICE["peak_bf16_flops_per_s"]
+        model_us = max(hbm / (0.55 * bw), flops / (0.35 * peak)) * 1e6 + 30.0
+        if interpret:
+            model_us *= 400.0  # the interpreter is slow and says nothing about the kernel
+        model_us *= spec.slowdown * (1.15 if variant == "incl_prep" else 1.0)
+        row = {name: None for name in COLUMNS}
+        row.update(
+            run_id=spec.run_id, experiment=experiment, workload=workload, workload_kind=kind,
+            point_id=point_id, workload_hash=_hash(workload, point_id, num_seqs, max_kv_len, causal),
+            phase=phase, num_seqs=num_seqs, num_tokens=num_tokens, max_kv_len=max_kv_len,
+            context_len=context_len, seq_len=seq_len, causal=causal, weight=weight,
+            batch_spec=None, model="llama3_8b", num_q_heads=HEADS_Q, num_kv_heads=HEADS_KV,
+            head_dim=HEAD_DIM, dtype="bfloat16", kv_dtype="bfloat16", page_size=PAGE, kernel=kernel,
+            kernel_source="tpu-inference==0.32.0" if kernel != "reference" else "rpa_bench.kernels.reference",
+            kernel_commit=None, variant=variant, status=status, error=error, interpret=interpret,
+            timing_source="wall", device="cpu", device_kind="cpu", num_devices=1, mesh="data=1,model=1",
+            seed=spec.seed, timestamp="2026-01-01T00:00:00Z", warnings=[], hbm_bytes=hbm, flops=flops,
+            flops_count=flops_count, convention="paper", loops_per_sample=1,
+            tolerance=2e-2, max_abs_err=None, scale="cpu_smoke",
+        )
+        if status in ("ok", "incorrect"):
+            samples = model_us * self.rng.lognormal(0.0, 0.03, spec.num_samples)
+            median = float(np.median(samples))
+            q1, q3 = np.percentile(samples, [25, 75])
+            row.update(
+                samples_us=samples.tolist(), wall_samples_us=samples.tolist(), device_samples_us=None,
+                latency_us=median, latency_iqr_us=float(q3 - q1), latency_ci_low_us=median * 0.98,
+                latency_ci_high_us=median * 1.02, wall_latency_us=median, compile_time_s=1.5,
+                max_abs_err=3e-3 if status == "ok" else 0.4,
+                **_metrics(hbm, flops, median, phase),
+            )
+            if status == "incorrect":
+                row["error"] = "max_abs_err=0.4 above tolerance=0.02"
+        self.rows.append(row)
+
+
+def _decode_rows(rows: _Rows) -> None:
+    n = rows.spec.decode_num_seqs
+    for c in rows.spec.decode_context_lens:
+        hbm, flops = _decode_cost(n, c)
+        common = dict(experiment="paper_decode", workload="paper_decode", kind="paper_decode",
+                      point_id=f"ctx={c}", phase="decode", num_seqs=n, num_tokens=n, max_kv_len=c + 1,
+                      context_len=c, hbm=hbm, flops=flops)
+        for variant in ("excl_prep", "incl_prep"):
+            rows.add(**common, variant=variant)
+        status = "incorrect" if c == rows.spec.decode_context_lens[-1] else "ok"
+        rows.add(**common, kernel="rpa_v3", interpret=True, status=status)
+
+
+def _prefill_rows(rows: _Rows) -> None:
+    for causal, name in ((False, "paper_prefill_noncausal"), (True, "paper_prefill_causal")):
+        for s in rows.spec.prefill_seq_lens:
+            hbm, flops = _prefill_cost(s, causal)
+            common = dict(experiment=name, workload=name, kind="paper_prefill", point_id=f"seq={s}",
+                          phase="prefill", num_seqs=1, num_tokens=s, max_kv_len=s, seq_len=s, causal=causal,
+                          hbm=hbm, flops=flops, flops_count="causal_executed" if causal else "noncausal")
+            rows.add(**common)
+            rows.add(**common, variant="incl_prep")
+            if s == rows.spec.prefill_seq_lens[-1]:
+                rows.add(**common, kernel="rpa_v3", interpret=True, status="failed",
+                         error="RESOURCE_EXHAUSTED: interpreter out of memory")
+            else:
+                rows.add(**common, kernel="rpa_v3", interpret=True)
+        rows.add(experiment=name, workload=name, kind="paper_prefill", point_id="seq=32768", phase="prefill",
+                 num_seqs=1, num_tokens=32768, max_kv_len=32768, seq_len=32768, causal=causal,
+                 kernel="rpa_v2", status="skipped", error="scale=cpu_smoke skips seq_len > 4096")
+
+
+def _trace_rows(rows: _Rows) -> pd.DataFrame:
+    rng = np.random.default_rng(12345)  # the same trace sample in every synthetic run
+    steps = pd.DataFrame({"step": np.arange(400)})
+    steps["num_decode"] = np.clip(np.round(20 + 10 * np.sin(steps.step / 40) + rng.normal(0, 2, 400)), 1, None)
+    steps["num_prefill"] = (rng.random(400) < 0.3).astype(int) * rng.integers(1, 3, 400)
+    steps["num_seqs"] = steps.num_decode + steps.num_prefill
+    steps["num_tokens"] = steps.num_decode + steps.num_prefill * rng.integers(64, 512, 400)
+    steps["max_kv_len"] = rng.integers(600, 4000, 400)
+    steps["sampled"] = False
+    picks = np.linspace(5, 395, 8).astype(int)
+    steps.loc[picks, "sampled"] = True
+    for i, step in enumerate(picks):
+        r = steps.loc[step]
+        n, t, kv = int(r.num_seqs), int(r.num_tokens), int(r.max_kv_len)
+        phase = "decode" if r.num_prefill == 0 else "mixed"
+        hbm, _ = _decode_cost(n, kv // 2)
+        flops = 4 * t * (kv // 2) * HEADS_Q * HEAD_DIM
+        rows.add(experiment="trace_azure_conv", workload="azure_conv_sample", kind="trace",
+                 point_id=f"step={step}", phase=phase, num_seqs=n, num_tokens=t, max_kv_len=kv,
+                 weight=[0.2, 0.1, 0.15, 0.05, 0.1, 0.2, 0.1, 0.1][i], hbm=hbm, flops=flops,
+                 flops_count="causal_useful")
+    return steps
+
+
+def write_synthetic_run(path: str | pathlib.Path, spec: SyntheticRunSpec = SyntheticRunSpec()) -> pathlib.Path:
+    """Write manifest.json, measurements.parquet and workloads/ tables under ``path``."""
+    path = pathlib.Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    rows = _Rows(spec)
+    _decode_rows(rows)
+    workloads = {"paper_decode": {"kind": "paper_decode", "sources": {}, "seed": spec.seed,
+                                  "summary": {"points": len(spec.decode_context_lens)}}}
+    if spec.include_prefill:
+        _prefill_rows(rows)
+        for name in ("paper_prefill_noncausal", "paper_prefill_causal"):
+            workloads[name] = {"kind": "paper_prefill", "sources": {}, "seed": spec.seed,
+                               "summary": {"points": len(spec.prefill_seq_lens)}}
+    if spec.include_trace:
+        steps = _trace_rows(rows)
+        workloads["azure_conv_sample"] = {
+            "kind": "trace", "seed": spec.seed,
+            "sources": {"AzureLLMInferenceTrace_conv.csv": "9f2c" + "0" * 60},
+            "summary": {"steps_total": 400, "steps_sampled": 8, "requests": 1000,
+                        "sample_time_share_pct": 71.5, "sample_token_share_pct": 68.0},
+        }
+    manifest = {
+        "schema_version": SCHEMA_VERSION, "run_id": spec.run_id, "created_utc": "2026-01-01T00:00:00Z",
+        "command": ["rpa-bench", "run", "experiment=main_cpu", "scale=cpu_smoke"],
+        "config": {"scale": {"name": "cpu_smoke", "scaled_down": True, "decode_num_seqs": spec.decode_num_seqs},
+                   "model": {"name": "llama3_8b"}, "seed": spec.seed},
+        "environment": {"python": "3.12", "jax": "0.11.2", "jaxlib": "0.11.2", "libtpu": None,
+                        "tpu-inference": "0.32.0", "platform": "cpu", "device_kind": "cpu", "device_count": 1},
+        "git": {"commit": "0" * 40, "dirty": False},
+        "kernels": {"reference": {"source": "rpa_bench.kernels.reference", "version": "0.1.0"},
+                    "rpa_v3": {"source": "tpu-inference", "version": "0.32.0", "commit": None}},
+        "workloads": workloads,
+        "device_spec": dict(SYNTHETIC_DEVICE),
+        "calibration": {"hbm_bw_bytes_per_s": 0.8 * SYNTHETIC_DEVICE["hbm_bw_bytes_per_s"],
+                        "matmul_flops_per_s": 0.7 * SYNTHETIC_DEVICE["peak_bf16_flops_per_s"],
+                        "source": "synthetic"},
+        "status": spec.status,
+        "synthetic": True,
+    }
+    store = RunStore(path)
+    store.write_manifest(manifest)
+    store.append(rows.rows)
+    if spec.include_trace:
+        store.write_workload_table("azure_conv_sample", "steps", steps)
+    return path
