@@ -246,3 +246,13 @@ def gather_output(stacked: KernelOutput, inputs: ShardedInputs) -> KernelOutput:
             full[inputs.page_map[d][mine]] = local[d][mine]
         caches[name] = full
     return KernelOutput(output=output, **caches)
+
+
+def plan_for(batch: RaggedBatch, model: ModelSpec, attn, mesh: MeshSpec, device_spec, *, ckv: int | None = None,
+             **sizes: int | None) -> ShardPlan:
+    """Split ``batch`` over ``mesh`` balanced by each sequence's roofline time on one device
+    of ``device_spec``, then fix the common per-device sizes (``sizes``: see plan_sharding)."""
+    from rpa_bench.parallel.partition import partition_batch, roofline_seq_time_s
+
+    times = roofline_seq_time_s(batch, mesh.local_model(model), attn, device_spec, ckv=ckv)
+    return plan_sharding(partition_batch(batch, mesh.data, seq_time_s=times), model, mesh, **sizes)

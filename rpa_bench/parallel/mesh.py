@@ -134,11 +134,13 @@ class DeviceInfo:
     device_kind: str
     coords: tuple[int, ...] | None = None  # TPU: the chip's coordinates in the slice
     core_on_chip: int | None = None  # TPU: which TensorCore of the chip
+    local_hardware_id: int | None = None  # ordinal on its host (profiler plane /device:X:N)
 
     @classmethod
     def of(cls, device: Any) -> "DeviceInfo":
         coords = getattr(device, "coords", None)
         core = getattr(device, "core_on_chip", None)
+        local = getattr(device, "local_hardware_id", None)
         return cls(
             id=int(device.id),
             process_index=int(getattr(device, "process_index", 0)),
@@ -146,6 +148,7 @@ class DeviceInfo:
             device_kind=str(device.device_kind),
             coords=None if coords is None else tuple(int(c) for c in coords),
             core_on_chip=None if core is None else int(core),
+            local_hardware_id=None if local is None else int(local),
         )
 
 

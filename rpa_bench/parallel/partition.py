@@ -137,3 +137,27 @@ def partition_by_count(batch: RaggedBatch, num_parts: int) -> DataPartition:
         raise ValueError(f"num_parts={num_parts} must be >= 1")
     ids = tuple(tuple(range(p, batch.num_seqs, num_parts)) for p in range(num_parts))
     return DataPartition(batch, ids, (1.0,) * batch.num_seqs)
+
+
+def roofline_seq_time_s(batch: RaggedBatch, model, attn, device_spec, *, ckv: int | None = None) -> np.ndarray:
+    """Per-sequence roofline lower bound on one device: ``max(bytes / bw, flops / peak)``.
+
+    ``model``: the per-device attention shape (``MeshSpec.local_model``); ``attn``: an
+    AttentionSpec; ``device_spec``: a roofline DeviceSpec (rescaled to one device here).
+    The FLOP roof uses the model dtype's peak (bf16 when the device publishes none) and the
+    matrix unit's cap for the head dim. f64[num_seqs].
+    """
+    from rpa_bench.roofline.cost import roofline_time_s, seq_cost_arrays
+
+    one = device_spec.per_device_spec()
+    hbm, flops = seq_cost_arrays(
+        batch.q_lens, batch.kv_lens, model, causal=attn.causal,
+        sliding_window=attn.sliding_window if attn.causal else None, ckv=ckv, page_size=batch.page_size,
+    )
+    try:
+        one.peak_flops_per_s(model.dtype)
+        dtype = model.dtype
+    except ValueError:
+        dtype = "bfloat16"
+    return np.atleast_1d(roofline_time_s(hbm, flops, one, dtype=dtype,
+                                         max_mxu_utilization=one.max_mxu_utilization(model.head_dim)))
