@@ -241,3 +241,13 @@ def detect_device_spec(*, results_dir: str | Path = "results", calibrated: bool 
         for d in compare_with_jax(spec):
             warnings.warn(f"devices.yaml vs JAX's TPU table: {d}", stacklevel=2)
     return spec
+
+
+def resolve_device_spec(name: str = "auto", *, num_devices: int | None = None,
+                        results_dir: str | Path = "results", calibrated: bool = True) -> DeviceSpec:
+    """What ``conf/device/*.yaml`` selects: ``name`` (or auto) covering ``num_devices``.
+
+    ``num_devices`` None keeps the figures as listed (a whole chip).
+    """
+    spec = get_device_spec(name, results_dir=results_dir, calibrated=calibrated)
+    return spec if num_devices is None else spec.for_devices(num_devices)
