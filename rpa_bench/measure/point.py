@@ -1,0 +1,207 @@
+"""One (workload point, kernel) measurement: check against the reference, then time.
+
+For a materialised batch and the reference's output on it:
+
+1. build the backend's call and compile both timed variants (:mod:`.calls`);
+2. correctness gate: run ``incl_prep`` once, ``finish`` it, compare with the reference
+   (``compare_outputs``: tolerance by dtype). Not ok -> both rows ``incorrect``, not timed;
+3. Pallas interpret-mode kernels (RPA kernels off TPU) stop here unless
+   ``timing.time_interpret``: rows ``skipped`` with the check's result, because interpret
+   timings are not kernel performance;
+4. per variant: the timing protocol (:mod:`.timing`, wall clock), then a short profiler
+   capture (:mod:`.capture`) for device time. ``timing_source`` is ``device`` when the
+   capture attributes events to the call's module, else ``wall`` with the reason;
+5. cost and metrics from the roofline module (paper convention, si, calibrated).
+
+Any exception becomes a ``failed`` row with its message; the sweep goes on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rpa_bench.measure import capture as cap
+from rpa_bench.measure import record
+from rpa_bench.measure.calls import VARIANTS, TimedCall, build_timed_calls
+from rpa_bench.measure.stats import summarize
+from rpa_bench.measure.timing import TimingConfig, time_function
+
+MAX_ERROR_CHARS = 2000
+
+
+@dataclasses.dataclass(frozen=True)
+class Roofline:
+    """What metrics need: the device spec covering the devices used, and a calibration."""
+
+    device: Any  # DeviceSpec
+    calibration: Any | None  # Calibration
+
+
+def error_text(exc: BaseException) -> str:
+    """``Type: message`` plus the innermost frame, bounded."""
+    tb = traceback.extract_tb(exc.__traceback__)
+    where = f" (at {Path(tb[-1].filename).name}:{tb[-1].lineno})" if tb else ""
+    text = f"{type(exc).__name__}: {exc}{where}"
+    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 3] + "..."
+
+
+def cost_of(batch, model, attn, *, causal: bool):
+    from rpa_bench.roofline.cost import PAPER_CKV, batch_cost
+
+    return batch_cost(batch, model, causal=causal, sliding_window=attn.sliding_window,
+                      ckv=PAPER_CKV if causal else None, count="executed")
+
+
+def metrics_of(cost, latency_us: float, roof: Roofline) -> tuple[dict, list[str]]:
+    from rpa_bench.roofline.metrics import compute_metrics
+
+    paper = compute_metrics(cost, latency_us, roof.device, convention="paper")
+    si = compute_metrics(cost, latency_us, roof.device, convention="si")
+    calibrated = None
+    if roof.calibration is not None:
+        calibrated = compute_metrics(cost, latency_us, roof.device, convention="si",
+                                     peak_source="calibrated", calibration=roof.calibration)
+    return record.metric_columns(paper, si, calibrated)
+
+
+def _time_variant(call: TimedCall, cfg: TimingConfig, *, capture_to: Path | None,
+                  kernel_regex: str | None, clock: Callable[[], float]) -> dict:
+    with call.context():
+        wall = time_function(call, call.args, config=cfg, donates=call.donates, clock=clock,
+                             label=f"{call.variant} samples")
+        notes = list(wall.warnings)
+        device = None
+        if cfg.capture and cfg.capture_calls > 0 and capture_to is not None:
+            sets = [call.fresh_args() for _ in range(cfg.capture_calls)]
+            path = cap.capture(lambda i: call(*sets[i]), cfg.capture_calls, capture_to, hlo=cfg.capture_hlo)
+            device = cap.parse(path, module_name=call.module_name, num_calls=cfg.capture_calls,
+                               kernel_regex=kernel_regex)
+            notes += device.warnings
+            if not cfg.keep_captures:
+                path.unlink(missing_ok=True)
+    on_device_plane = device is not None and device.available and str(device.plane).startswith("/device:")
+    if device is not None and device.available and not on_device_plane:
+        notes.append(
+            f"no device plane: the XLA op times of {call.module_name} on {device.plane} are kept in "
+            "device_samples_us (the profiler's per-op overhead inflates them); timing_source=wall"
+        )
+    if on_device_plane:
+        per_call = device.per_call_us
+        if call.variant == "excl_prep" and device.kernel_per_call_us:
+            per_call = device.kernel_per_call_us  # the Pallas call alone, glue excluded
+        summary = summarize(per_call, cfg.stats, label="device samples")
+        notes += [w for w in summary.warnings if w not in notes]
+        source, samples, dev = "device", per_call, per_call
+    else:
+        if cfg.capture and device is None:
+            notes.append("no profiler capture (timing.capture=false or capture_calls=0); timing_source=wall")
+        source, samples, summary = "wall", wall.samples_us, wall.summary
+        dev = device.per_call_us if device is not None and device.available else None
+    cols = record.timing_columns(
+        source=source, samples_us=samples, summary=summary, wall=wall, device_samples_us=dev,
+        compile_time_s=call.compile_time_s,
+        capture_path=str(capture_to) if (device is not None and cfg.keep_captures) else None,
+    )
+    cols["warnings"] = notes
+    return cols
+
+
+def measure_kernel(
+    backend: Any,
+    *,
+    interpret: bool,
+    inputs: Any,
+    reference: Any,
+    attn: Any,
+    causal: bool,
+    timing: TimingConfig,
+    roof: Roofline,
+    run: record.RunColumns,
+    point_cols: dict,
+    kernel_cols: dict,
+    captures_dir: Path | None,
+    run_dir: Path | None = None,
+    capture_stem: str = "capture",
+    kernel_regex: str | None = cap.DEFAULT_KERNEL_REGEX,
+    context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    clock: Callable[[], float] = time.perf_counter,
+) -> list[dict]:
+    """Rows (one per variant) for ``backend`` on ``inputs``; never raises for kernel errors."""
+    import jax
+
+    from rpa_bench.kernels.checking import compare_outputs
+
+    batch, model = inputs.batch, inputs.model
+    try:
+        cost = cost_of(batch, model, attn, causal=causal)
+        base_more = record.cost_columns(cost)
+    except Exception as exc:  # noqa: BLE001 - a row with its error, never a missing row
+        cost, base_more = None, {"warnings": [f"cost model failed: {error_text(exc)}"]}
+
+    def rows(status: str, per_variant: dict | None = None, **more: Any) -> list[dict]:
+        return [record.row(run, point_cols, kernel_cols, variant=v, status=status,
+                           **base_more, **more, **((per_variant or {}).get(v, {}))) for v in VARIANTS]
+
+    try:
+        prepared = backend.build(model, attn, batch, interpret=interpret)
+        calls = build_timed_calls(prepared, inputs, context=context, clock=clock)
+        check = calls["incl_prep"]
+        with check.context():
+            out = prepared.finish(check(*check.fresh_args()))
+            jax.block_until_ready(out)
+        max_abs_err, ok = compare_outputs(out, reference, inputs)
+        tolerance = _tolerance(model)
+    except Exception as exc:  # noqa: BLE001
+        return rows("failed", error=error_text(exc))
+    gate = {"max_abs_err": float(max_abs_err), "tolerance": tolerance}
+    if not ok:
+        return rows("incorrect", error=f"max_abs_err={max_abs_err:.3g} exceeds tolerance={tolerance:g}; not timed",
+                    **gate)
+    compile_cols = {v: {"compile_time_s": calls[v].compile_time_s} for v in VARIANTS}
+    if interpret and not timing.time_interpret:
+        return rows(
+            "skipped", compile_cols,
+            error=(f"correct in Pallas interpret mode (max_abs_err={max_abs_err:.3g} <= {tolerance:g}); "
+                   "not timed: interpret-mode timings are not kernel performance "
+                   "(timing.time_interpret=true times them anyway)"),
+            **gate,
+        )
+    out_rows = []
+    for variant in VARIANTS:
+        try:
+            capture_to = None
+            if captures_dir is not None:
+                capture_to = Path(captures_dir) / f"{capture_stem}-{variant}.xplane.pb"
+            cols = _time_variant(calls[variant], timing, capture_to=capture_to, kernel_regex=kernel_regex, clock=clock)
+            if cols["capture_path"] and run_dir is not None:
+                cols["capture_path"] = str(Path(cols["capture_path"]).relative_to(run_dir))
+            if interpret:
+                cols["warnings"].insert(0, "Pallas interpret mode: this timing is NOT kernel performance")
+            if cost is not None:
+                mcols, notes = metrics_of(cost, cols["latency_us"], roof)
+                cols.update(mcols)
+                cols["warnings"] += notes
+            cols["warnings"] = list(base_more.get("warnings", [])) + cols["warnings"]
+            more = {k: v for k, v in base_more.items() if k != "warnings"}
+            out_rows.append(record.row(run, point_cols, kernel_cols, variant=variant, status="ok",
+                                       **more, **gate, **cols))
+        except Exception as exc:  # noqa: BLE001
+            out_rows.append(record.row(run, point_cols, kernel_cols, variant=variant, status="failed",
+                                       **base_more, **gate, **compile_cols[variant], error=error_text(exc)))
+    return out_rows
+
+
+def _tolerance(model: Any) -> float:
+    from rpa_bench.kernels import checking
+
+    fn = getattr(checking, "tolerance_for", None)
+    if fn is not None:
+        return float(fn(model))
+    table = getattr(checking, "TOLERANCE_BY_DTYPE", None) or {}
+    return float(table.get(model.dtype, float("nan")))

@@ -1,0 +1,179 @@
+"""Measurement rows: the columns of :data:`rpa_bench.measure.schema.COLUMNS`, filled in.
+
+Pure functions of their inputs (no timing, no kernels run here): the workload point's
+columns, the kernel's, the timing result's, and the roofline metrics'.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from rpa_bench.workloads.batch import RaggedBatch
+from rpa_bench.workloads.model import AttentionSpec, ModelSpec
+
+MAX_BATCH_SPEC_CHARS = 120
+
+
+@dataclasses.dataclass(frozen=True)
+class RunColumns:
+    """Columns shared by every row of one run."""
+
+    run_id: str
+    experiment: str
+    scale: str
+    device: str  # roofline device spec name
+    device_kind: str
+    num_devices: int
+    mesh: str
+    seed: int
+
+
+def now_utc() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def workload_hash(batch: RaggedBatch, model: ModelSpec, attn: AttentionSpec, *, causal: bool,
+                  max_num_batched_tokens: int | None, max_num_seqs: int | None) -> str:
+    blob = json.dumps(
+        {"batch": batch.to_dict(), "model": dataclasses.asdict(model), "attention": dataclasses.asdict(attn),
+         "causal": causal, "max_num_batched_tokens": max_num_batched_tokens, "max_num_seqs": max_num_seqs},
+        sort_keys=True, separators=(",", ":"), default=str,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _batch_spec(batch: RaggedBatch) -> str | None:
+    try:
+        from rpa_bench.workloads.spec import format_batch_spec
+
+        text = format_batch_spec(batch)
+    except Exception:  # noqa: BLE001 - a display convenience only
+        return None
+    return text if len(text) <= MAX_BATCH_SPEC_CHARS else None
+
+
+def point_columns(*, workload: str, workload_kind: str, point_id: str, batch: RaggedBatch, causal: bool,
+                  weight: float, model: ModelSpec, model_name: str, attn: AttentionSpec,
+                  max_num_batched_tokens: int | None, max_num_seqs: int | None,
+                  meta: Mapping[str, Any] | None = None) -> dict:
+    meta = dict(meta or {})
+    context_len = meta.get("context_len")
+    seq_len = meta.get("seq_len")
+    if context_len is None and workload_kind == "paper_decode" and len(set(batch.kv_lens)) == 1:
+        context_len = batch.kv_lens[0] - 1
+    if seq_len is None and workload_kind == "paper_prefill" and batch.num_seqs == 1:
+        seq_len = batch.q_lens[0]
+    return {
+        "workload": workload,
+        "workload_kind": workload_kind,
+        "point_id": point_id,
+        "workload_hash": workload_hash(batch, model, attn, causal=causal,
+                                       max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs),
+        "phase": batch.phase,
+        "num_seqs": batch.num_seqs,
+        "num_tokens": batch.num_tokens,
+        "max_kv_len": batch.max_kv_len,
+        "context_len": context_len,
+        "seq_len": seq_len,
+        "causal": causal,
+        "weight": weight,
+        "batch_spec": _batch_spec(batch),
+        "model": model_name,
+        "num_q_heads": model.num_q_heads,
+        "num_kv_heads": model.num_kv_heads,
+        "head_dim": model.head_dim,
+        "dtype": model.dtype,
+        "kv_dtype": model.kv_dtype,
+        "page_size": batch.page_size,
+    }
+
+
+def kernel_columns(name: str, provenance: Mapping[str, Any], *, interpret: bool) -> dict:
+    source = provenance.get("source") or provenance.get("path")
+    version = provenance.get("version")
+    package = provenance.get("package")
+    if source is None:
+        source = f"{package}=={version}" if package and version else (version or package or "unknown")
+    return {
+        "kernel": name,
+        "kernel_source": str(source),
+        "kernel_commit": provenance.get("commit"),
+        "interpret": interpret,
+    }
+
+
+def cost_columns(cost: Any) -> dict:
+    return {
+        "hbm_bytes": int(cost.hbm_bytes),
+        "flops": int(cost.flops),
+        "flops_count": cost.flops_kind,
+        "arithmetic_intensity": float(cost.arithmetic_intensity),
+    }
+
+
+def metric_columns(paper: Any, si: Any, calibrated: Any | None) -> tuple[dict, list[str]]:
+    """Columns from three Metrics of one latency: paper convention, si, si vs calibration."""
+    cols = {
+        "convention": paper.convention,
+        "throughput_gb_per_s": paper.throughput_gb_per_s,
+        "throughput_gib_per_s": paper.throughput_gib_per_s,
+        "tflops": paper.tflops,
+        "mbu_pct": paper.mbu_pct,
+        "mfu_pct": paper.mfu_pct,
+        "mbu_si_pct": si.mbu_pct,
+        "mfu_si_pct": si.mfu_pct,
+        "mbu_calibrated_pct": calibrated.mbu_pct if calibrated is not None else None,
+        "mfu_calibrated_pct": calibrated.mfu_pct if calibrated is not None else None,
+        "bound_time_us": paper.bound_time_us,
+        "bound_by": paper.bound_by,
+        "roofline_efficiency_pct": paper.roofline_efficiency_pct,
+        "above_roof": bool(paper.above_roof or (calibrated is not None and calibrated.above_roof)),
+    }
+    notes = []
+    for m in (paper, calibrated):
+        if m is not None and m.above_roof and m.above_roof_reason:
+            notes.append(f"above the roof ({m.above_roof_reason}): a measurement or accounting error, not a result")
+    return cols, notes
+
+
+def _median(xs: Sequence[float] | None) -> float | None:
+    if not xs:
+        return None
+    import numpy as np
+
+    return float(np.median(np.asarray(xs, dtype=float)))
+
+
+def timing_columns(*, source: str, samples_us: Sequence[float], summary: Any, wall: Any,
+                   device_samples_us: Sequence[float] | None, compile_time_s: float,
+                   capture_path: str | None) -> dict:
+    return {
+        "timing_source": source,
+        "compile_time_s": compile_time_s,
+        "loops_per_sample": wall.loops_per_sample,
+        "samples_us": list(samples_us),
+        "wall_samples_us": list(wall.samples_us),
+        "device_samples_us": list(device_samples_us) if device_samples_us else None,
+        "latency_us": summary.median_us,
+        "latency_iqr_us": summary.iqr_us,
+        "latency_ci_low_us": summary.ci_low_us,
+        "latency_ci_high_us": summary.ci_high_us,
+        "wall_latency_us": wall.summary.median_us,
+        "device_latency_us": _median(device_samples_us),
+        "per_device_latency_us": [summary.median_us] if source == "device" else None,
+        "capture_path": capture_path,
+    }
+
+
+def row(run: RunColumns, point: Mapping[str, Any], kernel: Mapping[str, Any], *, variant: str, status: str,
+        **more: Any) -> dict:
+    out = {"run_id": run.run_id, "experiment": run.experiment, "scale": run.scale, "device": run.device,
+           "device_kind": run.device_kind, "num_devices": run.num_devices, "mesh": run.mesh, "seed": run.seed,
+           **point, **kernel, "variant": variant, "status": status, "timestamp": now_utc()}
+    out.update(more)
+    return out

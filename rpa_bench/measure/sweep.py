@@ -1,0 +1,262 @@
+"""The sweep: every (workload point, kernel) of a plan, measured and stored point by point.
+
+:func:`prepare_run` does all the cheap work and every check (workloads built, backends
+resolved and validated on every point, device-awareness limits) before anything is
+allocated; :func:`execute` then walks the points: materialise the batch once, run the
+reference on it once, measure each kernel (:func:`rpa_bench.measure.point.measure_kernel`)
+and append its rows to the store as one atomic part. Finished (point, kernel) pairs found
+in the store are skipped, so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from rpa_bench.measure import record
+from rpa_bench.measure.plan import KernelEntry, RunPlan, WorkloadEntry
+from rpa_bench.measure.point import Roofline, cost_of, error_text, measure_kernel
+from rpa_bench.measure.store import RunStore
+
+
+@dataclasses.dataclass
+class KernelSlot:
+    entry: KernelEntry
+    backend: Any | None
+    interpret: bool
+    available: bool
+    reason: str
+
+
+@dataclasses.dataclass
+class PreparedRun:
+    plan: RunPlan
+    workloads: list[tuple[WorkloadEntry, Any]]  # (entry, Workload)
+    kernels: list[KernelSlot]
+    roof: Roofline
+    platform: str
+    device_kind: str
+    num_devices: int
+    mesh_label: str
+
+    @property
+    def num_jobs(self) -> int:
+        return sum(len(self.points(w)) for _, w in self.workloads) * len(self.kernels)
+
+    def points(self, workload: Any) -> list:
+        pts = list(workload.points)
+        return pts if self.plan.max_points is None else pts[: self.plan.max_points]
+
+
+def _is_pallas(backend: Any) -> bool:
+    """A Pallas TPU kernel (runs off TPU only in interpret mode)."""
+    for attr in ("pallas", "is_pallas", "requires_tpu"):
+        if getattr(backend, attr, None) is not None:
+            return bool(getattr(backend, attr))
+    return getattr(backend, "name", "") != "reference"
+
+
+def interpret_work(batch: Any, model: Any) -> int:
+    """Rough cost of an interpret-mode call: cached KV tokens x KV heads."""
+    return int(sum(batch.kv_lens)) * int(model.num_kv_heads)
+
+
+def _resolve_kernels(plan: RunPlan, platform: str) -> list[KernelSlot]:
+    from rpa_bench.kernels.registry import get_backend
+
+    slots = []
+    for k in plan.kernels:
+        backend = get_backend(k.name, source=k.source, options=dict(k.options) or None)
+        ok, reason = backend.availability()
+        if k.interpret == "auto":
+            interpret = platform != "tpu" and _is_pallas(backend)
+        else:
+            interpret = bool(k.interpret)
+        slots.append(KernelSlot(k, backend, interpret, bool(ok), str(reason)))
+    return slots
+
+
+def _build_workloads(plan: RunPlan) -> list[tuple[WorkloadEntry, Any]]:
+    from rpa_bench.workloads.points import build_workload, workload_spec_from_dict
+
+    out = []
+    for entry in plan.workloads:
+        spec = workload_spec_from_dict(dict(entry.config))
+        out.append((entry, build_workload(spec, plan.model, dict(plan.scheduler), seed=plan.seed)))
+    return out
+
+
+def _check_limits(plan: RunPlan, workloads, kernels: list[KernelSlot], platform: str) -> None:
+    from rpa_bench.workloads.materialize import estimate_bytes, padded_shape
+
+    problems: list[str] = []
+    for entry, wl in workloads:
+        for p in (wl.points if plan.max_points is None else wl.points[: plan.max_points]):
+            for slot in kernels:
+                if slot.available:
+                    try:
+                        slot.backend.validate(plan.model, dataclasses.replace(plan.attention, causal=p.causal), p.batch)
+                    except ValueError as e:
+                        problems.append(f"workload {entry.name} point {p.point_id}: {e}")
+            if platform != "cpu":
+                continue
+            shape = padded_shape(p.batch, max_num_batched_tokens=p.max_num_batched_tokens, max_num_seqs=p.max_num_seqs)
+            nbytes = estimate_bytes(p.batch, plan.model, max_num_batched_tokens=shape.max_num_batched_tokens,
+                                    max_num_seqs=shape.max_num_seqs, num_pages=shape.num_pages)
+            flops = cost_of(p.batch, plan.model, plan.attention, causal=p.causal).flops
+            if nbytes > plan.scale.cpu_max_input_bytes or flops > plan.scale.cpu_max_call_flops:
+                problems.append(
+                    f"scale={plan.scale.name} on cpu: workload {entry.name} point {p.point_id} needs "
+                    f"{nbytes / 2**30:.2f} GiB of inputs and {flops / 1e12:.2f} TFLOP per call (limits: "
+                    f"scale.cpu_max_input_bytes={plan.scale.cpu_max_input_bytes:.3g}, "
+                    f"scale.cpu_max_call_flops={plan.scale.cpu_max_call_flops:.3g}); it would not fit or "
+                    "would take hours on this CPU. Use scale=cpu_smoke, or run on a TPU/GPU"
+                )
+    if problems:
+        head = problems[:8] + ([f"... and {len(problems) - 8} more"] if len(problems) > 8 else [])
+        raise ValueError("the run cannot start:\n  " + "\n  ".join(head))
+
+
+def _roofline(plan: RunPlan, num_devices: int) -> Roofline:
+    from rpa_bench.roofline.calibration import latest_calibration
+    from rpa_bench.roofline.specs import get_device_spec
+
+    name = str(plan.device.get("name") or "auto")
+    spec = get_device_spec(name, results_dir=plan.results_dir)
+    n = plan.device.get("num_devices") or num_devices
+    spec = spec.for_devices(int(n))
+    cal = latest_calibration(spec.device_kinds[0], results_dir=plan.results_dir)
+    return Roofline(device=spec, calibration=cal)
+
+
+def prepare_run(plan: RunPlan) -> PreparedRun:
+    """Everything but the measurements; raises ValueError for any config problem."""
+    import jax
+
+    from rpa_bench.parallel.mesh import mesh_spec_from_config
+
+    dev = jax.devices()[0]
+    mesh = mesh_spec_from_config(dict(plan.mesh), device_kind=dev.device_kind, num_devices=len(jax.devices()))
+    if mesh.num_devices != 1:
+        raise ValueError(f"mesh={mesh.label}: rpa-bench run measures one device for now; allowed: mesh=single")
+    kernels = _resolve_kernels(plan, dev.platform)
+    workloads = _build_workloads(plan)
+    _check_limits(plan, workloads, kernels, dev.platform)
+    roof = _roofline(plan, mesh.num_devices)
+    return PreparedRun(plan, workloads, kernels, roof, dev.platform, dev.device_kind, mesh.num_devices, mesh.label)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", text)[:80]
+
+
+def _point_rows(prep: PreparedRun, run: record.RunColumns, entry: WorkloadEntry, wl: Any, p: Any,
+                todo: list[KernelSlot], store: RunStore, on_rows: Callable[[list[dict]], None]) -> None:
+    import jax
+
+    from rpa_bench.kernels.backend_util import call_context
+    from rpa_bench.kernels.reference import reference_attention
+    from rpa_bench.workloads.materialize import materialize
+
+    plan = prep.plan
+    attn = dataclasses.replace(plan.attention, causal=p.causal)
+    point_cols = record.point_columns(
+        workload=entry.name, workload_kind=getattr(wl, "kind", entry.kind), point_id=p.point_id, batch=p.batch,
+        causal=p.causal, weight=p.weight, model=plan.model, model_name=plan.model_name, attn=attn,
+        max_num_batched_tokens=p.max_num_batched_tokens, max_num_seqs=p.max_num_seqs, meta=getattr(p, "meta", None),
+    )
+
+    def simple(slot: KernelSlot, status: str, error: str) -> list[dict]:
+        kcols = record.kernel_columns(slot.entry.name, _provenance(slot), interpret=slot.interpret)
+        return [record.row(run, point_cols, kcols, variant=v, status=status, error=error)
+                for v in ("excl_prep", "incl_prep")]
+
+    inputs = reference = None
+    for slot in todo:
+        if not slot.available:
+            on_rows(simple(slot, "skipped", f"kernel unavailable: {slot.reason}"))
+            continue
+        if slot.interpret and interpret_work(p.batch, plan.model) > plan.scale.interpret_max_kv_token_heads:
+            on_rows(simple(slot, "skipped", (
+                f"too large for Pallas interpret mode on {prep.platform} (sum(kv_lens) x h_kv = "
+                f"{interpret_work(p.batch, plan.model)} > scale.interpret_max_kv_token_heads="
+                f"{plan.scale.interpret_max_kv_token_heads}); checked on smaller points, measure it on a TPU")))
+            continue
+        if inputs is None:
+            try:
+                inputs = materialize(p.batch, plan.model, max_num_batched_tokens=p.max_num_batched_tokens,
+                                     max_num_seqs=p.max_num_seqs, seed=plan.seed, poison=True)
+                reference = jax.block_until_ready(reference_attention(inputs, attn))
+            except Exception as exc:  # noqa: BLE001 - every kernel of the point gets the error
+                err = f"materialise/reference failed: {error_text(exc)}"
+                for s in todo[todo.index(slot):]:
+                    on_rows(simple(s, "failed", err))
+                return
+        kcols = record.kernel_columns(slot.entry.name, _provenance(slot), interpret=slot.interpret)
+        rows = measure_kernel(
+            slot.backend, interpret=slot.interpret, inputs=inputs, reference=reference, attn=attn,
+            causal=p.causal, timing=plan.timing, roof=prep.roof, run=run, point_cols=point_cols,
+            kernel_cols=kcols, captures_dir=store.captures_dir / _slug(entry.name), run_dir=store.root,
+            capture_stem=f"{_slug(p.point_id)}-{_slug(slot.entry.name)}",
+            context=lambda s=slot: call_context(s.interpret),
+        )
+        on_rows(rows)
+
+
+_PROVENANCE: dict[int, dict] = {}
+
+
+def _provenance(slot: KernelSlot) -> dict:
+    key = id(slot)
+    if key not in _PROVENANCE:
+        try:
+            _PROVENANCE[key] = dict(slot.backend.provenance()) if slot.backend is not None else {}
+        except Exception as exc:  # noqa: BLE001
+            _PROVENANCE[key] = {"error": error_text(exc)}
+    return _PROVENANCE[key]
+
+
+def kernel_provenance(prep: PreparedRun) -> dict:
+    return {s.entry.name: {**_provenance(s), "available": s.available, "availability": s.reason,
+                           "interpret": s.interpret, "config": dict(s.entry.config)} for s in prep.kernels}
+
+
+def execute(prep: PreparedRun, store: RunStore, *, run_id: str, progress: bool = True,
+            on_part: Callable[[list[dict]], None] | None = None) -> Counter:
+    """Measure everything not yet in ``store``; returns status counts of the rows written."""
+    from tqdm import tqdm
+
+    plan = prep.plan
+    run = record.RunColumns(run_id=run_id, experiment=plan.experiment, scale=plan.scale.name,
+                            device=prep.roof.device.name, device_kind=prep.device_kind,
+                            num_devices=prep.num_devices, mesh=prep.mesh_label, seed=plan.seed)
+    done = store.done_keys()
+    counts: Counter = Counter()
+    bar = tqdm(total=prep.num_jobs, disable=not progress, unit="job", dynamic_ncols=True, desc=plan.experiment)
+    bar.update(sum(1 for e, w in prep.workloads for p in prep.points(w) for k in prep.kernels
+                   if (e.name, p.point_id, k.entry.name) in done))
+
+    def on_rows(rows: list[dict]) -> None:
+        store.append(rows)
+        for r in rows:
+            counts[r["status"]] += 1
+        last = rows[0]
+        lat = next((r.get("latency_us") for r in rows if r.get("latency_us") is not None), None)
+        bar.set_postfix_str(
+            " ".join(f"{k}={v}" for k, v in sorted(counts.items()))
+            + f" | {last['kernel']} {last['workload']}:{last['point_id']} {last['status']}"
+            + (f" {lat:.1f}us" if lat is not None else ""), refresh=False)
+        bar.update(1)
+        if on_part is not None:
+            on_part(rows)
+
+    for entry, wl in prep.workloads:
+        for p in prep.points(wl):
+            todo = [k for k in prep.kernels if (entry.name, p.point_id, k.entry.name) not in done]
+            if todo:
+                _point_rows(prep, run, entry, wl, p, todo, store, on_rows)
+    bar.close()
+    return counts
