@@ -68,3 +68,12 @@ def test_bad_flags_name_the_flag(capsys, argv, needle):
         cli_main(["roofline", *argv])
     assert exc.value.code == 2
     assert needle in capsys.readouterr().err
+
+
+def test_paper_flag_reproduces_tables_4_6_8(capsys):
+    out = _json(capsys, ["--paper", "all"])
+    rows = [r for r in out["rows"] if r["table"] in ("table4", "table6", "table8")]
+    assert len(rows) == 42 and all(r["within_rounding"] for r in rows)
+    assert cli_main(["roofline", "--paper", "table8"]) == 0
+    text = capsys.readouterr().out
+    assert "table8" in text and "table4" not in text and "bound_time_us" in text

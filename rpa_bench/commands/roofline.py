@@ -9,6 +9,9 @@ Examples (the paper's Tables 4 and 6 / 8 rows)::
         --convention paper --phase prefill --seq-len 8192 --causal --ckv 1024 --latency-us 852
     rpa-bench roofline --device h100_sxm --batch-spec 2q2k_32q1s1k --latency-us 120 --json
 
+``rpa-bench roofline --paper all`` (or ``--paper table4``) prints the paper's tables
+beside their recomputation from the printed latencies, with the TPU7x roofline bound.
+
 ``--context`` is the paper's c: tokens already cached *before* the new ones, so a decode
 has kv_len = c + 1 and a prefill chunk of s tokens kv_len = c + s. Without
 ``--latency-us`` only the cost and the roofline bound are printed.
@@ -22,6 +25,7 @@ import sys
 
 from rpa_bench.roofline.cost import COUNTS, GRANULARITIES, PAPER_CKV, batch_cost
 from rpa_bench.roofline.metrics import CONVENTIONS, PEAK_SOURCES, compute_metrics
+from rpa_bench.roofline.paper import PAPER_TABLES, paper_vs_recomputed
 from rpa_bench.roofline.specs import device_names, get_device_spec
 from rpa_bench.workloads.batch import RaggedBatch
 from rpa_bench.workloads.model import SUPPORTED_DTYPES, SUPPORTED_KV_DTYPES, ModelSpec
@@ -85,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--granularity", choices=GRANULARITIES, default="token", help="cached K/V bytes per token or page")
     p.add_argument("--latency-us", type=float, default=None, help="measured latency of the call (microseconds)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--paper", choices=(*PAPER_TABLES, "all"), default=None,
+                   help="print a paper table (or all) beside its recomputation; other flags ignored")
     return p
 
 
@@ -122,6 +128,8 @@ def _fmt(x, spec: str = ".2f", unit: str = "") -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.paper:
+        return _print_paper(args.paper, as_json=args.json)
     if args.latency_us is not None and not args.latency_us > 0:
         parser.error(f"--latency-us={args.latency_us} must be > 0")
     try:
@@ -187,3 +195,22 @@ def _print_text(out: dict, batch: RaggedBatch, device, cost) -> None:
     w(f"efficiency   {out['roofline_efficiency_pct']:.1f} % of the roofline bound\n")
     if out["above_roof"]:
         w(f"ABOVE ROOF   {out['above_roof_reason']} -- a measurement or accounting error\n")
+
+
+PAPER_COLUMNS = ("table", "sweep_value", "variant", "latency_us", "throughput_printed", "throughput",
+                 "util_printed_pct", "util_pct", "within_rounding", "bound_time_us", "roofline_efficiency_pct")
+
+
+def _print_paper(which: str, *, as_json: bool) -> int:
+    df = paper_vs_recomputed(tuple(PAPER_TABLES) if which == "all" else (which,))
+    if as_json:
+        print(json.dumps({"convention": "paper", "device": "tpu7x", "rows": json.loads(df.to_json(orient="records"))}))
+        return 0
+    shown = df[list(PAPER_COLUMNS)].rename(columns={"sweep_value": "c_or_s", "throughput_printed": "thr_paper",
+                                                    "throughput": "thr", "util_printed_pct": "util_paper",
+                                                    "util_pct": "util", "within_rounding": "ok",
+                                                    "roofline_efficiency_pct": "eff_pct"})
+    print("paper convention, TPU7x chip; thr: GiB/s (decode) or TFLOP/s (prefill); util: MBU or MFU %;")
+    print("ok: printed value within the latency's rounding; bound_time_us: roofline lower bound")
+    print(shown.to_string(index=False, float_format=lambda x: f"{x:.2f}", na_rep="-"))
+    return 0
