@@ -190,7 +190,8 @@ def step_chart(steps: pd.DataFrame, out_path: pathlib.Path, *, workload: str, de
     return _save(fig, out_path)
 
 
-def ratio_chart(result: pd.DataFrame, out_path: pathlib.Path, *, title: str, threshold: float) -> pathlib.Path | None:
+def ratio_chart(result: pd.DataFrame, out_path: pathlib.Path, *, device: str, side_a: str, side_b: str,
+                threshold: float) -> pathlib.Path | None:
     """B/A median-latency ratio per point with its bootstrap CI (log axis)."""
     rows = result[result["mark"] != "not comparable"].dropna(subset=["ratio"])
     if rows.empty:
@@ -212,11 +213,21 @@ def ratio_chart(result: pd.DataFrame, out_path: pathlib.Path, *, title: str, thr
     ax.axvline(1.0, color="black", lw=0.8)
     for t in (threshold, 1 / threshold):
         ax.axvline(t, color="grey", lw=0.8, ls="--")
+    geomean = float(np.exp(np.mean(np.log(ratio))))
+    ax.axvline(geomean, color="#1f77b4", lw=1.0, ls=":", label=f"geometric mean {geomean:.3g}x")
     ax.set_xscale("log")
+    lo, hi = ax.get_xlim()
+    nice = sorted({0.25, 0.5, 0.67, 0.8, 0.9, 0.95, 1.0, 1.05, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0,
+                   round(threshold, 3), round(1 / threshold, 3)})
+    ax.set_xticks([t for t in nice if lo <= t <= hi])
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _p: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_yticks(y, labels, fontsize=7)
     ax.invert_yaxis()
     ax.set_xlabel(f"ratio B/A of median latency (x; < 1 faster, > 1 slower; dashed: {threshold:g}x threshold)")
-    ax.set_title(title, fontsize=10)
+    kernels = ", ".join(sorted({str(k) for k in rows["kernel"]}))
+    ax.set_title(f"B/A median latency on {device} - kernels: {kernels}\nA = {side_a}, B = {side_b}; 95% bootstrap CI; "
+                 "per-call latency of each row's timing source", fontsize=10)
     ax.grid(True, axis="x", which="both", lw=0.3, alpha=0.5)
     ax.legend(fontsize=8, loc="best")
     return _save(fig, out_path)

@@ -57,12 +57,9 @@ def write_compare(
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     summary = summarize(result)
-    kernels = sorted({str(k) for k in result.get("kernel", pd.Series(dtype=object)).dropna()})
     title = f"{side_b} vs {side_a} on {device}"
-    png = charts.ratio_chart(
-        result, out / "ratio.png", threshold=options.threshold,
-        title=(f"B/A median latency, {device}, kernels: {', '.join(kernels) or 'none'}\n"
-               f"A = {side_a}, B = {side_b}; 95% bootstrap CI; per-call latency of the timing source"))
+    png = charts.ratio_chart(result, out / "ratio.png", device=device, side_a=side_a, side_b=side_b,
+                             threshold=options.threshold)
     sections = []
     counts = pd.DataFrame([{"mark": m, "points": n} for m, n in summary.counts.items()])
     counts_table = table_from_frame(counts, [Column("mark", "mark", css=_mark_css),

@@ -1,0 +1,86 @@
+"""Reports on incomplete or foreign folders: render what is valid, list what is missing."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from rpa_bench import cli
+from rpa_bench.measure.schema import SCHEMA_VERSION
+from rpa_bench.reports.load import NotARunError, load_run
+from rpa_bench.reports.synthetic import SyntheticRunSpec, write_synthetic_run
+
+
+@pytest.fixture
+def run(tmp_path):
+    return write_synthetic_run(tmp_path / "run", SyntheticRunSpec(include_trace=False))
+
+
+def _edit_manifest(path, **changes):
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest.update(changes)
+    for key in [k for k, v in changes.items() if v is ...]:
+        del manifest[key]
+    (path / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _report(path, capsys) -> tuple[str, str]:
+    assert cli.main(["report", str(path)]) == 0
+    return (path / "report" / "index.html").read_text(), capsys.readouterr().err
+
+
+def test_older_schema_with_missing_columns_renders_and_lists_them(run, capsys):
+    _edit_manifest(run, schema_version=SCHEMA_VERSION - 1, calibration=...)
+    frame = pd.read_parquet(run / "measurements.parquet")
+    frame.drop(columns=["mbu_si_pct", "mfu_si_pct", "scale"]).to_parquet(run / "measurements.parquet")
+    html, err = _report(run, capsys)
+    assert f"store schema v{SCHEMA_VERSION - 1}, older than this reader" in html
+    assert "lacks columns: scale, mbu_si_pct, mfu_si_pct" in html
+    assert "manifest.json lacks keys: calibration" in html
+    assert "lacks columns" in err
+    assert '<img src="roofline.png"' in html  # what is valid still renders
+
+
+def test_interrupted_run_without_parquet_renders_what_it_has(run, capsys):
+    _edit_manifest(run, status="interrupted")
+    (run / "measurements.parquet").unlink()
+    html, _ = _report(run, capsys)
+    assert "run status is &#39;interrupted&#39;, not &#39;complete&#39;" in html
+    assert "measurements.parquet is missing" in html
+    assert "Omitted: no measurement with status ok" in html  # roofline
+    assert "Environment and provenance" in html and "tpu-inference" in html
+
+
+def test_parquet_without_manifest_renders_measurements(run, capsys):
+    (run / "manifest.json").unlink()
+    html, _ = _report(run, capsys)
+    assert "manifest.json is missing" in html and '<img src="roofline.png"' in html
+
+
+def test_corrupt_manifest_is_listed_not_fatal(run, capsys):
+    (run / "manifest.json").write_text("{not json")
+    html, _ = _report(run, capsys)
+    assert "manifest.json is not valid JSON" in html
+
+
+def test_unknown_status_values_are_listed(run):
+    frame = pd.read_parquet(run / "measurements.parquet")
+    frame.loc[0, "status"] = "exploded"
+    frame.to_parquet(run / "measurements.parquet")
+    assert any("unknown status values ['exploded']" in p for p in load_run(run).problems)
+
+
+def test_non_results_folder_is_refused_with_exit_two(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("hello")
+    assert cli.main(["report", str(tmp_path)]) == 2
+    assert "not a results run folder" in capsys.readouterr().err
+    assert not (tmp_path / "report").exists()
+    with pytest.raises(NotARunError, match="is not a folder"):
+        load_run(tmp_path / "notes.txt")
+
+
+def test_report_usage_error_exits_two(capsys):
+    assert cli.main(["report"]) == 2
+    assert "usage: rpa-bench report" in capsys.readouterr().err

@@ -1,0 +1,117 @@
+"""``rpa-bench report`` on a stored (synthetic) run: sections, charts, paper table, escaping."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from rpa_bench import cli
+from rpa_bench.reports import charts
+from rpa_bench.reports.load import load_run
+from rpa_bench.reports.paper_side import side_by_side
+from rpa_bench.reports.report import write_report
+from rpa_bench.reports.synthetic import SyntheticRunSpec, write_synthetic_run
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    path = write_synthetic_run(tmp_path_factory.mktemp("report") / "full")
+    assert cli.main(["report", str(path)]) == 0
+    return path
+
+
+def _html(run_path) -> str:
+    return (run_path / "report" / "index.html").read_text()
+
+
+def test_report_writes_page_and_every_chart(full_run):
+    html = _html(full_run)
+    srcs = re.findall(r'<img src="([^"]+)"', html)
+    assert sorted(srcs) == ["mbu_decode.png", "mfu_prefill.png", "roofline.png", "steps_azure_conv_sample_steps.png"]
+    for src in srcs:  # relative links to real, non-empty PNGs
+        with Image.open(full_run / "report" / src) as im:
+            assert im.format == "PNG" and min(im.size) > 200
+    for title in ("The paper side by side", "Roofline", "Decode: MBU vs context length",
+                  "Prefill: MFU vs sequence length", "Trace workload: azure_conv_sample", "Correctness statuses",
+                  "Metric conventions", "Environment and provenance"):
+        assert f"<h2>{title}</h2>" in html
+    assert not re.search(r'(src|href)="(https?:|/)', html)  # self-contained: relative links only
+
+
+def test_paper_table_side_by_side_says_device_is_not_tpu7x(full_run):
+    html = _html(full_run)
+    assert "not a TPU7x" in html and "scaled-down sweep" in html
+    rows = side_by_side(load_run(full_run), "table4").set_index(["kernel", "variant", "sweep"])
+    row = rows.loc[("reference", "excl_prep", 512)]
+    assert row["paper_latency_us"] == 137 and row["paper_util_pct"] == pytest.approx(24.91)
+    assert row["latency_ratio"] == pytest.approx(row["latency_us"] / 137)
+    assert 0 < row["paper_bound_us"] < 137  # TPU7x roofline bound is below the paper's latency
+    assert row["work_ratio"] == pytest.approx(8 / 128, rel=1e-3)  # 8 sequences here, 128 in the paper
+    assert ("rpa_v3", "excl_prep", 512) not in rows.index  # interpret mode: not speed
+
+
+def test_interpret_rows_are_correctness_only(full_run):
+    run = load_run(full_run)
+    speed = charts.speed_rows(run.measurements)
+    assert not speed["interpret"].any() and (speed["status"] == "ok").all()
+    html = _html(full_run)
+    assert "ran in Pallas interpret mode" in html
+    measured = html.split('<section id="measurements">')[1].split("</section>")[0]
+    assert "rpa_v3" not in measured
+    correctness = html.split('<section id="correctness">')[1].split("</section>")[0]
+    assert "rpa_v3" in correctness and "RESOURCE_EXHAUSTED" in correctness
+
+
+def test_trace_section_has_time_weighted_summary_and_coverage(full_run):
+    html = _html(full_run)
+    trace = html.split('<section id="trace-azure_conv_sample">')[1].split("</section>")[0]
+    assert "time-weighted MBU" in trace and "sample_time_share_pct" in trace
+    run = load_run(full_run)
+    rows = charts.speed_rows(run.measurements)
+    rows = rows[rows["workload"] == "azure_conv_sample"]
+    time = rows["weight"] * rows["latency_us"]
+    has = rows["mbu_pct"].notna()
+    expected = (time[has] * rows.loc[has, "mbu_pct"]).sum() / time[has].sum()
+    assert f"{expected:.2f}" in trace
+
+
+def test_decode_only_run_omits_prefill_and_trace_and_says_why(tmp_path):
+    path = write_synthetic_run(tmp_path / "decode", SyntheticRunSpec(include_prefill=False, include_trace=False))
+    result = write_report(path)
+    omitted = {s.id: s.omitted for s in result.sections if s.omitted}
+    assert set(omitted) == {"mfu", "traces"}
+    assert "no single-sequence prefill points" in omitted["mfu"]
+    assert not (path / "report" / "mfu_prefill.png").exists()
+    assert "Omitted: this run measured no trace workload" in _html(path)
+
+
+def test_values_are_escaped(tmp_path):
+    path = write_synthetic_run(tmp_path / "esc", SyntheticRunSpec(include_trace=False))
+    frame = pd.read_parquet(path / "measurements.parquet")
+    frame.loc[0, "error"] = "<script>alert(1)</script>"
+    frame.to_parquet(path / "measurements.parquet")
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["run_id"] = "<b>run</b>"
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    html = _html(write_report(path).index_html.parent.parent)
+    assert "<script>alert(1)</script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "<b>run</b>" not in html and "&lt;b&gt;run&lt;/b&gt;" in html
+
+
+def test_chart_titles_name_device_kernel_and_convention(full_run, monkeypatch):
+    titles = []
+    original = charts._save
+
+    def spy(fig, path):
+        titles.append(" ".join(t.get_text() for t in fig.texts) + " " + " ".join(ax.get_title() for ax in fig.axes))
+        return original(fig, path)
+
+    monkeypatch.setattr(charts, "_save", spy)
+    write_report(full_run, full_run / "report_again")
+    assert titles and all("cpu" in t and ("reference" in t or "trace" in t) for t in titles)
+    utilization = [t for t in titles if "MBU vs" in t or "MFU vs" in t]
+    assert len(utilization) == 2 and all("paper convention" in t for t in utilization)
