@@ -116,3 +116,36 @@ def test_spec_validation_names_the_field():
         spec.peak_flops_per_s("int4")
     with pytest.raises(ValueError, match="peak_fp8_flops_per_s"):
         listed_device_spec("tpu_v5e").peak_flops_per_s("float8_e4m3fn")
+
+
+@pytest.mark.parametrize("kind, name, cores", [("TPU v5p", "tpu_v5p", 2), ("TPU7x", "tpu7x", 1),
+                                               ("TPU v6 lite", "tpu_v6e", 1)])
+def test_attached_chip_info_path_via_abstract_mesh(kind, name, cores):
+    # what detect_device_spec does on a TPU, with the chip faked by an abstract mesh
+    import jax
+    from jax.experimental.pallas.tpu import get_tpu_info
+    from jax.sharding import AbstractDevice, AbstractMesh
+
+    mesh = AbstractMesh((), (), abstract_device=AbstractDevice(device_kind=kind, num_cores=cores, platform="tpu"))
+    with jax.sharding.use_abstract_mesh(mesh):
+        info = get_tpu_info()
+    found = {(d.spec, d.field) for d in compare_with_jax(listed_device_spec(name), info=info)}
+    assert found == {k for k in KNOWN_DISAGREEMENTS if k[0] == name}
+
+
+@pytest.mark.tpu
+def test_detect_on_tpu_cross_checks_the_attached_chip():
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        spec = detect_device_spec(calibrated=False)
+    assert spec.name in CHIP_VERSION_BY_SPEC
+    expected = {f for (n, f) in KNOWN_DISAGREEMENTS if n == spec.name}
+    assert all(any(f in str(w.message) for w in caught) for f in expected)
+
+
+@pytest.mark.gpu
+def test_detect_on_gpu_gives_an_nvidia_spec():
+    spec = detect_device_spec(calibrated=False)
+    assert spec.vendor == "nvidia" and spec.matrix_unit_width is None

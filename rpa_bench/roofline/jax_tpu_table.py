@@ -71,15 +71,19 @@ class Disagreement:
         return f"{self.spec}.{self.field}: listed {self.listed} vs JAX {self.jax} ({rel})"
 
 
-def jax_tpu_figures(spec_name: str) -> JaxTpuFigures:
-    """JAX's figures for a listed TPU spec name (no TPU needed)."""
+def jax_tpu_figures(spec_name: str, info=None) -> JaxTpuFigures:
+    """JAX's figures for a listed TPU spec name, per chip.
+
+    ``info``: a ``TpuInfo`` (e.g. ``pltpu.get_tpu_info()`` on the attached TPU); default:
+    ``get_tpu_info_for_chip(chip, 1)``, which needs no TPU.
+    """
     if spec_name not in CHIP_VERSION_BY_SPEC:
         raise ValueError(f"spec_name={spec_name!r}; allowed: {', '.join(CHIP_VERSION_BY_SPEC)}")
     from jax._src.tpu_info import ChipVersion
     from jax.experimental.pallas.tpu import get_tpu_info_for_chip
 
     chip = ChipVersion(CHIP_VERSION_BY_SPEC[spec_name])
-    info = get_tpu_info_for_chip(chip, 1)
+    info = info if info is not None else get_tpu_info_for_chip(chip, 1)
     cores = chip.num_physical_tensor_cores_per_chip
 
     def chip_total(x: int) -> float | None:
@@ -99,15 +103,16 @@ def jax_tpu_figures(spec_name: str) -> JaxTpuFigures:
     )
 
 
-def compare_with_jax(spec: DeviceSpec, *, rel_tol: float = REL_TOL) -> list[Disagreement]:
+def compare_with_jax(spec: DeviceSpec, *, rel_tol: float = REL_TOL, info=None) -> list[Disagreement]:
     """Fields where ``spec`` (per chip) and JAX's table differ by more than ``rel_tol``.
 
-    A field published on one side only is not a disagreement.
+    ``info``: JAX's ``TpuInfo`` to compare with (default: its offline table). A field
+    published on one side only is not a disagreement.
     """
     if spec.name not in CHIP_VERSION_BY_SPEC:
         return []
     chip_spec = spec.for_devices(spec.devices_per_chip)
-    jax_fig = jax_tpu_figures(spec.name)
+    jax_fig = jax_tpu_figures(spec.name, info)
     out = []
     for field in COMPARED_FIELDS:
         listed, theirs = getattr(chip_spec, field), getattr(jax_fig, field)
