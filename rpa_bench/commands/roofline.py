@@ -175,8 +175,8 @@ def _print_text(out: dict, batch: RaggedBatch, device, cost) -> None:
     conv = out["convention"]
     cap = out["max_mxu_utilization"]
     w = sys.stdout.write
-    w(f"device       {device.name} x{device.num_devices} JAX device(s): HBM {device.hbm_bw_bytes_per_s / 1e9:.0f} GB/s, "
-      f"{out['peak_flops_dtype']} {out['peak_flops_per_s'] / 1e12:.0f} TFLOP/s, MXU cap {cap:.0%} "
+    w(f"device       {device.name} x{device.num_devices} JAX device(s): HBM {device.hbm_bw_bytes_per_s / 1e9:.4g} GB/s, "
+      f"{out['peak_flops_dtype']} {out['peak_flops_per_s'] / 1e12:.4g} TFLOP/s, MXU cap {cap:.0%} "
       f"({out['peak_source']})\n")
     w(f"workload     {batch.phase}: {batch.num_seqs} seq(s), {batch.num_tokens} new tokens, "
       f"max kv_len {batch.max_kv_len}, page {batch.page_size}\n")
