@@ -73,8 +73,13 @@ def roofline_chart(
     peak_flops_per_s: float | None,
     calibrated_bw_bytes_per_s: float | None = None,
     calibrated_flops_per_s: float | None = None,
+    matrix_unit_cap: float | None = None,
 ) -> pathlib.Path | None:
-    """Arithmetic intensity vs attained FLOP/s (log-log), roofs, one point per measured batch."""
+    """Arithmetic intensity vs attained FLOP/s (log-log), roofs, one point per measured batch.
+
+    ``matrix_unit_cap`` (< 1): the share of the matrix unit attention's matmuls can use at
+    this head_dim (TPU7x, head_dim 128: 0.5); drawn as a dotted compute ceiling.
+    """
     rows = speed_rows(frame)
     rows = rows[(pd.to_numeric(rows["flops"], errors="coerce") > 0) & (pd.to_numeric(rows["hbm_bytes"], errors="coerce") > 0)]
     if rows.empty:
@@ -92,6 +97,9 @@ def roofline_chart(
     grid = np.geomspace(lo, hi, 200)
     _roof(ax, grid, hbm_bw_bytes_per_s, peak_flops_per_s, style="-", label="datasheet roof")
     _roof(ax, grid, calibrated_bw_bytes_per_s, calibrated_flops_per_s, style="--", label="calibrated roof")
+    if matrix_unit_cap and matrix_unit_cap < 1 and hbm_bw_bytes_per_s and peak_flops_per_s:
+        _roof(ax, grid, hbm_bw_bytes_per_s, peak_flops_per_s * matrix_unit_cap, style=":",
+              label=f"attention matmul ceiling ({matrix_unit_cap:.0%} of the matrix unit)")
     markers = _kernel_markers(rows["kernel"])
     for (phase, kernel, variant), group in rows.groupby(["phase", "kernel", "variant"], sort=True):
         idx = group.index

@@ -88,13 +88,24 @@ def measurements_section(run: LoadedRun) -> Section:
     return Section("measurements", "Measured speed", tables=(table,))
 
 
+def _matrix_unit_cap(run: LoadedRun) -> float | None:
+    """Share of the matrix unit attention can use at the run's head_dim (None: not a TPU / mixed)."""
+    spec = run.manifest.get("device_spec") or {}
+    width = spec.get("matrix_unit_width") if isinstance(spec, dict) else None
+    head_dims = set(run.measurements["head_dim"].dropna().astype(int))
+    if not width or len(head_dims) != 1:
+        return None
+    d = head_dims.pop()
+    return d / (-(-d // int(width)) * int(width))  # as DeviceSpec.max_mxu_utilization
+
+
 def roofline_section(run: LoadedRun, out_dir: pathlib.Path) -> Section:
     spec = run.manifest.get("device_spec") or {}
     cal_bw, cal_flops = charts.calibrated_roofs(run.manifest.get("calibration"))
     path = charts.roofline_chart(
         run.measurements, out_dir / "roofline.png", device=run.device,
         hbm_bw_bytes_per_s=spec.get("hbm_bw_bytes_per_s"), peak_flops_per_s=spec.get("peak_bf16_flops_per_s"),
-        calibrated_bw_bytes_per_s=cal_bw, calibrated_flops_per_s=cal_flops)
+        calibrated_bw_bytes_per_s=cal_bw, calibrated_flops_per_s=cal_flops, matrix_unit_cap=_matrix_unit_cap(run))
     if path is None:
         return Section("roofline", "Roofline", omitted=(
             "no measurement with status ok, outside interpret mode, with analytic FLOPs and bytes"))
@@ -104,7 +115,8 @@ def roofline_section(run: LoadedRun, out_dir: pathlib.Path) -> Section:
     return Section("roofline", "Roofline", images=(Image(path.name, f"roofline chart on {run.device}"),),
                    notes=tuple(notes), intro=(
                        "One point per measured batch: analytic FLOPs over analytic HBM bytes against FLOPs over "
-                       "the median latency. Solid line: datasheet roof; dashed: calibrated (measured) ceilings. "
+                       "the median latency. Solid line: datasheet roof; dashed: calibrated (measured) ceilings; dotted: "
+                       "the compute ceiling attention's matmuls can reach on the matrix unit at this head_dim. "
                        "Filled markers exclude preprocessing, hollow ones include it."))
 
 
