@@ -44,6 +44,14 @@ def _save(fig: Figure, path: pathlib.Path) -> pathlib.Path:
     return path
 
 
+def _si(value: float, _pos=None) -> str:
+    """1e11 -> 100G, 2.3e12 -> 2.3T: FLOP/s tick labels."""
+    for factor, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= factor:
+            return f"{value / factor:g}{prefix}"
+    return f"{value:g}"
+
+
 def _tokens(value: float, _pos=None) -> str:
     """512, 1K, 32K: token counts as the paper writes them."""
     if value >= 1024 and value % 1024 == 0:
@@ -109,6 +117,9 @@ def roofline_chart(
                    facecolors="none" if hollow else color, edgecolors=color, linewidths=1.3, zorder=3)
     ax.set_xscale("log")
     ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(FuncFormatter(_si))
+    ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _p: _si(v) if str(_si(v))[0] in "25" else ""))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _p: f"{v:g}"))
     ax.set_xlabel("arithmetic intensity (FLOP / HBM byte, analytic)")
     ax.set_ylabel("attained FLOP/s (analytic FLOPs / median latency)")
     roofs = "no datasheet roofs for this device" if not (hbm_bw_bytes_per_s and peak_flops_per_s) else (

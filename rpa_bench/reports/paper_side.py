@@ -79,7 +79,7 @@ def side_by_side(run: LoadedRun, table: str) -> pd.DataFrame:
             "latency_ratio": lat / p["latency_us"] if lat else None,
             "util_delta_pp": mutil - p["util_printed_pct"] if mutil is not None else None,
             "eff_delta_pp": eff - p["roofline_efficiency_pct"] if eff is not None else None,
-            "work_ratio": float(work) / float(p[work_col]) if not pd.isna(work) and p[work_col] else None,
+            "work_ratio": float(work) / float(p[work_col]) if speed and not pd.isna(work) and work > 0 else None,
         })
     frame = pd.DataFrame(out)
     if frame.empty:
