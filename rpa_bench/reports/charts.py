@@ -183,7 +183,8 @@ def utilization_chart(
 STEP_COLUMNS = ("num_seqs", "num_tokens", "num_decode", "num_prefill", "max_kv_len", "total_kv_len", "kv_tokens")
 
 
-def step_chart(steps: pd.DataFrame, out_path: pathlib.Path, *, workload: str, device: str) -> pathlib.Path | None:
+def step_chart(steps: pd.DataFrame, out_path: pathlib.Path, *, workload: str, device: str,
+               kernels: Sequence[str] = ()) -> pathlib.Path | None:
     """Batch shape per simulated step (from the run's stored per-step table)."""
     numeric = [c for c in steps.columns if pd.api.types.is_numeric_dtype(steps[c]) and not pd.api.types.is_bool_dtype(steps[c])]
     xcol = next((c for c in ("step", "step_index", "index") if c in numeric), None)
@@ -204,7 +205,8 @@ def step_chart(steps: pd.DataFrame, out_path: pathlib.Path, *, workload: str, de
     if sampled is not None and sampled.any():
         axes[0].legend(fontsize=7, loc="upper right")
     axes[-1].set_xlabel(f"{xcol or 'row'} (scheduler step)")
-    fig.suptitle(f"Batch shape per step - trace {workload} (scheduler simulation; red: steps measured on {device})",
+    measured = f"red: steps measured on {device}" + (f" with {', '.join(sorted(kernels))}" if kernels else "")
+    fig.suptitle(f"Batch shape per step - trace {workload}\n(scheduler simulation; {measured}; counts, no convention)",
                  fontsize=11)
     return _save(fig, out_path)
 

@@ -183,7 +183,7 @@ def trace_sections(run: LoadedRun, out_dir: pathlib.Path) -> list[Section]:
             notes.append("The manifest holds no summary for this trace: the share of the trace the sample covers is unknown.")
         for table_name, steps in sorted((run.step_tables.get(name) or {}).items()):
             path = charts.step_chart(steps, out_dir / f"steps_{_slug(name)}_{_slug(table_name)}.png", workload=name,
-                                     device=run.device)
+                                     device=run.device, kernels=sorted(set(rows["kernel"].dropna())))
             if path is not None:
                 images.append(Image(path.name, f"batch shape per step of trace {name}"))
         if not run.step_tables.get(name):
