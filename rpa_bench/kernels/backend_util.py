@@ -1,0 +1,74 @@
+"""Small pieces the Pallas RPA backends share: option parsing and the call context."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from rpa_bench.kernels import tpu_target
+
+BlockSizes = tuple[int, int, int, int]  # (bq_sz, bkv_sz, bq_csz, bkv_csz)
+
+
+def take_options(kernel: str, options: Mapping[str, Any] | None, defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """``defaults`` updated with ``options``; unknown option names are refused."""
+    given = dict(options or {})
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise ValueError(f"kernel={kernel}: option(s) {unknown} unknown; allowed: {', '.join(defaults)}")
+    return {**defaults, **given}
+
+
+def positive_int(kernel: str, field: str, value: Any, *, allow_none: bool = True) -> int | None:
+    if value is None and allow_none:
+        return None
+    try:
+        out = int(value)
+    except (TypeError, ValueError):
+        out = 0
+    if out < 1 or out != value:
+        raise ValueError(f"kernel={kernel}: {field}={value!r} must be a positive integer" + (" or null" if allow_none else ""))
+    return out
+
+
+def block_sizes(kernel: str, field: str, value: Any) -> BlockSizes | None:
+    """A 4-tuple ``(bq_sz, bkv_sz, bq_csz, bkv_csz)`` of positive ints, or None."""
+    if value is None:
+        return None
+    items = tuple(value) if isinstance(value, Sequence) and not isinstance(value, str) else ()
+    if len(items) != 4 or any(not isinstance(x, int) or isinstance(x, bool) or x < 1 for x in items):
+        raise ValueError(
+            f"kernel={kernel}: {field}={value!r} must be [bq_sz, bkv_sz, bq_csz, bkv_csz] "
+            "(4 positive integers) or null"
+        )
+    return tuple(int(x) for x in items)  # type: ignore[return-value]
+
+
+def device_kind(kernel: str, value: str | None) -> str:
+    """The TPU generation block-size defaults are chosen for: given, attached, else TPU7x."""
+    kind = value or tpu_target.attached_device_kind() or "TPU7x"
+    try:
+        tpu_target.generation(kind)
+    except ValueError:
+        raise ValueError(
+            f"kernel={kernel}: generation={kind!r} unknown; allowed: {', '.join(tpu_target.GENERATIONS)}"
+        ) from None
+    return kind
+
+
+def call_context(interpret: bool):
+    """TPU interpret mode (with the interpreter fixes) when ``interpret``, else nothing."""
+    if not interpret:
+        return contextlib.nullcontext()
+    from rpa_bench.kernels.compat_interpret import tpu_interpret_mode
+
+    return tpu_interpret_mode()
+
+
+def largest_divisor_at_most(n: int, limit: int, *, multiple_of: int = 1) -> int:
+    """Largest ``x <= limit`` with ``n % x == 0`` and ``x % multiple_of == 0`` (>= multiple_of)."""
+    for x in range(min(limit, n) // multiple_of * multiple_of, 0, -multiple_of):
+        if n % x == 0:
+            return x
+    return multiple_of
