@@ -66,6 +66,11 @@ def _same(a, b) -> bool:
     return a == b
 
 
+def _flag(value) -> bool:
+    """A nullable boolean cell: missing counts as False."""
+    return False if _same(value, None) else bool(value)
+
+
 def _samples(row: pd.Series) -> np.ndarray:
     values = row.get("samples_us")
     if values is None or (isinstance(values, float) and math.isnan(values)):
@@ -78,7 +83,7 @@ def _why_not_comparable(a: pd.Series, b: pd.Series) -> str | None:
     for side, row in (("A", a), ("B", b)):
         if row.get("status") != "ok":
             return f"{side} status is {row.get('status')}"
-        if bool(row.get("interpret")):
+        if _flag(row.get("interpret")):
             return f"{side} ran in interpret mode (time is the interpreter's, not the kernel's)"
     diffs = [f for f in CONFIG_FIELDS if f in a.index and f in b.index and not _same(a[f], b[f])]
     if diffs:

@@ -28,7 +28,7 @@ def _mark_css(value) -> str:
 def manifest_differences(a: LoadedRun, b: LoadedRun) -> pd.DataFrame:
     """Provenance that differs between the two runs (git, kernels, environment, device)."""
     rows = []
-    for key in ("git", "kernels", "environment", "device_spec", "calibration"):
+    for key in ("git", "kernels", "environment", "config", "device_spec", "calibration"):
         fa = dict(flatten(a.manifest.get(key) or {}, key))
         fb = dict(flatten(b.manifest.get(key) or {}, key))
         for name in sorted(set(fa) | set(fb)):
@@ -90,7 +90,7 @@ def write_compare(
     if differences is not None and not differences.empty:
         sections.append(Section("provenance", "What differs between A and B", tables=(table_from_frame(
             differences, [Column("field", "field"), Column("a", "A"), Column("b", "B")],
-            "Manifest fields that differ (git, kernels, environment, device, calibration)"),)))
+            "Manifest fields that differ (git, kernels, environment, config, device, calibration)"),)))
     worse = summary.counts[WORSE]
     verdict = (f"{worse} significant regression(s) beyond {options.threshold:g}x: exit status 1" if worse
                else f"No significant regression beyond {options.threshold:g}x: exit status 0")
