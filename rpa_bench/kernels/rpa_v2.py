@@ -94,6 +94,7 @@ class OldApiBackend:
 
     def __init__(self, *, source: str | None = None, options: Mapping[str, Any] | None = None) -> None:
         opts = take_options(self.name, options, OPTIONS)
+        self.options = opts
         self.source = source
         self.num_kv_pages_per_block = positive_int(self.name, "num_kv_pages_per_block", opts["num_kv_pages_per_block"])
         self.num_queries_per_block = positive_int(self.name, "num_queries_per_block", opts["num_queries_per_block"])

@@ -108,6 +108,7 @@ class RpaV3Backend:
 
     def __init__(self, *, source: str | None = None, options: Mapping[str, Any] | None = None) -> None:
         opts = take_options(self.name, options, OPTIONS)
+        self.options = opts
         self.source = source
         self.block_sizes = {c: block_sizes(self.name, f"{c[0]}_block_sizes", opts[f"{c[0]}_block_sizes"]) for c in CASES}
         self.vmem_limit_bytes = positive_int(self.name, "vmem_limit_bytes", opts["vmem_limit_bytes"])
@@ -172,15 +173,15 @@ class RpaV3Backend:
     def _heuristic(self, mod, model: ModelSpec, batch: RaggedBatch, case: str, kind: str) -> tuple[BlockSizes, str]:
         args = (jnp.dtype(model.dtype), jnp.dtype(model.kv_dtype), model.num_q_heads, model.num_kv_heads,
                 model.head_dim, batch.page_size, batch.num_tokens, batch.num_seqs, max(batch.pages_per_seq))
-        rpa_case = mod.RpaCase[case.upper()]
-        for target in (kind, "TPU v6 lite"):  # the heuristic has no branch for some generations
-            try:
-                with tpu_target.as_tpu(mod, target):
-                    raw = mod.get_default_block_sizes(*args, case=rpa_case)
-                return _valid_blocks(raw, batch.page_size), f"heuristic:{target}"
-            except NotImplementedError:
-                continue
-        raise ValueError(f"kernel={self.name}: no default block sizes for generation={kind!r}; set {case[0]}_block_sizes")
+        try:
+            with tpu_target.as_tpu(mod, kind):
+                raw = mod.get_default_block_sizes(*args, case=mod.RpaCase[case.upper()])
+        except NotImplementedError as e:  # the heuristic covers only some generations
+            raise ValueError(
+                f"kernel={self.name}: the kernel has no default block sizes for generation={kind!r} ({e}); "
+                f"set {case[0]}_block_sizes"
+            ) from None
+        return _valid_blocks(raw, batch.page_size), f"heuristic:{kind}"
 
     def static_kwargs(self, model: ModelSpec, attn: AttentionSpec, batch: RaggedBatch, plan: V3Plan) -> dict:
         return dict(

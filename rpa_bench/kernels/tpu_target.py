@@ -17,7 +17,7 @@ import jax
 
 # Device kinds JAX lowers Pallas TPU kernels for (as jax.Device.device_kind spells them).
 GENERATIONS = ("TPU v4", "TPU v5 lite", "TPU v5p", "TPU v6 lite", "TPU7x")
-DEFAULT_GENERATIONS = ("TPU v5 lite", "TPU v6 lite", "TPU7x")
+DEFAULT_GENERATIONS = ("TPU v5 lite", "TPU v5p", "TPU v6 lite", "TPU7x")  # v3 has no defaults for v4
 
 _override_lock = threading.RLock()
 
