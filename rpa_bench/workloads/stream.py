@@ -14,6 +14,7 @@ A step's batch lists its decodes by admission order, then its chunks by admissio
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 import pandas as pd
@@ -28,6 +29,9 @@ SEGMENT_COLUMNS = ("step0", "num_steps", "start_s", "end_s", "num_seqs", "num_to
 
 DECODE_COLUMNS = ("rid", "adm", "start_step", "end_step", "offset")
 CHUNK_COLUMNS = ("step", "rid", "adm", "q_len", "kv_len")
+STEP_PHASES = ("decode", "prefill", "mixed")
+STEP_COLUMNS = ("step", "start_s", "step_time_s", "num_seqs", "num_tokens", "num_decode", "num_prefill",
+                "num_fixed_chunk", "num_mixed", "total_kv_len", "max_kv_len", "causal_pairs", "num_waiting", "phase")
 
 
 def _frame(columns: tuple[str, ...], rows: list[tuple]) -> pd.DataFrame:
@@ -63,52 +67,71 @@ class SimulationResult:
         )
 
     # --- per-step table -----------------------------------------------------------------
-    def steps_frame(self) -> pd.DataFrame:
-        """One row per step: time, shape and modelled time (start_s exact at segment starts)."""
+    def step_columns(self, names: tuple[str, ...] = STEP_COLUMNS) -> dict[str, np.ndarray]:
+        """Per-step arrays of the named :data:`STEP_COLUMNS` (see :meth:`steps_frame`)."""
+        unknown = sorted(set(names) - set(STEP_COLUMNS))
+        if unknown:
+            raise ValueError(f"step columns {unknown} unknown; allowed: {', '.join(STEP_COLUMNS)}")
         seg = self.segments
         n = seg["num_steps"].to_numpy()
         idx = np.repeat(np.arange(len(seg)), n)
-        j = np.arange(len(idx)) - np.repeat(np.cumsum(n) - n, n)  # step within its segment
-        num_seqs = seg["num_seqs"].to_numpy()[idx]
+        first = np.repeat(np.cumsum(n) - n, n)
+        j = np.arange(len(idx)) - first  # step within its segment
         multi = (n > 1)[idx]
-        grow = np.where(multi, num_seqs, 0)
-        sum_kv = seg["sum_kv0"].to_numpy()[idx] + grow * j
-        pairs = seg["pairs0"].to_numpy()[idx] + grow * j
-        max_kv = seg["max_kv0"].to_numpy()[idx] + np.where(multi, j, 0)
-        tokens = seg["num_tokens"].to_numpy()[idx]
-        dt = np.asarray(self.cost.step_time_s(tokens, sum_kv, pairs), dtype=np.float64)
-        cum = np.concatenate([[0.0], np.cumsum(dt)])
-        first = (np.cumsum(n) - n)[idx]
-        start = seg["start_s"].to_numpy()[idx] + (cum[:-1] - cum[first])
-        q1 = seg["num_q1"].to_numpy()[idx]
-        chunk = seg["num_chunk"].to_numpy()[idx]
-        phase = np.where(q1 == num_seqs, "decode", np.where(q1 == 0, "prefill", "mixed"))
-        return pd.DataFrame({
-            "step": seg["step0"].to_numpy()[idx] + j,
-            "start_s": start,
-            "step_time_s": dt,
-            "num_seqs": num_seqs,
-            "num_tokens": tokens,
-            "num_decode_seqs": q1,
-            "num_prefill_seqs": chunk,
-            "num_mixed_seqs": num_seqs - q1 - chunk,
-            "sum_kv": sum_kv,
-            "max_kv": max_kv,
-            "pairs": pairs,
-            "num_waiting": seg["num_waiting"].to_numpy()[idx],
-            "phase": phase,
-        })
+        col = {c: seg[c].to_numpy()[idx] for c in ("num_seqs", "num_tokens", "num_q1", "num_chunk")}
+        grow = np.where(multi, col["num_seqs"], 0) * j
+        out: dict[str, np.ndarray] = {}
+        need_time = {"start_s", "step_time_s"} & set(names)
+        if need_time or "total_kv_len" in names or "causal_pairs" in names:
+            sum_kv = seg["sum_kv0"].to_numpy()[idx] + grow
+            pairs = seg["pairs0"].to_numpy()[idx] + grow
+            out["total_kv_len"], out["causal_pairs"] = sum_kv, pairs
+        if need_time:
+            dt = np.asarray(self.cost.step_time_s(col["num_tokens"], sum_kv, pairs), dtype=np.float64)
+            cum = np.concatenate([[0.0], np.cumsum(dt)])
+            out["step_time_s"] = dt
+            out["start_s"] = seg["start_s"].to_numpy()[idx] + (cum[:-1] - cum[first])
+        out["step"] = seg["step0"].to_numpy()[idx] + j
+        out["num_seqs"], out["num_tokens"] = col["num_seqs"], col["num_tokens"]
+        out["num_decode"] = col["num_q1"]
+        out["num_prefill"] = col["num_seqs"] - col["num_q1"]
+        out["num_fixed_chunk"] = col["num_chunk"]
+        out["num_mixed"] = out["num_prefill"] - col["num_chunk"]
+        if "max_kv_len" in names:
+            out["max_kv_len"] = seg["max_kv0"].to_numpy()[idx] + np.where(multi, j, 0)
+        if "num_waiting" in names:
+            out["num_waiting"] = seg["num_waiting"].to_numpy()[idx]
+        if "phase" in names:
+            code = np.where(col["num_q1"] == col["num_seqs"], 0, np.where(col["num_q1"] == 0, 1, 2))
+            out["phase"] = pd.Categorical.from_codes(code.astype(np.int8), categories=list(STEP_PHASES))
+        return {c: out[c] for c in names}
+
+    def steps_frame(self) -> pd.DataFrame:
+        """One row per step: start time, modelled step time and batch shape.
+
+        ``num_decode``: sequences with q_len 1; ``num_prefill``: the others (prefill chunks
+        of any size), split into v3's classes ``num_fixed_chunk`` (q_len equal to the
+        scheduler's chunk_prefill_size) and ``num_mixed``. ``phase``: decode (every
+        sequence decodes), prefill (none does) or mixed. ``total_kv_len``: sum of kv_len;
+        ``causal_pairs``: query-key pairs under a causal mask. ``num_waiting``: queue
+        length at the start of the step's segment. ``start_s`` is exact at segment starts
+        and summed from step times inside a segment.
+        """
+        return pd.DataFrame(self.step_columns())
 
     # --- full batches -----------------------------------------------------------------------
+    @functools.cached_property
+    def _decodes_by_admission(self) -> tuple[np.ndarray, ...]:
+        d = self.decodes.sort_values("adm", kind="stable")
+        return tuple(d[c].to_numpy() for c in ("rid", "start_step", "end_step", "offset"))
+
     def sequences_at(self, step: int) -> list[tuple[int, int, int]]:
         """(request id, q_len, kv_len) of every sequence of ``step``, in batch order."""
         if not 0 <= step < self.num_steps:
             raise ValueError(f"step={step} out of range [0, {self.num_steps})")
-        d = self.decodes
-        mask = (d["start_step"].to_numpy() <= step) & (step < d["end_step"].to_numpy())
-        # decodes still running at the end of the simulation have no row yet: none remain
-        rows = d[mask].sort_values("adm")
-        out = [(int(r), 1, int(o) + step + 1) for r, o in zip(rows["rid"], rows["offset"])]
+        rid, start, end, off = self._decodes_by_admission
+        mask = (start <= step) & (step < end)
+        out = [(r, 1, o + step + 1) for r, o in zip(rid[mask].tolist(), off[mask].tolist())]
         c = self.chunks
         steps = c["step"].to_numpy()
         lo, hi = np.searchsorted(steps, step, "left"), np.searchsorted(steps, step, "right")

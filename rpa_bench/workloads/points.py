@@ -1,0 +1,183 @@
+"""Build a workload: the list of ragged batches (points) a run measures, with weights.
+
+``build_workload(spec, model, scheduler, seed=...)`` turns a workload spec into points:
+the paper's sweeps (one point per length, exact padding), random batches, batch-spec
+strings, or a trace (simulated with the scheduler, then sampled; each point is one
+simulated step with its weight and padding sizes for ``materialize``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from rpa_bench.workloads.batch import RaggedBatch
+from rpa_bench.workloads.model import ModelSpec
+from rpa_bench.workloads.sampling import coverage, sample_steps
+from rpa_bench.workloads.scheduler import simulate
+from rpa_bench.workloads.scheduler_spec import SchedulerSpec
+from rpa_bench.workloads.spec import format_batch_spec, parse_batch_spec
+from rpa_bench.workloads.steptime import StepCostModel, device_peaks, step_time_model
+from rpa_bench.workloads.stream import SimulationResult
+from rpa_bench.workloads.summary import simulation_summary
+from rpa_bench.workloads.synthetic import decode_batch, prefill_batch, random_batch
+from rpa_bench.workloads.traces import read_trace
+from rpa_bench.workloads.workload_spec import (  # noqa: F401 - re-exported API
+    BatchSpecSpec, PaperDecodeSpec, PaperPrefillSpec, SyntheticSpec, TraceSpec, WorkloadSpec,
+    workload_spec_from_dict,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkloadPoint:
+    point_id: str  # stable, e.g. "ctx=8192" or "step=12345"
+    batch: RaggedBatch
+    causal: bool
+    weight: float  # share of the workload this point represents (time share for traces)
+    max_num_batched_tokens: int  # padding for materialize
+    max_num_seqs: int
+    meta: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(eq=False)
+class Workload:
+    name: str
+    kind: str
+    points: list[WorkloadPoint]
+    summary: dict
+    sources: dict[str, str]  # file -> sha256
+    seed: int
+    simulation: SimulationResult | None = None  # traces: the whole simulated stream
+    sample: pd.DataFrame | None = None  # traces: sampled steps with weights
+
+    @functools.cached_property
+    def steps(self) -> pd.DataFrame | None:
+        """Per-step summary of every simulated step, ``sampled`` marking the points (traces)."""
+        if self.simulation is None:
+            return None
+        frame = self.simulation.steps_frame()
+        frame["sampled"] = False
+        frame.loc[self.sample["step"].to_numpy(), "sampled"] = True
+        return frame
+
+    def sampled_batches(self) -> pd.DataFrame:
+        """One row per sequence of every point: point_id, seq_index, q_len, kv_len (+ meta step)."""
+        rows = {"point_id": [], "seq_index": [], "q_len": [], "kv_len": []}
+        for p in self.points:
+            n = p.batch.num_seqs
+            rows["point_id"] += [p.point_id] * n
+            rows["seq_index"] += list(range(n))
+            rows["q_len"] += list(p.batch.q_lens)
+            rows["kv_len"] += list(p.batch.kv_lens)
+        return pd.DataFrame(rows)
+
+    def write_tables(self, folder: str | Path) -> list[Path]:
+        """Write summary.json, points.parquet and (traces) steps / stream tables; return paths."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        out = [folder / "summary.json", folder / "points.parquet"]
+        doc = {"name": self.name, "kind": self.kind, "seed": self.seed, "sources": self.sources,
+               "summary": self.summary}
+        out[0].write_text(json.dumps(doc, indent=2, default=float))
+        self.sampled_batches().to_parquet(out[1], index=False)
+        if self.simulation is not None:
+            tables = {"steps": self.steps, "sample": self.sample, "segments": self.simulation.segments,
+                      "decodes": self.simulation.decodes, "chunks": self.simulation.chunks}
+            for name, table in tables.items():
+                path = folder / f"{name}.parquet"
+                table.to_parquet(path, index=False)
+                out.append(path)
+        return out
+
+
+def cost_model_for(model: ModelSpec, scheduler: SchedulerSpec) -> StepCostModel:
+    """Step-time model of ``model`` on the scheduler's device (or its explicit peaks)."""
+    bw, peak = scheduler.hbm_bw_bytes_per_s, scheduler.peak_flops_per_s
+    if bw is None or peak is None:
+        dev_bw, dev_peak = device_peaks(scheduler.device)
+        bw = dev_bw if bw is None else bw
+        peak = dev_peak if peak is None else peak
+    return step_time_model(bw, peak, scheduler.step_overhead_s, model)
+
+
+def _padding(batch: RaggedBatch, scheduler: SchedulerSpec) -> tuple[int, int]:
+    if scheduler.pad_to == "exact":
+        return batch.num_tokens, batch.num_seqs
+    if scheduler.pad_to == "pow2":
+        def pow2(x: int, cap: int) -> int:
+            return min(1 << (x - 1).bit_length(), max(cap, x))
+        return pow2(batch.num_tokens, scheduler.max_num_batched_tokens), pow2(batch.num_seqs, scheduler.max_num_seqs)
+    return scheduler.max_num_batched_tokens, scheduler.max_num_seqs
+
+
+def _uniform(points: list[tuple[str, RaggedBatch, dict]], causal: bool, *, tokens_pad: int | None = None,
+             seqs_pad: int | None = None) -> list[WorkloadPoint]:
+    """Equal weights; padding ``tokens_pad`` / ``seqs_pad`` (None: each batch's exact size)."""
+    w = 1.0 / len(points)
+    return [WorkloadPoint(pid, b, causal, w, tokens_pad or b.num_tokens, seqs_pad or b.num_seqs, meta)
+            for pid, b, meta in points]
+
+
+def _trace_workload(spec: TraceSpec, model: ModelSpec, scheduler: SchedulerSpec, seed: int) -> Workload:
+    requests = read_trace(spec.path, columns=spec.column_map, file_type=spec.file_type, on_bad_row=spec.on_bad_row,
+                          arrival_rate_per_s=spec.arrival_rate_per_s, seed=seed, max_requests=spec.max_requests)
+    result = simulate(requests, scheduler, cost_model_for(model, scheduler))
+    summary = simulation_summary(result)
+    summary["skipped_rows"] = requests.num_skipped_rows
+    cols = result.step_columns(("step", "start_s", "step_time_s", "num_tokens", "max_kv_len"))
+    sample = sample_steps(cols, scheduler.sampling, seed=seed)
+    summary["sample"] = coverage(sample, cols, scheduler.sampling.method)
+    points = []
+    for step, w_steps, w_time in zip(sample["step"], sample["step_weight"], sample["time_weight"]):
+        batch = result.batch_at(int(step))
+        t_pad, s_pad = _padding(batch, scheduler)
+        meta = {"step": int(step), "sim_time_s": float(cols["start_s"][step]),
+                "modelled_step_time_s": float(cols["step_time_s"][step]), "step_weight": float(w_steps),
+                "time_weight": float(w_time), "spec": format_batch_spec(batch)}
+        points.append(WorkloadPoint(f"step={int(step)}", batch, spec.causal, float(w_time), t_pad, s_pad, meta))
+    return Workload(spec.name, spec.kind, points, summary, dict(requests.sources), seed, result, sample)
+
+
+def build_workload(spec: WorkloadSpec, model: ModelSpec, scheduler: SchedulerSpec | Mapping | None, *,
+                   seed: int) -> Workload:
+    """The points of ``spec`` (see the module docstring)."""
+    if isinstance(scheduler, Mapping):
+        scheduler = SchedulerSpec.from_dict(scheduler) if scheduler else None
+    if isinstance(spec, PaperDecodeSpec):
+        pts = [(f"ctx={c}", decode_batch(spec.num_seqs, c, page_size=spec.page_size),
+                {"context_len": c, "kv_len": c + 1, "num_seqs": spec.num_seqs}) for c in spec.context_lens]
+        points = _uniform(pts, spec.causal)
+    elif isinstance(spec, PaperPrefillSpec):
+        pts = [(f"seq={s}", prefill_batch(spec.num_seqs, s, page_size=spec.page_size),
+                {"seq_len": s, "num_seqs": spec.num_seqs}) for s in spec.seq_lens]
+        points = _uniform(pts, spec.causal)
+    elif isinstance(spec, SyntheticSpec):
+        rng = np.random.default_rng(seed)
+        pts = []
+        for i in range(spec.num_batches):
+            b = random_batch(rng, num_seqs=spec.num_seqs, max_kv_len=spec.max_kv_len, max_q_len=spec.max_q_len,
+                             decode_fraction=spec.decode_fraction, distribution=spec.distribution,
+                             zipf_a=spec.zipf_a, page_size=spec.page_size,
+                             max_num_batched_tokens=spec.max_num_batched_tokens)
+            pts.append((f"batch={i}", b, {"spec": format_batch_spec(b)}))
+        budget = spec.max_num_batched_tokens
+        points = _uniform(pts, spec.causal, tokens_pad=budget, seqs_pad=spec.num_seqs if budget else None)
+    elif isinstance(spec, BatchSpecSpec):
+        pts = []
+        for text in spec.spec:
+            b = parse_batch_spec(text, page_size=spec.page_size, chunk_prefill_size=spec.chunk_prefill_size)
+            pts.append((format_batch_spec(b), b, {"spec": format_batch_spec(b)}))
+        points = _uniform(pts, spec.causal)
+    elif isinstance(spec, TraceSpec):
+        if scheduler is None:
+            raise ValueError(f"workload {spec.name} (kind=trace) needs scheduler settings; got scheduler=None")
+        return _trace_workload(spec, model, scheduler, seed)
+    else:
+        raise ValueError(f"spec={type(spec).__name__}; allowed: {', '.join(c.__name__ for c in WorkloadSpec.__args__)}")
+    return Workload(spec.name, spec.kind, points, {"points": len(points)}, {}, seed)

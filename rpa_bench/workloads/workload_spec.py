@@ -1,0 +1,202 @@
+"""Workload settings (the ``workload`` config group) as validated frozen dataclasses.
+
+One class per ``kind``; :func:`workload_spec_from_dict` picks it and refuses unknown or
+bad fields, naming the field and the allowed values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from rpa_bench.workloads.synthetic import RANDOM_DISTRIBUTIONS
+from rpa_bench.workloads.traces import FILE_TYPES, ON_BAD_ROW, PRESETS, ColumnMap
+
+TRACE_FORMATS = (*PRESETS, "generic")
+
+
+def _positive_ints(name: str, values: Any) -> tuple[int, ...]:
+    if isinstance(values, (int, str)) or values is None:
+        values = [values]
+    out = []
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"workload.{name} must be a list of integers >= 1; got {v!r}")
+        out.append(v)
+    if not out:
+        raise ValueError(f"workload.{name} is empty; give at least one length")
+    return tuple(out)
+
+
+def _check_page_size(page_size: int) -> None:
+    if isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 1:
+        raise ValueError(f"workload.page_size={page_size!r} must be an integer >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class PaperDecodeSpec:
+    """The paper's decode sweep: ``num_seqs`` decodes at each context length."""
+
+    name: str
+    num_seqs: int = 128
+    context_lens: tuple[int, ...] = (512, 1024, 2048, 4096, 8192, 16384, 32768)
+    page_size: int = 256
+    causal: bool = True
+    kind: str = "paper_decode"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "context_lens", _positive_ints("context_lens", self.context_lens))
+        _positive_ints("num_seqs", self.num_seqs)
+        _check_page_size(self.page_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class PaperPrefillSpec:
+    """The paper's prefill sweep: ``num_seqs`` whole prefills of each length."""
+
+    name: str
+    seq_lens: tuple[int, ...] = (512, 1024, 2048, 4096, 8192, 16384, 32768)
+    causal: bool = False
+    num_seqs: int = 1
+    page_size: int = 256
+    kind: str = "paper_prefill"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "seq_lens", _positive_ints("seq_lens", self.seq_lens))
+        _positive_ints("num_seqs", self.num_seqs)
+        _check_page_size(self.page_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticSpec:
+    """Seeded random ragged batches (see :func:`.synthetic.random_batch`)."""
+
+    name: str
+    distribution: str = "uniform"
+    num_batches: int = 4
+    num_seqs: int = 16
+    max_kv_len: int = 4096
+    max_q_len: int = 512
+    decode_fraction: float = 0.75
+    zipf_a: float = 1.2
+    max_num_batched_tokens: int | None = None  # token budget and padding (None: exact sizes)
+    page_size: int = 256
+    causal: bool = True
+    kind: str = "synthetic"
+
+    def __post_init__(self) -> None:
+        if self.distribution not in RANDOM_DISTRIBUTIONS:
+            raise ValueError(
+                f"workload.distribution={self.distribution!r}; allowed: {', '.join(RANDOM_DISTRIBUTIONS)}"
+            )
+        for field in ("num_batches", "num_seqs", "max_kv_len", "max_q_len"):
+            _positive_ints(field, getattr(self, field))
+        if not 0.0 <= self.decode_fraction <= 1.0:
+            raise ValueError(f"workload.decode_fraction={self.decode_fraction} must be in [0, 1]")
+        if not self.zipf_a > 0:
+            raise ValueError(f"workload.zipf_a={self.zipf_a} must be > 0")
+        if self.max_num_batched_tokens is not None and self.max_num_batched_tokens < self.num_seqs:
+            raise ValueError(
+                f"workload.max_num_batched_tokens={self.max_num_batched_tokens} must be >= num_seqs={self.num_seqs}"
+            )
+        _check_page_size(self.page_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchSpecSpec:
+    """Batches written as batch-spec strings (see :mod:`.spec`); one point per string."""
+
+    name: str
+    spec: tuple[str, ...] = ("128q1s8k",)
+    page_size: int = 256
+    chunk_prefill_size: int | None = None
+    causal: bool = True
+    kind: str = "batch_spec"
+
+    def __post_init__(self) -> None:
+        specs = (self.spec,) if isinstance(self.spec, str) else tuple(self.spec)
+        if not specs or not all(isinstance(s, str) and s for s in specs):
+            raise ValueError(f"workload.spec={self.spec!r} must be a batch-spec string or a list of them")
+        object.__setattr__(self, "spec", specs)
+        _check_page_size(self.page_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class TraceSpec:
+    """A serving trace, simulated with the scheduler settings, sampled into points."""
+
+    name: str
+    path: str
+    format: str = "generic"  # azure | mooncake | lengths | generic
+    file_type: str | None = None  # csv | jsonl; None: from the file suffix
+    columns: ColumnMap | None = None  # generic only
+    arrival_rate_per_s: float | None = None  # traces without timestamps: Poisson arrivals
+    on_bad_row: str = "error"
+    max_requests: int | None = None
+    causal: bool = True
+    kind: str = "trace"
+
+    def __post_init__(self) -> None:
+        if self.format not in TRACE_FORMATS:
+            raise ValueError(f"workload.format={self.format!r}; allowed: {', '.join(TRACE_FORMATS)}")
+        if self.file_type is not None and self.file_type not in FILE_TYPES:
+            raise ValueError(f"workload.file_type={self.file_type!r}; allowed: {', '.join(FILE_TYPES)} or null")
+        if self.on_bad_row not in ON_BAD_ROW:
+            raise ValueError(f"workload.on_bad_row={self.on_bad_row!r}; allowed: {', '.join(ON_BAD_ROW)}")
+        if isinstance(self.columns, Mapping):
+            names = [f.name for f in dataclasses.fields(ColumnMap)]
+            bad = sorted(set(self.columns) - set(names))
+            if bad:
+                raise ValueError(f"workload.columns: unknown field(s) {bad}; allowed: {', '.join(names)}")
+            if "prompt_len" not in self.columns or "output_len" not in self.columns:
+                raise ValueError("workload.columns needs prompt_len and output_len (column names)")
+            object.__setattr__(self, "columns", ColumnMap(**self.columns))
+        if self.format == "generic" and self.columns is None:
+            raise ValueError("workload.format='generic' needs workload.columns (prompt_len, output_len, ...)")
+        if self.format != "generic" and self.columns is not None:
+            raise ValueError(f"workload.columns is only for format='generic' (format={self.format!r})")
+        if self.max_requests is not None and self.max_requests < 1:
+            raise ValueError(f"workload.max_requests={self.max_requests} must be >= 1 or null")
+        if self.column_map.arrival is None and not (self.arrival_rate_per_s and self.arrival_rate_per_s > 0):
+            raise ValueError(
+                f"workload.arrival_rate_per_s={self.arrival_rate_per_s!r} must be > 0: "
+                f"format={self.format!r} has no timestamps"
+            )
+
+    @property
+    def column_map(self) -> ColumnMap:
+        return self.columns if self.columns is not None else PRESETS[self.format]
+
+
+WorkloadSpec = PaperDecodeSpec | PaperPrefillSpec | SyntheticSpec | BatchSpecSpec | TraceSpec
+SPEC_BY_KIND: dict[str, type] = {
+    "paper_decode": PaperDecodeSpec,
+    "paper_prefill": PaperPrefillSpec,
+    "synthetic": SyntheticSpec,
+    "batch_spec": BatchSpecSpec,
+    "trace": TraceSpec,
+}
+
+
+def workload_spec_from_dict(d: Mapping[str, Any]) -> WorkloadSpec:
+    """The workload config (a plain mapping) as its validated spec class."""
+    d = dict(d)
+    kind = d.get("kind")
+    if kind not in SPEC_BY_KIND:
+        raise ValueError(f"workload.kind={kind!r}; allowed: {', '.join(SPEC_BY_KIND)}")
+    cls = SPEC_BY_KIND[kind]
+    allowed = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(d) - set(allowed))
+    if unknown:
+        raise ValueError(f"workload (kind={kind}): unknown field(s) {unknown}; allowed: {', '.join(allowed)}")
+    if "name" not in d:
+        raise ValueError(f"workload (kind={kind}): field 'name' is required")
+    for key in ("context_lens", "seq_lens", "spec"):
+        if isinstance(d.get(key), list):
+            d[key] = tuple(d[key])
+    try:
+        return cls(**d)
+    except TypeError as e:  # a required field is missing
+        required = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING]
+        raise ValueError(f"workload (kind={kind}): {e}; required fields: {', '.join(required)}") from None
