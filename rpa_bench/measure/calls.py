@@ -87,8 +87,9 @@ def build_timed_calls(
     *,
     context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
     clock: Clock = time.perf_counter,
+    variants: tuple[str, ...] = VARIANTS,
 ) -> dict[str, TimedCall]:
-    """Compile both variants for ``inputs`` (see the module docstring)."""
+    """Compile the ``variants`` (default both) for ``inputs`` (see the module docstring)."""
     import jax
 
     donates = bool(prepared.donates)
@@ -99,7 +100,8 @@ def build_timed_calls(
         def incl(*leaves):
             return prepared.kernel(*prepared.prepare(rebuild_state(list(leaves))))
 
-        args = prepared.prepare(state)
+        # prepare may donate its input (an in-place cache write): give it its own copy
+        args = prepared.prepare(rebuild_state([x.copy() for x in state_leaves]) if donates else state)
         if not isinstance(args, tuple):
             raise TypeError(f"prepare() must return a tuple of kernel arguments, got {type(args).__name__}")
         arg_leaves, rebuild_args = split_arrays(args)
@@ -108,7 +110,12 @@ def build_timed_calls(
             return prepared.kernel(*rebuild_args(list(leaves)))
 
         out = {}
+        unknown = sorted(set(variants) - set(VARIANTS))
+        if unknown:
+            raise ValueError(f"variants {unknown} unknown; allowed: {', '.join(VARIANTS)}")
         for variant, fn, leaves in (("excl_prep", excl, arg_leaves), ("incl_prep", incl, state_leaves)):
+            if variant not in variants:
+                continue
             donate = tuple(range(len(leaves))) if donates else ()
             jitted = jax.jit(_named(f"rpa_bench_{variant}", fn), donate_argnums=donate)
             with warnings.catch_warnings():

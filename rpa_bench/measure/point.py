@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import re
 import time
 import traceback
 from collections.abc import Callable
@@ -89,7 +90,7 @@ def _time_variant(call: TimedCall, cfg: TimingConfig, *, capture_to: Path | None
     if device is not None and device.available and not on_device_plane:
         notes.append(
             f"no device plane: the XLA op times of {call.module_name} on {device.plane} are kept in "
-            "device_samples_us (the profiler's per-op overhead inflates them); timing_source=wall"
+            "device_samples_us (host-side, with the profiler's per-op overhead); timing_source=wall"
         )
     if on_device_plane:
         per_call = device.per_call_us
@@ -128,14 +129,14 @@ def measure_kernel(
     captures_dir: Path | None,
     run_dir: Path | None = None,
     capture_stem: str = "capture",
-    kernel_regex: str | None = cap.DEFAULT_KERNEL_REGEX,
+    kernel_regex: str | None = None,  # None: from the call's meta (pallas_name_prefix)
     context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
     clock: Callable[[], float] = time.perf_counter,
 ) -> list[dict]:
     """Rows (one per variant) for ``backend`` on ``inputs``; never raises for kernel errors."""
     import jax
 
-    from rpa_bench.kernels.checking import compare_outputs
+    from rpa_bench.kernels.checking import compare_outputs, tolerance_for
 
     batch, model = inputs.batch, inputs.model
     try:
@@ -150,20 +151,25 @@ def measure_kernel(
 
     try:
         prepared = backend.build(model, attn, batch, interpret=interpret)
-        calls = build_timed_calls(prepared, inputs, context=context, clock=clock)
+        check_only = interpret and not timing.time_interpret
+        calls = build_timed_calls(prepared, inputs, context=context, clock=clock,
+                                  variants=("incl_prep",) if check_only else VARIANTS)
         check = calls["incl_prep"]
         with check.context():
             out = prepared.finish(check(*check.fresh_args()))
             jax.block_until_ready(out)
-        max_abs_err, ok = compare_outputs(out, reference, inputs)
-        tolerance = _tolerance(model)
+        tolerance = tolerance_for(model)
+        max_abs_err, ok = compare_outputs(out, reference, inputs, tolerance=tolerance)
+        prefix = (prepared.meta or {}).get("pallas_name_prefix")
+        if kernel_regex is None and prefix:
+            kernel_regex = "^" + re.escape(str(prefix))
     except Exception as exc:  # noqa: BLE001
         return rows("failed", error=error_text(exc))
     gate = {"max_abs_err": float(max_abs_err), "tolerance": tolerance}
     if not ok:
         return rows("incorrect", error=f"max_abs_err={max_abs_err:.3g} exceeds tolerance={tolerance:g}; not timed",
                     **gate)
-    compile_cols = {v: {"compile_time_s": calls[v].compile_time_s} for v in VARIANTS}
+    compile_cols = {v: {"compile_time_s": calls[v].compile_time_s} for v in VARIANTS if v in calls}
     if interpret and not timing.time_interpret:
         return rows(
             "skipped", compile_cols,
@@ -196,12 +202,3 @@ def measure_kernel(
                                        **base_more, **gate, **compile_cols[variant], error=error_text(exc)))
     return out_rows
 
-
-def _tolerance(model: Any) -> float:
-    from rpa_bench.kernels import checking
-
-    fn = getattr(checking, "tolerance_for", None)
-    if fn is not None:
-        return float(fn(model))
-    table = getattr(checking, "TOLERANCE_BY_DTYPE", None) or {}
-    return float(table.get(model.dtype, float("nan")))

@@ -29,6 +29,7 @@ class KernelSlot:
     interpret: bool
     available: bool
     reason: str
+    provenance: dict
 
 
 @dataclasses.dataclass
@@ -51,31 +52,27 @@ class PreparedRun:
         return pts if self.plan.max_points is None else pts[: self.plan.max_points]
 
 
-def _is_pallas(backend: Any) -> bool:
-    """A Pallas TPU kernel (runs off TPU only in interpret mode)."""
-    for attr in ("pallas", "is_pallas", "requires_tpu"):
-        if getattr(backend, attr, None) is not None:
-            return bool(getattr(backend, attr))
-    return getattr(backend, "name", "") != "reference"
-
-
 def interpret_work(batch: Any, model: Any) -> int:
     """Rough cost of an interpret-mode call: cached KV tokens x KV heads."""
     return int(sum(batch.kv_lens)) * int(model.num_kv_heads)
 
 
 def _resolve_kernels(plan: RunPlan, platform: str) -> list[KernelSlot]:
-    from rpa_bench.kernels.registry import get_backend
+    from rpa_bench.kernels.registry import PALLAS_BACKENDS, get_backend
 
     slots = []
     for k in plan.kernels:
         backend = get_backend(k.name, source=k.source, options=dict(k.options) or None)
         ok, reason = backend.availability()
         if k.interpret == "auto":
-            interpret = platform != "tpu" and _is_pallas(backend)
+            interpret = platform != "tpu" and k.name in PALLAS_BACKENDS
         else:
             interpret = bool(k.interpret)
-        slots.append(KernelSlot(k, backend, interpret, bool(ok), str(reason)))
+        try:
+            prov = dict(backend.provenance()) if ok else {}
+        except Exception as exc:  # noqa: BLE001 - provenance is recorded, never fatal
+            prov = {"error": error_text(exc)}
+        slots.append(KernelSlot(k, backend, interpret, bool(ok), str(reason), prov))
     return slots
 
 
@@ -170,7 +167,7 @@ def _point_rows(prep: PreparedRun, run: record.RunColumns, entry: WorkloadEntry,
     )
 
     def simple(slot: KernelSlot, status: str, error: str) -> list[dict]:
-        kcols = record.kernel_columns(slot.entry.name, _provenance(slot), interpret=slot.interpret)
+        kcols = record.kernel_columns(slot.entry.name, slot.provenance, interpret=slot.interpret)
         return [record.row(run, point_cols, kcols, variant=v, status=status, error=error)
                 for v in ("excl_prep", "incl_prep")]
 
@@ -195,7 +192,7 @@ def _point_rows(prep: PreparedRun, run: record.RunColumns, entry: WorkloadEntry,
                 for s in todo[todo.index(slot):]:
                     on_rows(simple(s, "failed", err))
                 return
-        kcols = record.kernel_columns(slot.entry.name, _provenance(slot), interpret=slot.interpret)
+        kcols = record.kernel_columns(slot.entry.name, slot.provenance, interpret=slot.interpret)
         rows = measure_kernel(
             slot.backend, interpret=slot.interpret, inputs=inputs, reference=reference, attn=attn,
             causal=p.causal, timing=plan.timing, roof=prep.roof, run=run, point_cols=point_cols,
@@ -206,22 +203,61 @@ def _point_rows(prep: PreparedRun, run: record.RunColumns, entry: WorkloadEntry,
         on_rows(rows)
 
 
-_PROVENANCE: dict[int, dict] = {}
-
-
-def _provenance(slot: KernelSlot) -> dict:
-    key = id(slot)
-    if key not in _PROVENANCE:
-        try:
-            _PROVENANCE[key] = dict(slot.backend.provenance()) if slot.backend is not None else {}
-        except Exception as exc:  # noqa: BLE001
-            _PROVENANCE[key] = {"error": error_text(exc)}
-    return _PROVENANCE[key]
-
-
 def kernel_provenance(prep: PreparedRun) -> dict:
-    return {s.entry.name: {**_provenance(s), "available": s.available, "availability": s.reason,
+    return {s.entry.name: {**s.provenance, "available": s.available, "availability": s.reason,
                            "interpret": s.interpret, "config": dict(s.entry.config)} for s in prep.kernels}
+
+
+def _jsonable(x: Any) -> Any:
+    import json
+
+    import numpy as np
+    import pandas as pd
+
+    if isinstance(x, pd.DataFrame):
+        return None  # tables go to workloads/<name>/, not the manifest
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        x = dataclasses.asdict(x)
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.generic):
+        return x.item()
+    try:
+        json.dumps(x)
+        return x
+    except TypeError:
+        return str(x)
+
+
+def workload_manifest(entry: WorkloadEntry, wl: Any, max_points: int | None = None) -> dict:
+    """The manifest's entry for one workload: kind, sources with sha256, seed, summary."""
+    points = list(wl.points)
+    return {
+        "kind": getattr(wl, "kind", entry.kind),
+        "config": _jsonable(dict(entry.config)),
+        "sources": _jsonable(getattr(wl, "sources", {}) or {}),
+        "seed": getattr(wl, "seed", None),
+        "summary": _jsonable(getattr(wl, "summary", None)),
+        "num_points": len(points),
+        "num_points_measured": len(points) if max_points is None else min(max_points, len(points)),
+        "point_ids": [p.point_id for p in points],
+    }
+
+
+def write_workload_tables(store: RunStore, entry: WorkloadEntry, wl: Any) -> list:
+    """Every table a workload carries (e.g. its per-step summary) -> workloads/<name>/<table>.parquet."""
+    import pandas as pd
+
+    out = []
+    tables = getattr(wl, "tables", None)
+    items = dict(tables) if isinstance(tables, dict) else {
+        k: v for k, v in vars(wl).items() if isinstance(v, pd.DataFrame)}
+    for name, frame in items.items():
+        if isinstance(frame, pd.DataFrame):
+            out.append(store.write_workload_table(entry.name, name, frame))
+    return out
 
 
 def execute(prep: PreparedRun, store: RunStore, *, run_id: str, progress: bool = True,

@@ -1,0 +1,186 @@
+"""``rpa-bench run``: measure kernels on workloads; store the results under results/<run>/.
+
+    rpa-bench run experiment=paper_decode
+    rpa-bench run experiment=main_cpu scale=cpu_smoke timing=quick
+    rpa-bench run experiment=paper_decode run.name=decode-1          # resumes if it exists
+    rpa-bench run -m hydra/launcher=joblib kernel=reference,rpa_v3  # one run folder per job
+
+Workloads and kernels: ``run.workloads`` / ``run.kernels`` list names of ``conf/workload``
+/ ``conf/kernel`` entries (an entry may be ``{use: <name>, <field>: <value>, ...}`` to
+override fields); when null, the single ``workload`` / ``kernel`` group is used. Each
+listed entry is composed by Hydra with the run's other overrides.
+
+Run folder: ``results/<run.name>/``; with ``-m`` each job gets
+``results/<run.name>/<job number>/``. A folder that already holds a run is resumed:
+finished (point, kernel) pairs are kept, the rest measured. A different config is refused.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from rpa_bench.commands._hydra import run_hydra
+
+VOLATILE_RUN_KEYS = ("name", "results_dir", "progress")
+
+
+def _container(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) or OmegaConf.is_list(node) else node
+
+
+def _compose_entries(group: str, entries: Any, fallback: DictConfig) -> list[dict]:
+    """Each listed ``conf/<group>`` entry composed by Hydra with the run's other overrides."""
+    if entries is None:
+        return [_container(fallback)]
+    from hydra import compose
+    from hydra.core.hydra_config import HydraConfig
+
+    base = [o for o in HydraConfig.get().overrides.task
+            if not o.lstrip("+~").startswith((f"{group}=", f"{group}.", f"run.{group}"))]
+    out = []
+    for item in _container(entries):
+        over = {}
+        if isinstance(item, dict):
+            item = dict(item)
+            name = item.pop("use", None)
+            over = item
+            if not name:
+                raise ValueError(f"run.{group} entry {item} needs 'use: <conf/{group} name>'")
+        else:
+            name = str(item)
+        try:
+            cfg = compose(config_name="config", overrides=[*base, f"{group}={name}"])
+        except Exception as exc:  # hydra's MissingConfigException and friends
+            raise ValueError(f"run.{group}: cannot compose {group}={name!r}: {exc}") from None
+        entry = _container(cfg[group])
+        entry.update(over)
+        out.append(entry)
+    return out
+
+
+def _run_dir(cfg: DictConfig) -> tuple[Path, str]:
+    from hydra.core.hydra_config import HydraConfig
+
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir).parent
+    results = Path(str(cfg.run.results_dir))
+    try:
+        run_id = run_dir.resolve().relative_to(results.resolve()).as_posix()
+    except ValueError:
+        run_id = run_dir.name
+    return run_dir, run_id
+
+
+def _comparable(config: dict) -> dict:
+    out = dict(config)
+    out["run"] = {k: v for k, v in dict(out.get("run") or {}).items() if k not in VOLATILE_RUN_KEYS}
+    return out
+
+
+def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            out += _diff(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+def task(cfg: DictConfig) -> int:
+    try:
+        return _task(cfg)
+    except ValueError as exc:  # config problems: a clear message, no traceback
+        print(f"rpa-bench run: {exc}", file=sys.stderr)
+        return 2
+
+
+def _task(cfg: DictConfig) -> int:
+    from hydra.core.hydra_config import HydraConfig
+
+    from rpa_bench.measure import environment, schema, sweep
+    from rpa_bench.measure.plan import plan_from_config
+    from rpa_bench.measure.record import now_utc
+    from rpa_bench.measure.store import RunStore
+    from rpa_bench.measure.summary import final_table
+
+    t0 = time.perf_counter()
+    experiment = HydraConfig.get().runtime.choices.get("experiment") or "adhoc"
+    workloads = _compose_entries("workload", cfg.run.get("workloads"), cfg.workload)
+    kernels = _compose_entries("kernel", cfg.run.get("kernels"), cfg.kernel)
+    config = _container(cfg)
+    config["composed"] = {"workloads": workloads, "kernels": kernels}
+    plan = plan_from_config(config, workloads=workloads, kernels=kernels, experiment=str(experiment))
+    prep = sweep.prepare_run(plan)  # every check, before anything is allocated
+
+    run_dir, run_id = _run_dir(cfg)
+    store = RunStore(run_dir)
+    if store.exists():
+        old = store.read_manifest()
+        changed = _diff(_comparable(old.get("config") or {}), _comparable(config))
+        if changed:
+            raise ValueError(
+                f"{run_dir} holds a run with a different config ({', '.join(changed[:10])}); "
+                "resume with the same overrides, or choose a new run.name"
+            )
+        store.clean_temporaries()
+        manifest = store.update_manifest(status="running", resumed_utc=[*old.get("resumed_utc", []), now_utc()],
+                                         resumed_from_status=old.get("status"))
+        print(f"rpa-bench run: resuming {run_dir} ({len(store.done_keys())} (point, kernel) pairs done)")
+    else:
+        manifest = {
+            "schema_version": schema.SCHEMA_VERSION,
+            "run_id": run_id,
+            "created_utc": now_utc(),
+            "command": ["rpa-bench", "run", *sys.argv[1:]],
+            "config": config,
+            "environment": environment.environment(),
+            "git": environment.git_state(),
+            "kernels": sweep.kernel_provenance(prep),
+            "workloads": {e.name: sweep.workload_manifest(e, w, plan.max_points) for e, w in prep.workloads},
+            "device_spec": prep.roof.device.to_dict(),
+            "calibration": prep.roof.calibration.to_dict() if prep.roof.calibration is not None else None,
+            "status": "running",
+            "experiment": plan.experiment,
+            "scale": {"name": plan.scale.name, "reduced": plan.scale.reduced},
+            "seeds": {"run": plan.seed},
+            "mesh": prep.mesh_label,
+        }
+        store.write_manifest(manifest)
+        for e, w in prep.workloads:
+            sweep.write_workload_tables(store, e, w)
+
+    def on_term(signum, frame):  # SIGTERM -> the same clean stop as Ctrl-C
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        sweep.execute(prep, store, run_id=run_id, progress=bool(cfg.run.get("progress", True)))
+    except KeyboardInterrupt:
+        store.update_manifest(status="interrupted", interrupted_utc=now_utc())
+        print(f"\nrpa-bench run: interrupted; finished points are kept. Resume with the same command "
+              f"and run.name={plan.run_name}", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    store.consolidate()
+    store.update_manifest(status="complete", completed_utc=now_utc(),
+                          wall_time_s=round(time.perf_counter() - t0, 1))
+    df = store.read()
+    print()
+    print(final_table(df))
+    counts = df.groupby("status").size().to_dict()
+    print(f"\n{len(df)} rows ({', '.join(f'{k}={v}' for k, v in sorted(counts.items()))}) in "
+          f"{time.perf_counter() - t0:.0f} s; timings marked [interpret] are not kernel performance.")
+    print(f"results: {run_dir}")
+    print(f"report:  rpa-bench report {run_dir}")
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    return run_hydra("rpa-bench run", task, argv)
