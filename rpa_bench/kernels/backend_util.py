@@ -57,13 +57,23 @@ def device_kind(kernel: str, value: str | None) -> str:
     return kind
 
 
+@contextlib.contextmanager
 def call_context(interpret: bool):
-    """TPU interpret mode (with the interpreter fixes) when ``interpret``, else nothing."""
+    """TPU interpret mode (with the interpreter fixes) when ``interpret``, else nothing.
+
+    In interpret mode the CPU cannot reuse the buffers a kernel donates; that warning is
+    silenced there (on TPU it would mean something and is left alone).
+    """
     if not interpret:
-        return contextlib.nullcontext()
+        yield
+        return
+    import warnings
+
     from rpa_bench.kernels.compat_interpret import tpu_interpret_mode
 
-    return tpu_interpret_mode()
+    with tpu_interpret_mode(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
+        yield
 
 
 def largest_divisor_at_most(n: int, limit: int, *, multiple_of: int = 1) -> int:
