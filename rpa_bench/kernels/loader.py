@@ -302,16 +302,24 @@ def _export_revision(repo: Path, sha: str, package_rel: str) -> Path:
 def load_source(source: str | None = None) -> LoadedSource:
     """Register (once) and describe the kernel package from ``source`` (see module doc)."""
     spec = SourceSpec.parse(source)
-    key = (str(spec.path) if spec.path else None, spec.ref)
+    sha = _resolve_ref(spec, source) if spec.ref is not None else None  # a moving ref is re-resolved
+    key = (str(spec.path) if spec.path else None, spec.ref, sha)
     with _lock:
         if key in _loaded:
             return _loaded[key]
-        loaded = _load(spec, source)
+        loaded = _load(spec, source, sha)
         _loaded[key] = loaded
         return loaded
 
 
-def _load(spec: SourceSpec, source: str | None) -> LoadedSource:
+def _resolve_ref(spec: SourceSpec, source: str | None) -> str:
+    toplevel = _git_toplevel(spec.path)
+    if toplevel is None:
+        raise ValueError(f"kernel.source={source!r}: {spec.path} is not inside a git checkout")
+    return _git(toplevel, "rev-parse", "--verify", f"{spec.ref}^{{commit}}")
+
+
+def _load(spec: SourceSpec, source: str | None, sha: str | None) -> LoadedSource:
     if spec.path is None:
         package_dir = installed_package_dir()
         if package_dir is None:
@@ -333,9 +341,6 @@ def _load(spec: SourceSpec, source: str | None) -> LoadedSource:
         _register(namespace, package_dir)
         return LoadedSource(namespace, package_dir, source, str(spec.path), None, None, commit, dirty)
 
-    if toplevel is None:
-        raise ValueError(f"kernel.source={source!r}: {spec.path} is not inside a git checkout")
-    sha = _git(toplevel, "rev-parse", "--verify", f"{spec.ref}^{{commit}}")
     package_rel = os.path.relpath(package_dir, toplevel)
     export = _export_revision(toplevel, sha, package_rel)
     namespace = f"rpa_bench_rev_{sha[:12]}"
