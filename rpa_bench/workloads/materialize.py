@@ -223,8 +223,8 @@ def _page_table(batch: RaggedBatch, shape: PaddedShape, seed: int) -> tuple[np.n
     return table, owner, ordinal
 
 
-def _generate(key, num_tokens, ctx_lens, page_owner, page_ordinal, *, t_pad, h_q, h_kv, d,
-              num_pages, page_size, dtype, kv_dtype, poison):
+def _generate(key, num_tokens, poison, ctx_lens, page_owner, page_ordinal, *, t_pad, h_q, h_kv, d,
+              num_pages, page_size, dtype, kv_dtype):
     kq, kk, kv, kck, kcv = jax.random.split(key, 5)
     rows_ok = (jnp.arange(t_pad) < num_tokens)[:, None, None]  # [T_pad, 1, 1]
     queries = random_values(kq, (t_pad, h_q, d), dtype)
@@ -232,22 +232,22 @@ def _generate(key, num_tokens, ctx_lens, page_owner, page_ordinal, *, t_pad, h_q
     new_v = random_values(kv, (t_pad, h_kv, d), kv_dtype)
     k_cache = random_values(kck, (num_pages, page_size, h_kv, d), kv_dtype)
     v_cache = random_values(kcv, (num_pages, page_size, h_kv, d), kv_dtype)
-    if poison:
-        owner = jnp.maximum(page_owner, 0)  # [P]
-        pos = page_ordinal[:, None] * page_size + jnp.arange(page_size)[None, :]  # [P, page_size]
-        ctx_ok = (page_owner[:, None] >= 0) & (pos < ctx_lens[owner][:, None])
-        ctx_ok = ctx_ok[:, :, None, None]
-        queries = jnp.where(rows_ok, queries, poison_value(dtype))
-        new_k = jnp.where(rows_ok, new_k, poison_value(kv_dtype))
-        new_v = jnp.where(rows_ok, new_v, poison_value(kv_dtype))
-        k_cache = jnp.where(ctx_ok, k_cache, poison_value(kv_dtype))
-        v_cache = jnp.where(ctx_ok, v_cache, poison_value(kv_dtype))
+    owner = jnp.maximum(page_owner, 0)  # [P]
+    pos = page_ordinal[:, None] * page_size + jnp.arange(page_size)[None, :]  # [P, page_size]
+    ctx_ok = (page_owner[:, None] >= 0) & (pos < ctx_lens[owner][:, None])
+    ctx_ok = (ctx_ok | ~poison)[:, :, None, None]
+    rows_ok = rows_ok | ~poison
+    queries = jnp.where(rows_ok, queries, poison_value(dtype))
+    new_k = jnp.where(rows_ok, new_k, poison_value(kv_dtype))
+    new_v = jnp.where(rows_ok, new_v, poison_value(kv_dtype))
+    k_cache = jnp.where(ctx_ok, k_cache, poison_value(kv_dtype))
+    v_cache = jnp.where(ctx_ok, v_cache, poison_value(kv_dtype))
     return queries, new_k, new_v, k_cache, v_cache
 
 
 _generate_jit = jax.jit(
     _generate,
-    static_argnames=("t_pad", "h_q", "h_kv", "d", "num_pages", "page_size", "dtype", "kv_dtype", "poison"),
+    static_argnames=("t_pad", "h_q", "h_kv", "d", "num_pages", "page_size", "dtype", "kv_dtype"),
 )
 
 
@@ -292,11 +292,10 @@ def materialize(
         return jax.device_put(x, device)
 
     queries, new_k, new_v, k_cache, v_cache = _generate_jit(
-        put(jax.random.key(seed)), put(np.int32(batch.num_tokens)), put(ctx_lens), put(owner), put(ordinal),
+        put(jax.random.key(seed)), put(np.int32(batch.num_tokens)), put(np.bool_(poison)), put(ctx_lens), put(owner), put(ordinal),
         t_pad=shape.max_num_batched_tokens, h_q=model.num_q_heads,
         h_kv=model.num_kv_heads, d=model.head_dim, num_pages=shape.num_pages,
         page_size=batch.page_size, dtype=jnp.dtype(model.dtype), kv_dtype=jnp.dtype(model.kv_dtype),
-        poison=poison,
     )
     return KernelInputs(
         batch=batch,

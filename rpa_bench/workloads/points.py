@@ -78,7 +78,11 @@ class Workload:
         return pd.DataFrame(rows)
 
     def write_tables(self, folder: str | Path) -> list[Path]:
-        """Write summary.json, points.parquet and (traces) steps / stream tables; return paths."""
+        """Write summary.json, points.parquet and (traces) steps / stream tables; return paths.
+
+        steps.parquet stores ``step_time_s`` as float32 (a table for plots and reports);
+        segments / decodes / chunks .parquet hold the exact stream.
+        """
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         out = [folder / "summary.json", folder / "points.parquet"]
@@ -91,7 +95,9 @@ class Workload:
                       "decodes": self.simulation.decodes, "chunks": self.simulation.chunks}
             for name, table in tables.items():
                 path = folder / f"{name}.parquet"
-                table.to_parquet(path, index=False)
+                if name == "steps":
+                    table = table.astype({"step_time_s": np.float32})
+                table.to_parquet(path, index=False, compression="zstd")
                 out.append(path)
         return out
 

@@ -45,6 +45,7 @@ class RefStep:
 class RefResult:
     steps: list[RefStep]
     finish_step: list[int]  # per request
+    preempted: list[tuple[int, int]]  # (step being scheduled, request) per preemption
     preemptions: int
     prefix_hit_tokens: int
     end_s: float
@@ -74,6 +75,7 @@ def simulate_reference(requests: RequestTable, spec: SchedulerSpec, cost: StepCo
     done = 0
     preemptions = 0
     hit_tokens = 0
+    preempted_log: list[tuple[int, int]] = []
 
     def grow(rid: int, tokens: int) -> None:
         while len(pages[rid]) < pages_for(tokens, ps):
@@ -83,6 +85,7 @@ def simulate_reference(requests: RequestTable, spec: SchedulerSpec, cost: StepCo
         """Preempt the newest running request; (victim, tokens it had scheduled)."""
         nonlocal preemptions
         victim = running.pop()
+        preempted_log.append((len(steps), victim))
         free_pages.extend(pages[victim])
         pages[victim] = []
         computed[victim] = 0
@@ -171,4 +174,4 @@ def simulate_reference(requests: RequestTable, spec: SchedulerSpec, cost: StepCo
                     pages[rid] = []
                     finish_step[rid] = len(steps) - 1
                     done += 1
-    return RefResult(steps, finish_step, preemptions, hit_tokens, t)
+    return RefResult(steps, finish_step, preempted_log, preemptions, hit_tokens, t)

@@ -9,7 +9,6 @@ Paper prefill sweep: ``num_seqs`` sequences of ``s`` tokens each, ``q_len = kv_l
 from __future__ import annotations
 
 import numpy as np
-from scipy import stats
 
 from rpa_bench.workloads.batch import RaggedBatch
 
@@ -68,6 +67,8 @@ def random_batch(
     if distribution == "uniform":
         kv = rng.integers(1, max_kv_len, size=num_seqs, endpoint=True)
     else:
+        from scipy import stats  # heavy import, only needed here
+
         kv = stats.zipfian(zipf_a, max_kv_len).rvs(size=num_seqs, random_state=rng)
     kv = kv.astype(np.int64)
     decode = rng.random(num_seqs) < decode_fraction

@@ -26,6 +26,17 @@ ON_BAD_ROW = ("error", "skip")
 ARRIVAL_UNITS = ("s", "ms", "us", "datetime")
 FILE_TYPES = ("csv", "jsonl")
 SHIPPED_PREFIX = "rpa_bench/data/traces"
+# sha256 of the shipped (unmodified upstream) trace files, relative to SHIPPED_PREFIX.
+SHIPPED_TRACE_SHA256 = {
+    "azure-llm-2023/AzureLLMInferenceTrace_code.csv": "54e9a6d2a4bd06ba1e060304b900abbc74cbea53de96506e60fe5bb4f2277fb6",
+    "azure-llm-2023/AzureLLMInferenceTrace_conv.csv": "2f1e5b666d4e3055fdbba98598ce2ec307767b9064e03e2fa46676dbcc7d0bf8",
+    "mooncake-fast25/conversation_trace.jsonl": "b8cbb061a85206d729d91cdc2981f43c9e0d99209dce588d3af5f7934408b9df",
+    "mooncake-fast25/synthetic_trace.jsonl": "bd070915a98fc0ed264d7cfef2ce746002eb3076a695ec31ba2674c0111ec131",
+    "sharegpt-lengths-sarathi/sharegpt_8k_filtered_stats_llama2_tokenizer.csv":
+        "6d6c296302a853e2669a674a96f269283e60c57e60363bd450588a1066919f9f",
+    "arxiv-summarization-lengths-vidur/arxiv_summarization_stats_llama2_tokenizer_filtered_v2.csv":
+        "9d3580538d915ca75e4aaaa54590b42dbb17abc6d74c8913310cf07c232adcdc",
+}
 
 
 @dataclasses.dataclass(frozen=True)
