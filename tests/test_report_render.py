@@ -31,7 +31,7 @@ def _html(run_path) -> str:
 def test_report_writes_page_and_every_chart(full_run):
     html = _html(full_run)
     srcs = re.findall(r'<img src="([^"]+)"', html)
-    assert sorted(srcs) == ["mbu_decode.png", "mfu_prefill.png", "roofline.png", "steps_azure_conv_sample_steps.png"]
+    assert sorted(srcs) == ["mbu_decode.png", "mfu_prefill.png", "roofline.png", "steps_azure_conv_sample.png"]
     for src in srcs:  # relative links to real, non-empty PNGs
         with Image.open(full_run / "report" / src) as im:
             assert im.format == "PNG" and min(im.size) > 200
@@ -69,7 +69,7 @@ def test_interpret_rows_are_correctness_only(full_run):
 def test_trace_section_has_time_weighted_summary_and_coverage(full_run):
     html = _html(full_run)
     trace = html.split('<section id="trace-azure_conv_sample">')[1].split("</section>")[0]
-    assert "time-weighted MBU" in trace and "sample_time_share_pct" in trace
+    assert "time-weighted MBU" in trace and "represented_time_fraction" in trace and "71.5 %" in trace
     run = load_run(full_run)
     rows = charts.speed_rows(run.measurements)
     rows = rows[rows["workload"] == "azure_conv_sample"]

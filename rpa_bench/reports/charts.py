@@ -180,7 +180,7 @@ def utilization_chart(
     return _save(fig, out_path)
 
 
-STEP_COLUMNS = ("num_seqs", "num_tokens", "num_decode", "num_prefill", "max_kv_len", "total_kv_len", "kv_tokens")
+STEP_COLUMNS = ("num_seqs", "num_tokens", "num_decode", "max_kv_len", "num_prefill", "total_kv_len")
 
 
 def step_chart(steps: pd.DataFrame, out_path: pathlib.Path, *, workload: str, device: str,

@@ -87,16 +87,38 @@ def side_by_side(run: LoadedRun, table: str) -> pd.DataFrame:
     return frame.sort_values(["kernel", "variant", "sweep"], kind="stable").reset_index(drop=True)
 
 
-def _scale_notes(run: LoadedRun) -> list[str]:
-    notes = []
+def scale_of(run: LoadedRun) -> tuple[str | None, bool]:
+    """(scale name, reduced?) from the manifest (``scale`` or ``config.scale``) or the rows."""
     config = run.manifest.get("config") or {}
-    scale = config.get("scale") if isinstance(config, dict) else None
-    name = scale.get("name") if isinstance(scale, dict) else scale
-    scaled = isinstance(scale, dict) and bool(scale.get("scaled_down"))
-    if scaled or (name not in (None, "full")):
-        notes.append(f"This run is a scaled-down sweep (scale={name or 'scaled'}): rows are matched to the paper "
-                     "by context / sequence length where both exist; the paper's longer points are not measured.")
-    return notes
+    for scale in (run.manifest.get("scale"), config.get("scale") if isinstance(config, dict) else None):
+        if isinstance(scale, dict) and scale.get("name"):
+            return str(scale["name"]), bool(scale.get("reduced", scale["name"] != "full"))
+        if isinstance(scale, str):
+            return scale, scale != "full"
+    names = sorted({str(v) for v in run.measurements["scale"].dropna()})
+    if names:
+        return ", ".join(names), names != ["full"]
+    return None, False
+
+
+def _scale_notes(run: LoadedRun) -> list[str]:
+    name, reduced = scale_of(run)
+    if not reduced:
+        return []
+    return [f"This run is a scaled-down sweep (scale={name}): shapes are not the paper's. Rows are matched to the "
+            "paper by context / sequence length where both exist; the work ratio column says how much smaller "
+            "each measured call is than the paper's."]
+
+
+def _unmatched_note(run: LoadedRun, table: str) -> str | None:
+    spec = paper.PAPER_TABLES[table]
+    measured = _rows_for(run.measurements, table)[spec.sweep_column].dropna().astype(int)
+    printed = set(paper.load_paper_table(table)[spec.sweep_column].astype(int))
+    extra = sorted(set(measured) - printed)
+    if not extra:
+        return None
+    what = "context lengths" if spec.phase == "decode" else "sequence lengths"
+    return f"{table}: measured {what} {', '.join(map(str, extra))} are not in the paper's sweep (no paper row to show)."
 
 
 def paper_section(run: LoadedRun) -> Section:
@@ -121,6 +143,9 @@ def paper_section(run: LoadedRun) -> Section:
     tables = []
     for name, caption, _, util in TABLES:
         rows = side_by_side(run, name)
+        unmatched = _unmatched_note(run, name)
+        if unmatched:
+            notes.append(unmatched)
         if rows.empty:
             notes.append(f"{caption.split(':')[0]} ({name}): no row of this run matches the paper's sweep.")
             continue

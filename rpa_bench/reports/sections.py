@@ -112,6 +112,9 @@ def roofline_section(run: LoadedRun, out_dir: pathlib.Path) -> Section:
     notes = []
     if cal_bw is None:
         notes.append("No calibration in this run: only the datasheet roof is drawn.")
+    elif cal_bw == spec.get("hbm_bw_bytes_per_s") and cal_flops == spec.get("peak_bf16_flops_per_s"):
+        notes.append(f"The {run.device} spec is itself measured (its peaks are the calibration), so the datasheet "
+                     "and calibrated roofs coincide.")
     return Section("roofline", "Roofline", images=(Image(path.name, f"roofline chart on {run.device}"),),
                    notes=tuple(notes), intro=(
                        "One point per measured batch: analytic FLOPs over analytic HBM bytes against FLOPs over "
@@ -132,65 +135,6 @@ def utilization_sections(run: LoadedRun, out_dir: pathlib.Path) -> list[Section]
         else:
             out.append(Section(ident, title, images=(Image(path.name, title),)))
     return out
-
-
-def _time_weighted(rows: pd.DataFrame, metric: str) -> tuple[float, float]:
-    """(time-weighted mean of metric, share of weighted time the rows with it cover)."""
-    time = rows["weight"].astype(float) * rows["latency_us"].astype(float)
-    has = rows[metric].notna()
-    if not has.any() or time.sum() <= 0:
-        return float("nan"), 0.0
-    value = float((time[has] * rows.loc[has, metric].astype(float)).sum() / time[has].sum())
-    return value, float(time[has].sum() / time.sum() * 100)
-
-
-def trace_sections(run: LoadedRun, out_dir: pathlib.Path) -> list[Section]:
-    frame = run.measurements
-    names = sorted(set(frame.loc[frame["workload_kind"] == "trace", "workload"].dropna()))
-    names += sorted(n for n, w in (run.manifest.get("workloads") or {}).items()
-                    if isinstance(w, dict) and w.get("kind") == "trace" and n not in names)
-    if not names:
-        return [Section("traces", "Trace workloads", omitted="this run measured no trace workload")]
-    sections = []
-    for name in names:
-        rows = charts.speed_rows(frame[frame["workload"] == name])
-        tables, images, notes = [], [], []
-        summary = []
-        for (kernel, variant), group in rows.groupby(["kernel", "variant"], sort=True):
-            mbu, mbu_cov = _time_weighted(group, "mbu_pct")
-            mfu, mfu_cov = _time_weighted(group, "mfu_pct")
-            summary.append({"kernel": kernel, "variant": variant, "points": len(group),
-                            "weight": float(group["weight"].sum()),
-                            "step_us": float((group["weight"] * group["latency_us"]).sum() / max(group["weight"].sum(), 1e-30)),
-                            "mbu": mbu, "mbu_cov": mbu_cov, "mfu": mfu, "mfu_cov": mfu_cov,
-                            "convention": ", ".join(sorted(set(group["convention"].dropna())))})
-        if summary:
-            tables.append(table_from_frame(pd.DataFrame(summary), [
-                Column("kernel", "kernel"), Column("variant", "variant"), Column("points", "points", fmt_num, numeric=True),
-                Column("weight", "weight covered", fmt_num, numeric=True),
-                Column("step_us", "weighted mean latency (us)", fmt_num, numeric=True),
-                Column("mbu", "time-weighted MBU (%)", fmt_pct, numeric=True),
-                Column("mbu_cov", "time share with MBU (%)", fmt_pct, numeric=True),
-                Column("mfu", "time-weighted MFU (%)", fmt_pct, numeric=True),
-                Column("mfu_cov", "time share with MFU (%)", fmt_pct, numeric=True), Column("convention", "convention"),
-            ], f"Time-weighted utilisation of trace {name} on {run.device} (weights x median latency)"))
-        else:
-            notes.append("No measured point of this trace has status ok outside interpret mode: no speed summary.")
-        wl = (run.manifest.get("workloads") or {}).get(name) or {}
-        if isinstance(wl, dict) and wl.get("summary"):
-            tables.append(key_value_table(flatten(wl["summary"]), f"Sample coverage of trace {name} (from the run manifest)"))
-        else:
-            notes.append("The manifest holds no summary for this trace: the share of the trace the sample covers is unknown.")
-        for table_name, steps in sorted((run.step_tables.get(name) or {}).items()):
-            path = charts.step_chart(steps, out_dir / f"steps_{_slug(name)}_{_slug(table_name)}.png", workload=name,
-                                     device=run.device, kernels=sorted(set(rows["kernel"].dropna())))
-            if path is not None:
-                images.append(Image(path.name, f"batch shape per step of trace {name}"))
-        if not run.step_tables.get(name):
-            notes.append(f"No per-step tables under workloads/{name}/: the batch-shape plots cannot be drawn.")
-        sections.append(Section(f"trace-{_slug(name)}", f"Trace workload: {name}", notes=tuple(notes),
-                                images=tuple(images), tables=tuple(tables)))
-    return sections
 
 
 def _slug(text: str) -> str:
@@ -238,6 +182,7 @@ def provenance_section(run: LoadedRun) -> Section:
     general = [("run_id", run.name), ("status", m.get("status")), ("created_utc", m.get("created_utc")),
                ("schema_version", m.get("schema_version")), ("command", " ".join(map(str, m.get("command") or []))),
                ("synthetic", m.get("synthetic", False))]
+    general += flatten({key: m[key] for key in ("experiment", "scale", "mesh", "seeds") if key in m})
     general += flatten(m.get("git") or {}, "git")
     tables.append(key_value_table(general, "Run and rpa_bench revision"))
     for key, caption in (("environment", "Environment (versions, host, platform)"),

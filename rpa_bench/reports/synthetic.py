@@ -210,8 +210,9 @@ def write_synthetic_run(path: str | pathlib.Path, spec: SyntheticRunSpec = Synth
         workloads["azure_conv_sample"] = {
             "kind": "trace", "seed": spec.seed,
             "sources": {"AzureLLMInferenceTrace_conv.csv": "9f2c" + "0" * 60},
-            "summary": {"steps_total": 400, "steps_sampled": 8, "requests": 1000,
-                        "sample_time_share_pct": 71.5, "sample_token_share_pct": 68.0},
+            "summary": {"requests_total": 1000, "steps": 400,
+                        "sample": {"method": "stratified", "points": 8, "steps_total": 400,
+                                   "represented_time_fraction": 0.715, "sampled_time_fraction": 0.021}},
         }
     manifest = {
         "schema_version": SCHEMA_VERSION, "run_id": spec.run_id, "created_utc": "2026-01-01T00:00:00Z",
@@ -236,4 +237,7 @@ def write_synthetic_run(path: str | pathlib.Path, spec: SyntheticRunSpec = Synth
     store.append(rows.rows)
     if spec.include_trace:
         store.write_workload_table("azure_conv_sample", "steps", steps)
+        sample = steps[steps["sampled"]][["step"]].assign(
+            time_weight=[0.2, 0.1, 0.15, 0.05, 0.1, 0.2, 0.1, 0.1])
+        store.write_workload_table("azure_conv_sample", "sample", sample.reset_index(drop=True))
     return path
