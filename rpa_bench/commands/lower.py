@@ -12,7 +12,13 @@ import sys
 
 from omegaconf import DictConfig, OmegaConf
 
-EXTRA_OVERRIDES = ("+lower=default",)
+EXTRA_OVERRIDES = (
+    "+lower=default",
+    "hydra.output_subdir=null",  # prints a table; writes nothing
+    "hydra.run.dir=.",
+    "hydra/job_logging=disabled",
+    "hydra/hydra_logging=disabled",
+)
 
 
 def kernel_was_chosen() -> bool:

@@ -91,3 +91,14 @@ def test_lower_command_exits_nonzero_when_a_lowering_fails(capsys, monkeypatch):
     monkeypatch.setattr(lower, "kernel_was_chosen", lambda: True)  # as with `kernel=rpa_v3` given
     assert lower.task(cfg) == 1
     assert "1 of 1 lowerings failed" in capsys.readouterr().err
+
+
+def test_rpa_bench_lower_cli_lowers_the_chosen_kernel_only(capsys, tmp_path, monkeypatch):
+    from rpa_bench.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    rc = main(["lower", "kernel=jax_rpa", "model=llama3_8b_hd256", "lower.generations=[TPU7x,\"TPU v6 lite\"]"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "all 2 lowerings ok" in out and "rpa_v3" not in out
+    assert list(tmp_path.iterdir()) == []  # nothing written
