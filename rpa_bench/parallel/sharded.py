@@ -22,6 +22,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from rpa_bench.kernels.backend_util import call_context
 from rpa_bench.kernels.base import KernelOutput, PreparedCall
 from rpa_bench.parallel.layout import ARRAY_FIELDS, FIELD_SPECS, ShardedInputs, ShardPlan
 from rpa_bench.parallel.mesh import DATA, MODEL
@@ -119,14 +120,23 @@ def build_sharded(backend, plan: ShardPlan, attn: AttentionSpec, mesh, *, interp
     kernel_sm = sm(kernel_body, PER_DEVICE)
     kernel_jit = jax.jit(lambda args: kernel_sm(*args), donate_argnums=(0,) if inner.donates else ())
 
+    # Interpret mode patches JAX's TPU interpreter while active, and its host callbacks run
+    # when the program executes, on one thread per device: so in interpret mode each stage
+    # blocks on its result inside the context (interpret timings are never performance).
+    def run(fn, *args):
+        if not interpret:
+            return fn(*args)
+        with call_context(True):
+            return jax.block_until_ready(fn(*args))
+
     def layout(inputs: ShardedInputs) -> tuple:
-        return layout_jit(*(getattr(inputs, k) for k in ARRAY_FIELDS))
+        return run(layout_jit, *(getattr(inputs, k) for k in ARRAY_FIELDS))
 
     def prepare(state: tuple) -> tuple:
-        return prepare_jit(*state)
+        return run(prepare_jit, *state)
 
     def kernel(*args):
-        return kernel_jit(args)
+        return run(kernel_jit, args)
 
     def finish(raw) -> KernelOutput:
         return stacked_output(inner, rebuild["raw"], raw, plan)
