@@ -42,11 +42,11 @@ def test_padded_shapes_and_metadata():
 
 
 def test_exact_sizes_by_default():
-    x = materialize(BATCH, tiny())
-    assert x.max_num_batched_tokens == BATCH.num_tokens
-    assert x.max_num_seqs == BATCH.num_seqs
-    assert x.num_pages == BATCH.num_pages
-    assert x.pages_per_seq == max(BATCH.pages_per_seq)
+    shape = mat.padded_shape(BATCH)
+    assert shape.max_num_batched_tokens == BATCH.num_tokens
+    assert shape.max_num_seqs == BATCH.num_seqs
+    assert shape.num_pages == BATCH.num_pages
+    assert shape.pages_per_seq == max(BATCH.pages_per_seq)
 
 
 def test_pages_are_shuffled_distinct_and_in_range():
@@ -76,7 +76,7 @@ def context_mask(x) -> np.ndarray:
     return mask
 
 
-@pytest.mark.parametrize("kv_dtype", ["float32", "bfloat16", "float8_e4m3fn", "float8_e5m2"])
+@pytest.mark.parametrize("kv_dtype", ["float32", "bfloat16", "float8_e4m3fn"])
 def test_floating_kv_poisoned_with_nan_outside_context(kv_dtype):
     x = build(kv_dtype)
     ctx = context_mask(x)

@@ -1,0 +1,187 @@
+"""Checking a kernel backend against the reference on the same inputs.
+
+A check is a record with a status, never an exception: ``ok`` (within tolerance),
+``incorrect`` (outside it, or NaN in a valid row), ``failed`` (the backend raised; the
+message is kept) or ``skipped`` (unavailable or unsupported; the reason is kept).
+Only valid output rows are compared; for backends that return the updated KV cache, the
+whole cache is compared too (slots the call must not touch stay as they were, poison
+included), so a kernel that writes a wrong slot or page fails.
+
+Tolerances (max absolute error; outputs are O(1): softmax-weighted averages of N(0, 1)
+values), measured on the check cases in CPU interpret mode against this reference:
+- float32: the kernels agree to ~1e-6; 1e-4 leaves room for other accumulation orders.
+- bfloat16: the output cast alone costs up to ~8e-3; RPA v3 accumulates in bf16 and
+  reaches ~3e-2; 6e-2 keeps a 2x margin (upstream's own tests use 0.2 for 16-bit types).
+- 8-bit KV (fp8/int8 with scales): v3 reaches ~0.07-0.125 on fp8; 0.2 as upstream.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+
+from rpa_bench.kernels.base import KernelBackend, KernelOutput
+from rpa_bench.kernels.cases import CheckCase
+from rpa_bench.kernels.reference import reference_attention
+from rpa_bench.workloads.materialize import KernelInputs
+from rpa_bench.workloads.model import AttentionSpec, ModelSpec
+
+OK, INCORRECT, FAILED, SKIPPED = "ok", "incorrect", "failed", "skipped"
+STATUSES = (OK, INCORRECT, FAILED, SKIPPED)
+TOLERANCES = {"float32": 1e-4, "bfloat16": 6e-2}  # by model.dtype (query/output)
+QUANTIZED_KV_TOLERANCE = 0.2  # any 8-bit kv_dtype
+
+
+def tolerance_for(model: ModelSpec) -> float:
+    """Max absolute output error allowed for ``model``'s dtypes."""
+    if model.kv_dtype not in TOLERANCES:
+        return QUANTIZED_KV_TOLERANCE
+    return max(TOLERANCES[model.dtype], TOLERANCES[model.kv_dtype])
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckRecord:
+    kernel: str
+    case: str
+    dtype: str  # "bfloat16", or "bfloat16/float8_e4m3fn" when the KV dtype differs
+    status: str  # ok / incorrect / failed / skipped
+    max_abs_err: float | None = None  # output and cache together; None when not run
+    tolerance: float | None = None
+    output_err: float | None = None
+    cache_err: float | None = None  # None: the backend returns no updated cache
+    message: str = ""  # exception (failed) or capability message (skipped)
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"status={self.status!r}; allowed: {', '.join(STATUSES)}")
+
+    @property
+    def passed(self) -> bool:
+        """Not wrong: ok or skipped."""
+        return self.status in (OK, SKIPPED)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@jax.jit
+def _output_err(candidate, reference, num_tokens):
+    """Max |candidate - reference| over valid rows; inf when a valid row holds NaN."""
+    rows = jnp.arange(candidate.shape[0])[:, None, None] < num_tokens
+    diff = jnp.abs(candidate.astype(jnp.float32) - reference.astype(jnp.float32))
+    diff = jnp.where(jnp.isnan(diff), jnp.inf, diff)
+    return jnp.max(jnp.where(rows, diff, 0.0))
+
+
+@jax.jit
+def _cache_err(candidate, reference):
+    """Max |candidate - reference| over the whole cache; NaN must meet NaN (poison kept)."""
+    a, b = candidate.astype(jnp.float32), reference.astype(jnp.float32)
+    both_nan = jnp.isnan(a) & jnp.isnan(b)
+    diff = jnp.where(both_nan, 0.0, jnp.abs(a - b))
+    return jnp.max(jnp.where(jnp.isnan(diff), jnp.inf, diff))
+
+
+def compare_details(candidate: KernelOutput, reference: KernelOutput, inputs: KernelInputs) -> tuple[float, float | None]:
+    """(output error over valid rows, cache error or None when the candidate has no cache)."""
+    if candidate.output.shape != reference.output.shape:
+        raise ValueError(f"output shape {candidate.output.shape} != reference {reference.output.shape}")
+    out_err = float(_output_err(candidate.output, reference.output, inputs.num_tokens))
+    if candidate.k_cache is None:
+        return out_err, None
+    cache_err = 0.0
+    for cand, ref in ((candidate.k_cache, reference.k_cache), (candidate.v_cache, reference.v_cache)):
+        if cand.shape != ref.shape:
+            raise ValueError(f"cache shape {cand.shape} != reference {ref.shape}")
+        cache_err = max(cache_err, float(_cache_err(cand, ref)))
+    return out_err, cache_err
+
+
+def compare_outputs(candidate: KernelOutput, reference: KernelOutput, inputs: KernelInputs, *,
+                    tolerance: float) -> tuple[float, bool]:
+    """(max abs error over valid output rows and the updated cache, within ``tolerance``).
+
+    The cache a kernel writes holds the given K/V verbatim, so it is held to the same
+    tolerance as the output (in practice it matches exactly).
+    """
+    out_err, cache_err = compare_details(candidate, reference, inputs)
+    err = max(out_err, cache_err or 0.0)
+    return err, bool(err <= tolerance)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}".strip()
+
+
+def run_backend(backend: KernelBackend, model: ModelSpec, attn: AttentionSpec, inputs: KernelInputs, *,
+                interpret: bool) -> KernelOutput:
+    """Build and call ``backend`` once on ``inputs`` (a fresh copy when the kernel donates)."""
+    call = backend.build(model, attn, inputs.batch, interpret=interpret)
+    own = inputs.copy() if call.donates else inputs
+    state = call.state(own) if hasattr(call, "state") else own
+    out = call.finish(call.kernel(*call.prepare(state)))
+    return jax.block_until_ready(out)
+
+
+def check_on_inputs(backend: KernelBackend, inputs: KernelInputs, attn: AttentionSpec, *, interpret: bool,
+                    case: str = "", tolerance: float | None = None,
+                    reference: KernelOutput | None = None) -> CheckRecord:
+    """Check ``backend`` against the reference on ``inputs`` (what the run pipeline times)."""
+    model = inputs.model
+    label = model.dtype if model.kv_dtype == model.dtype else f"{model.dtype}/{model.kv_dtype}"
+    tol = tolerance_for(model) if tolerance is None else tolerance
+    record = functools.partial(CheckRecord, kernel=backend.name, case=case, dtype=label, tolerance=tol)
+    available, reason = backend.availability()
+    if not available:
+        return record(status=SKIPPED, message=reason)
+    try:
+        backend.validate(model, attn, inputs.batch)
+    except ValueError as e:
+        return record(status=SKIPPED, message=str(e))
+    try:
+        ref = reference if reference is not None else jax.block_until_ready(reference_attention(inputs, attn))
+        cand = run_backend(backend, model, attn, inputs, interpret=interpret)
+        out_err, cache_err = compare_details(cand, ref, inputs)
+    except Exception as e:  # noqa: BLE001 - a failing kernel is a record, not a crash
+        return record(status=FAILED, message=_first_line(e))
+    err = max(out_err, cache_err or 0.0)
+    ok = err <= tol and math.isfinite(err)
+    return record(status=OK if ok else INCORRECT, max_abs_err=err, output_err=out_err, cache_err=cache_err)
+
+
+def check_backend(backend: KernelBackend, case: CheckCase, *, interpret: bool) -> CheckRecord:
+    """Check ``backend`` on one named case (validated before anything is materialised)."""
+    label = case.dtype_label
+    tol = tolerance_for(case.model)
+    available, reason = backend.availability()
+    if not available:
+        return CheckRecord(backend.name, case.name, label, SKIPPED, tolerance=tol, message=reason)
+    try:
+        backend.validate(case.model, case.attn, case.batch)
+    except ValueError as e:
+        return CheckRecord(backend.name, case.name, label, SKIPPED, tolerance=tol, message=str(e))
+    return check_on_inputs(backend, case.materialize(), case.attn, interpret=interpret, case=case.name, tolerance=tol)
+
+
+def records_frame(records: list[CheckRecord]):
+    """Records as a pandas DataFrame (one row per kernel x case)."""
+    import pandas as pd
+
+    return pd.DataFrame([r.to_dict() for r in records])
+
+
+def summary_ok(records: list[CheckRecord]) -> bool:
+    """True when no record is incorrect or failed."""
+    return all(r.passed for r in records)
+
+
+__all__ = [
+    "CheckRecord", "check_backend", "check_on_inputs", "compare_outputs", "compare_details",
+    "tolerance_for", "run_backend", "records_frame", "summary_ok", "TOLERANCES",
+    "QUANTIZED_KV_TOLERANCE", "STATUSES",
+]
