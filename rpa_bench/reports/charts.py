@@ -211,6 +211,15 @@ def step_chart(steps: pd.DataFrame, out_path: pathlib.Path, *, workload: str, de
     return _save(fig, out_path)
 
 
+def _spaced(ticks: Sequence[float], *, min_gap: float) -> list[float]:
+    """Ticks at least ``min_gap`` apart in log space, always keeping 1."""
+    out = [1.0] if 1.0 in ticks else []
+    for t in sorted(ticks, key=lambda t: abs(np.log(t))):
+        if all(abs(np.log(t / o)) >= min_gap for o in out):
+            out.append(t)
+    return sorted(out)
+
+
 def ratio_chart(result: pd.DataFrame, out_path: pathlib.Path, *, device: str, side_a: str, side_b: str,
                 threshold: float) -> pathlib.Path | None:
     """B/A median-latency ratio per point with its bootstrap CI (log axis)."""
@@ -240,7 +249,7 @@ def ratio_chart(result: pd.DataFrame, out_path: pathlib.Path, *, device: str, si
     lo, hi = ax.get_xlim()
     nice = sorted({0.25, 0.5, 0.67, 0.8, 0.9, 0.95, 1.0, 1.05, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0,
                    round(threshold, 3), round(1 / threshold, 3)})
-    ax.set_xticks([t for t in nice if lo <= t <= hi])
+    ax.set_xticks(_spaced([t for t in nice if lo <= t <= hi], min_gap=np.log(hi / lo) / 10))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _p: f"{v:g}"))
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_yticks(y, labels, fontsize=7)
