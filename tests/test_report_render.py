@@ -115,3 +115,17 @@ def test_chart_titles_name_device_kernel_and_convention(full_run, monkeypatch):
     assert titles and all("cpu" in t and ("reference" in t or "trace" in t) for t in titles)
     utilization = [t for t in titles if "MBU vs" in t or "MFU vs" in t]
     assert len(utilization) == 2 and all("paper convention" in t for t in utilization)
+
+
+def test_paper_section_on_a_full_scale_tpu7x_run_drops_the_caveats(tmp_path):
+    path = write_synthetic_run(tmp_path / "tpu", SyntheticRunSpec(include_trace=False))
+    frame = pd.read_parquet(path / "measurements.parquet")
+    frame["device"], frame["scale"] = "tpu7x", "full"
+    frame.to_parquet(path / "measurements.parquet")
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["config"]["scale"] = {"name": "full", "reduced": False}
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    paper = [s for s in write_report(path).sections if s.id == "paper"][0]
+    assert not any("not a TPU7x" in n or "scaled-down" in n for n in paper.notes)
+    assert any("interpret mode" in n for n in paper.notes)
+    assert len(paper.tables) == 3
