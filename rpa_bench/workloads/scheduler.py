@@ -52,8 +52,9 @@ def simulate(requests, spec: SchedulerSpec, cost: StepCostModel) -> SimulationRe
     W, QB, BW = cost.model_weight_bytes, cost.q_bytes_per_token, cost.hbm_bw_bytes_per_s
     KVS, SPP, OVH = cost.kv_s_per_token, cost.s_per_pair, cost.overhead_s
     FTS = cost.model_flops_per_token / cost.peak_flops_per_s
-    ar = np.arange(1024, dtype=np.int64)
-    buf = np.empty(1025, np.float64)
+    ar = np.arange(1024, dtype=np.float64)
+    buf = np.empty(1025, np.float64)  # [t, step times...] of a stretch
+    starts = np.empty(1025, np.float64)  # its step start times
 
     computed = [0] * n
     generated = [0] * n
@@ -77,8 +78,9 @@ def simulate(requests, spec: SchedulerSpec, cost: StepCostModel) -> SimulationRe
     admissions = 0
     hit_tokens = 0
     segments: list[tuple] = []  # SEGMENT_COLUMNS
-    intervals: list[tuple] = []  # (rid, adm, start_step, end_step, offset)
-    chunk_rows: list[tuple] = []  # (step, rid, adm, q_len, kv_len)
+    intervals: list[tuple] = []  # DECODE_COLUMNS
+    chunk_rows: list[tuple] = []  # CHUNK_COLUMNS
+    add_segment, add_interval, add_chunk = segments.append, intervals.append, chunk_rows.append
 
     def end_decode(r: int, end: int) -> int:
         """Take ``r`` out of the decode set (its interval ends before step ``end``)."""
@@ -90,7 +92,7 @@ def simulate(requests, spec: SchedulerSpec, cost: StepCostModel) -> SimulationRe
         if off == max_off:
             max_off = None
         life[r] += 1
-        intervals.append((r, adm[r], dec_start.pop(r), end, off))
+        add_interval((r, adm[r], dec_start.pop(r), end, off))
         return off
 
     def finish_decodes(step: int) -> None:
@@ -176,34 +178,41 @@ def simulate(requests, spec: SchedulerSpec, cost: StepCostModel) -> SimulationRe
                     kcap = int(np.searchsorted(need, free, side="right"))
             if blocked and kcap >= MIN_JUMP:
                 if kcap > len(ar):
-                    ar = np.arange(2 * kcap, dtype=np.int64)
+                    ar = np.arange(2 * kcap, dtype=np.float64)
                     buf = np.empty(2 * kcap + 1, np.float64)
-                sum_kv = ar[:kcap] * n_dec
-                sum_kv += sum_kv0
+                    starts = np.empty(2 * kcap + 1, np.float64)
+                # sum_kv of step j = sum_kv0 + n_dec * j, exact in float64 (integers < 2**53)
                 dts = buf[1 : kcap + 1]
-                np.multiply(sum_kv, KVS, out=dts)
-                dts += fixed_s
+                np.multiply(ar[:kcap], n_dec, out=dts)
+                dts += sum_kv0
                 last = sum_kv0 + n_dec * (kcap - 1)
                 if not (fixed_s + KVS * sum_kv0 > (tok_s + SPP * sum_kv0) * (1 + 1e-9)
                         and fixed_s + KVS * last > (tok_s + SPP * last) * (1 + 1e-9)):
-                    comp = sum_kv * SPP  # not clearly memory-bound throughout: take the max
+                    comp = dts * SPP  # not clearly memory-bound throughout: take the max
                     comp += tok_s
+                    dts *= KVS
+                    dts += fixed_s
                     np.maximum(dts, comp, out=dts)
+                else:
+                    dts *= KVS
+                    dts += fixed_s
                 dts += OVH
                 buf[0] = t
-                starts = np.cumsum(buf[: kcap + 1])
+                buf[: kcap + 1].cumsum(out=starts[: kcap + 1])
                 k = kcap
                 if arrivals_matter:
-                    k = int(np.searchsorted(starts[:kcap], arrival[next_arrival], side="left"))
+                    k = int(starts[:kcap].searchsorted(arrival[next_arrival], side="left"))
                 if k >= MIN_JUMP:
                     full, rest = divmod(k, ps)
                     phase = G % ps
-                    rot = cnt[phase:] + cnt[:phase]
-                    st["free"] = free - n_dec * full - sum(rot[:rest])
+                    used = n_dec * full + sum(cnt[phase : phase + rest])
+                    if phase + rest > ps:
+                        used += sum(cnt[: phase + rest - ps])
+                    st["free"] = free - used
                     if max_off is None:
                         max_off = max(dec_off.values())
                     end = float(starts[k])
-                    segments.append((G, k, t, end, n_dec, n_dec, n_dec, 0, sum_kv0, max_off + G + 1, sum_kv0,
+                    add_segment((G, k, t, end, n_dec, n_dec, n_dec, 0, sum_kv0, max_off + G + 1, sum_kv0,
                                      len(waiting)))
                     t = end
                     G += k
@@ -233,7 +242,7 @@ def simulate(requests, spec: SchedulerSpec, cost: StepCostModel) -> SimulationRe
                 st["free"] -= need
         n_dec = st["n_dec"]
         budget -= n_dec
-        for r in list(prefilling):
+        for r in list(prefilling) if prefilling else ():
             if stop or budget == 0:
                 break
             if not is_running[r]:
@@ -303,11 +312,11 @@ def simulate(requests, spec: SchedulerSpec, cost: StepCostModel) -> SimulationRe
                 num_q1 += 1
             elif q == chunk_size:
                 num_chunk += 1
-            chunk_rows.append((G, r, adm[r], q, kv))
+            add_chunk((G, r, adm[r], q, kv))
         mem = (W + QB * num_tokens) / BW + KVS * sum_kv
         comp = FTS * num_tokens + SPP * pairs
         end = t + ((mem if mem >= comp else comp) + OVH)
-        segments.append((G, 1, t, end, n_dec + len(chunks), num_tokens, num_q1, num_chunk, sum_kv, max_kv, pairs,
+        add_segment((G, 1, t, end, n_dec + len(chunks), num_tokens, num_q1, num_chunk, sum_kv, max_kv, pairs,
                          len(waiting)))
         t = end
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 
 import numpy as np
 import pandas as pd
@@ -36,8 +37,9 @@ STEP_COLUMNS = ("step", "start_s", "step_time_s", "num_seqs", "num_tokens", "num
 
 def _frame(columns: tuple[str, ...], rows: list[tuple]) -> pd.DataFrame:
     """Rows of numbers -> typed columns (times ``*_s`` float64, the rest int64)."""
-    table = np.array(rows, dtype=np.float64).reshape(len(rows), len(columns))
-    return pd.DataFrame({c: table[:, i] if c.endswith("_s") else table[:, i].astype(np.int64)
+    flat = itertools.chain.from_iterable(rows)
+    table = np.fromiter(flat, dtype=np.float64, count=len(rows) * len(columns)).reshape(len(rows), len(columns))
+    return pd.DataFrame({c: table[:, i].copy() if c.endswith("_s") else table[:, i].astype(np.int64)
                          for i, c in enumerate(columns)})
 
 
@@ -56,7 +58,7 @@ class SimulationResult:
     prefix_hit_tokens: int
 
     @classmethod
-    def from_rows(cls, *, segments: list[tuple], decodes: list[tuple], chunks: list[tuple], finish_step,
+    def from_rows(cls, *, segments, decodes, chunks, finish_step,
                   **kw) -> "SimulationResult":
         return cls(
             segments=_frame(SEGMENT_COLUMNS, segments),
@@ -77,33 +79,50 @@ class SimulationResult:
         idx = np.repeat(np.arange(len(seg)), n)
         first = np.repeat(np.cumsum(n) - n, n)
         j = np.arange(len(idx)) - first  # step within its segment
-        multi = (n > 1)[idx]
-        col = {c: seg[c].to_numpy()[idx] for c in ("num_seqs", "num_tokens", "num_q1", "num_chunk")}
-        grow = np.where(multi, col["num_seqs"], 0) * j
+        multi = n > 1
+        cache: dict[str, np.ndarray] = {}
+
+        def per_step(c: str) -> np.ndarray:
+            if c not in cache:
+                cache[c] = seg[c].to_numpy()[idx]
+            return cache[c]
+
+        def grown(c: str) -> np.ndarray:  # a stretch adds num_seqs per step to sums over kv_len
+            if "growth" not in cache:
+                cache["growth"] = np.where(multi, seg["num_seqs"].to_numpy(), 0)[idx] * j
+            return per_step(c) + cache["growth"]
+
         out: dict[str, np.ndarray] = {}
-        need_time = {"start_s", "step_time_s"} & set(names)
-        if need_time or "total_kv_len" in names or "causal_pairs" in names:
-            sum_kv = seg["sum_kv0"].to_numpy()[idx] + grow
-            pairs = seg["pairs0"].to_numpy()[idx] + grow
-            out["total_kv_len"], out["causal_pairs"] = sum_kv, pairs
-        if need_time:
-            dt = np.asarray(self.cost.step_time_s(col["num_tokens"], sum_kv, pairs), dtype=np.float64)
-            cum = np.concatenate([[0.0], np.cumsum(dt)])
-            out["step_time_s"] = dt
-            out["start_s"] = seg["start_s"].to_numpy()[idx] + (cum[:-1] - cum[first])
-        out["step"] = seg["step0"].to_numpy()[idx] + j
-        out["num_seqs"], out["num_tokens"] = col["num_seqs"], col["num_tokens"]
-        out["num_decode"] = col["num_q1"]
-        out["num_prefill"] = col["num_seqs"] - col["num_q1"]
-        out["num_fixed_chunk"] = col["num_chunk"]
-        out["num_mixed"] = out["num_prefill"] - col["num_chunk"]
-        if "max_kv_len" in names:
-            out["max_kv_len"] = seg["max_kv0"].to_numpy()[idx] + np.where(multi, j, 0)
-        if "num_waiting" in names:
-            out["num_waiting"] = seg["num_waiting"].to_numpy()[idx]
-        if "phase" in names:
-            code = np.where(col["num_q1"] == col["num_seqs"], 0, np.where(col["num_q1"] == 0, 1, 2))
-            out["phase"] = pd.Categorical.from_codes(code.astype(np.int8), categories=list(STEP_PHASES))
+        for name in names:
+            if name == "step":
+                out[name] = np.arange(len(idx), dtype=np.int64)
+            elif name in ("step_time_s", "start_s"):
+                if "step_time_s" not in out:
+                    out["step_time_s"] = np.asarray(self.cost.step_time_s(
+                        per_step("num_tokens"), grown("sum_kv0"), grown("pairs0")), dtype=np.float64)
+                if name == "start_s":
+                    cum = np.concatenate([[0.0], np.cumsum(out["step_time_s"])])
+                    out[name] = per_step("start_s") + (cum[:-1] - cum[first])
+            elif name in ("num_seqs", "num_tokens", "num_waiting"):
+                out[name] = per_step(name)
+            elif name == "num_decode":
+                out[name] = per_step("num_q1")
+            elif name == "num_prefill":
+                out[name] = per_step("num_seqs") - per_step("num_q1")
+            elif name == "num_fixed_chunk":
+                out[name] = per_step("num_chunk")
+            elif name == "num_mixed":
+                out[name] = per_step("num_seqs") - per_step("num_q1") - per_step("num_chunk")
+            elif name == "total_kv_len":
+                out[name] = grown("sum_kv0")
+            elif name == "causal_pairs":
+                out[name] = grown("pairs0")
+            elif name == "max_kv_len":
+                out[name] = per_step("max_kv0") + np.where(multi[idx], j, 0)
+            elif name == "phase":
+                q1, seqs = per_step("num_q1"), per_step("num_seqs")
+                code = np.where(q1 == seqs, 0, np.where(q1 == 0, 1, 2)).astype(np.int8)
+                out[name] = pd.Categorical.from_codes(code, categories=list(STEP_PHASES))
         return {c: out[c] for c in names}
 
     def steps_frame(self) -> pd.DataFrame:

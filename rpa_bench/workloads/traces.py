@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import itertools
 import json
 from importlib import resources
 from pathlib import Path
@@ -135,8 +136,15 @@ def _load_frame(blob: bytes, name: str, file_type: str) -> tuple[pd.DataFrame, n
     if file_type == "csv":
         frame = pd.read_csv(io.BytesIO(blob), skip_blank_lines=False, dtype=str, keep_default_na=False)
         return frame, np.arange(len(frame)) + 2, []
+    texts = blob.decode().splitlines()
+    try:  # one parse of the whole file; per line only to locate a problem
+        records = json.loads("[" + ",".join(texts) + "]")
+        if len(records) == len(texts) and all(type(r) is dict for r in records):
+            return pd.DataFrame.from_records(records), np.arange(1, len(texts) + 1), []
+    except ValueError:
+        pass
     records, lines, broken = [], [], []
-    for lineno, text in enumerate(blob.decode().splitlines(), start=1):
+    for lineno, text in enumerate(texts, start=1):
         try:
             rec = json.loads(text)
             if not isinstance(rec, dict):
@@ -169,8 +177,12 @@ def _arrivals(values: pd.Series, unit: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _hash_lists(values: pd.Series) -> np.ndarray:
-    ok = values.map(lambda v: isinstance(v, list) and all(isinstance(x, int) for x in v))
-    return ~ok.to_numpy(dtype=bool)
+    """Bad mask: a value that is not a list of integers."""
+    items = values.tolist()
+    if all(type(v) is list for v in items) and set(map(type, itertools.chain.from_iterable(items))) <= {int}:
+        return np.zeros(len(items), bool)
+    ok = [isinstance(v, list) and all(type(x) is int for x in v) for v in items]
+    return ~np.asarray(ok, dtype=bool)
 
 
 def read_trace(
@@ -248,7 +260,7 @@ def read_trace(
     offs = ids = None
     if columns.hash_ids is not None:
         lists = frame[columns.hash_ids][keep].tolist()
-        offs = np.concatenate([[0], np.cumsum([len(v) for v in lists])]).astype(np.int64)
-        ids = np.fromiter((x for v in lists for x in v), np.int64, count=int(offs[-1]))
+        offs = np.concatenate([[0], np.cumsum(np.fromiter(map(len, lists), np.int64, count=len(lists)))])
+        ids = np.fromiter(itertools.chain.from_iterable(lists), np.int64, count=int(offs[-1]))
     skipped = int(bad_any.sum()) + len(broken)
     return RequestTable(arrival_s.astype(np.float64), prompt[keep], output[keep], offs, ids, {name: sha}, skipped)
