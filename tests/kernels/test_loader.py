@@ -101,3 +101,13 @@ def test_bad_sources_are_refused_with_the_field_named(checkout, tmp_path):
     assert not ok and "tpu_inference" in reason
     with pytest.raises(ValueError, match="kernel version 'v9' unknown; allowed: v3, v2"):
         loader.load_source(None).module("v9")
+
+
+def test_backends_report_unavailable_when_tpu_inference_is_missing(monkeypatch):
+    from rpa_bench.kernels.registry import get_backend
+
+    monkeypatch.setattr(loader, "installed_package_dir", lambda: None)
+    for name in ("rpa_v3", "rpa_v2"):
+        ok, reason = get_backend(name).availability()
+        assert not ok and "tpu-inference is not installed" in reason
+    assert get_backend("jax_rpa").availability()[0]  # ships with jax
