@@ -30,6 +30,7 @@ class ScaleSpec:
     name: str
     reduced: bool
     model: Mapping[str, Any]  # merged into the model config
+    scheduler: Mapping[str, Any]  # merged into the scheduler config (trace workloads)
     workload: Mapping[str, Mapping[str, Any]]  # workload kind (or name) -> overrides
     cpu_max_call_flops: float  # refuse a point above this on CPU (would take hours)
     cpu_max_input_bytes: float  # refuse a point whose inputs exceed this on CPU
@@ -49,6 +50,7 @@ class ScaleSpec:
             if not d[f] or d[f] <= 0:
                 raise ValueError(f"scale.{f}={d[f]!r} must be > 0")
         return cls(name=str(d["name"]), reduced=bool(d["reduced"]), model=dict(d["model"] or {}),
+                   scheduler=dict(d["scheduler"] or {}),
                    workload={k: dict(v or {}) for k, v in (d["workload"] or {}).items()},
                    cpu_max_call_flops=float(d["cpu_max_call_flops"]),
                    cpu_max_input_bytes=float(d["cpu_max_input_bytes"]),
@@ -170,7 +172,7 @@ def plan_from_config(
         model_name=model_name,
         model=model,
         attention=attention,
-        scheduler=dict(cfg.get("scheduler") or {}),
+        scheduler=_merge(dict(cfg.get("scheduler") or {}), scale.scheduler),
         timing=TimingConfig.from_dict(cfg["timing"]),
         scale=scale,
         device=dict(cfg.get("device") or {}),

@@ -94,7 +94,7 @@ def point_columns(*, workload: str, workload_kind: str, point_id: str, batch: Ra
 
 
 def kernel_columns(name: str, provenance: Mapping[str, Any], *, interpret: bool) -> dict:
-    source = provenance.get("source") or provenance.get("path")
+    source = provenance.get("source") or provenance.get("source_path") or provenance.get("path")
     version = provenance.get("version")
     package = provenance.get("package")
     if source is None:
@@ -102,7 +102,7 @@ def kernel_columns(name: str, provenance: Mapping[str, Any], *, interpret: bool)
     return {
         "kernel": name,
         "kernel_source": str(source),
-        "kernel_commit": provenance.get("commit"),
+        "kernel_commit": provenance.get("commit") or provenance.get("git_commit"),
         "interpret": interpret,
     }
 

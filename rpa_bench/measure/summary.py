@@ -15,7 +15,7 @@ def _text(x) -> str:
     return "-" if x is None or (not isinstance(x, str) and pd.isna(x)) else str(x)
 
 
-def final_table(df: pd.DataFrame, *, max_note: int = 60) -> str:
+def final_table(df: pd.DataFrame, *, max_note: int = 64) -> str:
     """Excl./incl.-prep latency side by side, the timing source, and MBU / MFU (excl. prep,
     in the convention named in the header). Interpret-mode rows are marked."""
     if df.empty:
@@ -33,7 +33,7 @@ def final_table(df: pd.DataFrame, *, max_note: int = 60) -> str:
         note = ""
         if first is not None and isinstance(first.get("error"), str):
             note = first["error"]
-        if bool(g["interpret"].fillna(False).any()):
+        if bool(g["interpret"].fillna(False).any()) and "interpret" not in note:
             note = "[interpret] " + note
         if len(note) > max_note:
             note = note[: max_note - 3] + "..."

@@ -42,6 +42,7 @@ class PreparedRun:
     device_kind: str
     num_devices: int
     mesh_label: str
+    unsupported: dict = dataclasses.field(default_factory=dict)  # (workload, point, kernel) -> reason
 
     @property
     def num_jobs(self) -> int:
@@ -86,18 +87,25 @@ def _build_workloads(plan: RunPlan) -> list[tuple[WorkloadEntry, Any]]:
     return out
 
 
-def _check_limits(plan: RunPlan, workloads, kernels: list[KernelSlot], platform: str) -> None:
+def _check_limits(plan: RunPlan, workloads, kernels: list[KernelSlot], platform: str) -> dict:
     from rpa_bench.workloads.materialize import estimate_bytes, padded_shape
 
     problems: list[str] = []
+    unsupported: dict[tuple[str, str, str], str] = {}
+    for slot in kernels:  # model-level support: a config error for the whole run
+        if slot.available:
+            try:
+                slot.backend.validate(plan.model, plan.attention, None)
+            except ValueError as e:
+                problems.append(str(e))
     for entry, wl in workloads:
         for p in (wl.points if plan.max_points is None else wl.points[: plan.max_points]):
-            for slot in kernels:
+            for slot in kernels:  # point-level support (e.g. no causal mask): skipped rows
                 if slot.available:
                     try:
                         slot.backend.validate(plan.model, dataclasses.replace(plan.attention, causal=p.causal), p.batch)
                     except ValueError as e:
-                        problems.append(f"workload {entry.name} point {p.point_id}: {e}")
+                        unsupported[(entry.name, p.point_id, slot.entry.name)] = f"not supported: {e}"
             if platform != "cpu":
                 continue
             shape = padded_shape(p.batch, max_num_batched_tokens=p.max_num_batched_tokens, max_num_seqs=p.max_num_seqs)
@@ -115,6 +123,7 @@ def _check_limits(plan: RunPlan, workloads, kernels: list[KernelSlot], platform:
     if problems:
         head = problems[:8] + ([f"... and {len(problems) - 8} more"] if len(problems) > 8 else [])
         raise ValueError("the run cannot start:\n  " + "\n  ".join(head))
+    return unsupported
 
 
 def _roofline(plan: RunPlan, num_devices: int) -> Roofline:
@@ -141,9 +150,10 @@ def prepare_run(plan: RunPlan) -> PreparedRun:
         raise ValueError(f"mesh={mesh.label}: rpa-bench run measures one device for now; allowed: mesh=single")
     kernels = _resolve_kernels(plan, dev.platform)
     workloads = _build_workloads(plan)
-    _check_limits(plan, workloads, kernels, dev.platform)
+    unsupported = _check_limits(plan, workloads, kernels, dev.platform)
     roof = _roofline(plan, mesh.num_devices)
-    return PreparedRun(plan, workloads, kernels, roof, dev.platform, dev.device_kind, mesh.num_devices, mesh.label)
+    return PreparedRun(plan, workloads, kernels, roof, dev.platform, dev.device_kind, mesh.num_devices, mesh.label,
+                       unsupported)
 
 
 def _slug(text: str) -> str:
@@ -176,9 +186,13 @@ def _point_rows(prep: PreparedRun, run: record.RunColumns, entry: WorkloadEntry,
         if not slot.available:
             on_rows(simple(slot, "skipped", f"kernel unavailable: {slot.reason}"))
             continue
+        reason = prep.unsupported.get((entry.name, p.point_id, slot.entry.name))
+        if reason is not None:
+            on_rows(simple(slot, "skipped", reason))
+            continue
         if slot.interpret and interpret_work(p.batch, plan.model) > plan.scale.interpret_max_kv_token_heads:
             on_rows(simple(slot, "skipped", (
-                f"too large for Pallas interpret mode on {prep.platform} (sum(kv_lens) x h_kv = "
+                f"not checked: too large for Pallas interpret mode on {prep.platform} (sum(kv_lens) x h_kv = "
                 f"{interpret_work(p.batch, plan.model)} > scale.interpret_max_kv_token_heads="
                 f"{plan.scale.interpret_max_kv_token_heads}); checked on smaller points, measure it on a TPU")))
             continue
@@ -247,17 +261,8 @@ def workload_manifest(entry: WorkloadEntry, wl: Any, max_points: int | None = No
 
 
 def write_workload_tables(store: RunStore, entry: WorkloadEntry, wl: Any) -> list:
-    """Every table a workload carries (e.g. its per-step summary) -> workloads/<name>/<table>.parquet."""
-    import pandas as pd
-
-    out = []
-    tables = getattr(wl, "tables", None)
-    items = dict(tables) if isinstance(tables, dict) else {
-        k: v for k, v in vars(wl).items() if isinstance(v, pd.DataFrame)}
-    for name, frame in items.items():
-        if isinstance(frame, pd.DataFrame):
-            out.append(store.write_workload_table(entry.name, name, frame))
-    return out
+    """The workload's own tables (summary, points; traces: per-step tables) under workloads/<name>/."""
+    return list(wl.write_tables(store.root / "workloads" / entry.name))
 
 
 def execute(prep: PreparedRun, store: RunStore, *, run_id: str, progress: bool = True,

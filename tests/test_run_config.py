@@ -1,0 +1,86 @@
+"""rpa-bench run: every experiment composes and plans; bad configs are refused up front."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from rpa_bench.commands._hydra import compose, conf_dir
+from rpa_bench.measure import sweep
+from rpa_bench.measure.plan import plan_from_config
+
+EXPERIMENTS = sorted(p.stem for p in (conf_dir() / "experiment").glob("*.yaml"))
+
+
+def _plan(overrides: list[str]):
+    cfg = compose(overrides)
+    container = OmegaConf.to_container(cfg, resolve=True)
+
+    def entries(group: str) -> list[dict]:
+        names = container["run"][f"{group}s"]
+        if names is None:
+            return [container[group]]
+        out = []
+        for n in names:
+            sub = OmegaConf.to_container(compose([*overrides, f"{group}={n}"])[group], resolve=True)
+            out.append(sub)
+        return out
+
+    return plan_from_config(container, workloads=entries("workload"), kernels=entries("kernel"), experiment="t")
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_experiment_composes_into_a_valid_plan(name):
+    plan = _plan([f"experiment={name}"])
+    assert plan.workloads and plan.kernels
+    assert plan.run_name.startswith(name)
+
+
+def test_main_cpu_is_reduced_and_lists_the_paper_sweeps_and_a_trace():
+    plan = _plan(["experiment=main_cpu"])
+    assert plan.scale.name == "cpu_smoke" and plan.scale.reduced
+    kinds = {w.kind for w in plan.workloads}
+    assert {"paper_decode", "paper_prefill", "trace"} <= kinds
+    decode = next(w for w in plan.workloads if w.kind == "paper_decode")
+    assert max(decode.config["context_lens"]) <= 4096  # scale overrides applied
+
+
+def test_unknown_kernel_is_refused_naming_the_allowed_ones():
+    plan = _plan(["experiment=main_cpu", "run.kernels=[reference]"])
+    bad = plan.kernels[0].__class__(name="rpa_v9", source=None, options={}, interpret="auto", config={})
+    import dataclasses
+
+    with pytest.raises(ValueError, match="rpa_v9.*allowed"):
+        sweep.prepare_run(dataclasses.replace(plan, kernels=(bad,)))
+
+
+def test_bad_workload_field_is_refused_naming_the_field():
+    plan = _plan(["workload=paper_decode", "workload.context_lens=[0]", "run.kernels=[reference]"])
+    with pytest.raises(ValueError, match="context_lens"):
+        sweep.prepare_run(plan)
+
+
+def test_unsupported_head_dim_is_refused_before_any_allocation():
+    plan = _plan(["workload=paper_decode", "model.head_dim=96", "run.kernels=[rpa_v2]", "scale=cpu_smoke"])
+    with pytest.raises(ValueError, match="head_dim=96"):
+        sweep.prepare_run(plan)
+
+
+def test_full_scale_on_cpu_refuses_and_suggests_cpu_smoke():
+    plan = _plan(["experiment=paper_decode", "run.kernels=[reference]"])
+    with pytest.raises(ValueError, match="scale=cpu_smoke"):
+        sweep.prepare_run(plan)
+
+
+def test_scale_and_timing_fields_are_validated():
+    with pytest.raises(ValueError, match="timing.num_samples"):
+        _plan(["timing.num_samples=0"])
+    with pytest.raises(ValueError, match="scale.cpu_max_call_flops"):
+        _plan(["scale.cpu_max_call_flops=0"])
+
+
+def test_experiment_files_hold_overrides_only():
+    for path in (Path(conf_dir()) / "experiment").glob("*.yaml"):
+        assert path.read_text().startswith("# @package _global_"), path.name
