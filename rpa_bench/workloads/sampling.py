@@ -29,9 +29,9 @@ SAMPLE_COLUMNS = ("step", "step_weight", "time_weight", "bucket")
 
 def _buckets(num_tokens: np.ndarray, max_kv_len: np.ndarray) -> np.ndarray:
     """Bucket id per step from (floor(log2 tokens), floor(log2 max kv_len))."""
-    tok = np.floor(np.log2(np.maximum(num_tokens, 1))).astype(np.int64)
-    kv = np.floor(np.log2(np.maximum(max_kv_len, 1))).astype(np.int64)
-    return tok * 64 + kv
+    tok = np.minimum(np.floor(np.log2(np.maximum(num_tokens, 1))), 63).astype(np.int64)
+    kv = np.minimum(np.floor(np.log2(np.maximum(max_kv_len, 1))), 63).astype(np.int64)
+    return tok * 64 + kv  # < 2**12
 
 
 def sample_steps(steps: dict | pd.DataFrame, spec: SamplingSpec, *, seed: int) -> pd.DataFrame:
@@ -58,13 +58,14 @@ def sample_steps(steps: dict | pd.DataFrame, spec: SamplingSpec, *, seed: int) -
         n_rep, t_rep = np.ones(k), dt[picked]
     else:  # stratified
         bucket = _buckets(np.asarray(steps["num_tokens"]), np.asarray(steps["max_kv_len"]))
-        ids, inverse, counts = np.unique(bucket, return_inverse=True, return_counts=True)
-        times = np.bincount(inverse, weights=dt)
-        order = np.argsort(-times, kind="stable")
+        counts = np.bincount(bucket)
+        times = np.bincount(bucket, weights=dt)
+        ids = np.flatnonzero(counts)
+        order = ids[np.argsort(-times[ids], kind="stable")]  # buckets by time, most first
         if spec.max_points is not None:
             order = order[: max(1, spec.max_points // spec.per_bucket)]
         rng = np.random.default_rng(seed)
-        members = np.argsort(inverse, kind="stable")
+        members = np.argsort(bucket.astype(np.int16), kind="stable")  # steps grouped by bucket
         starts = np.concatenate([[0], np.cumsum(counts)])
         chosen, n_list, t_list = [], [], []
         for b in order:

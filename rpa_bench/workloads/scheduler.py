@@ -213,7 +213,7 @@ def simulate(requests, spec: SchedulerSpec, cost: StepCostModel) -> SimulationRe
                         max_off = max(dec_off.values())
                     end = float(starts[k])
                     add_segment((G, k, t, end, n_dec, n_dec, n_dec, 0, sum_kv0, max_off + G + 1, sum_kv0,
-                                     len(waiting)))
+                                 len(waiting)))
                     t = end
                     G += k
                     finish_decodes(G - 1)

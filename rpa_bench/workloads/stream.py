@@ -2,8 +2,12 @@
 
 Three tables hold every step's full batch exactly:
 
-- ``segments``: runs of steps with one summary each (a run of more than one step is a
-  decode-only stretch: each step adds ``num_seqs`` to ``sum_kv`` and 1 to ``max_kv``);
+- ``segments``: runs of steps with one summary each: first step ``step0``, ``num_steps``,
+  ``start_s`` / ``end_s``, and the first step's sequence counts (``num_q1``: q_len 1,
+  ``num_chunk``: q_len = chunk_prefill_size), ``num_tokens``, ``sum_kv0``, ``max_kv0``,
+  ``pairs0`` (causal query-key pairs) and ``num_waiting``. A run of more than one step is
+  a decode-only stretch: each further step adds ``num_seqs`` to the kv and pair sums and
+  1 to ``max_kv``;
 - ``decodes``: one row per decode lifetime of a request: in steps ``start_step <= s <
   end_step`` it decodes with ``kv_len = offset + s + 1``;
 - ``chunks``: one row per prefill/mixed sequence of a step (``q_len``, ``kv_len``).
