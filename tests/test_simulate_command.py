@@ -25,12 +25,13 @@ def test_simulate_runs_on_every_shipped_trace(name, tmp_path, capsys):
     text = capsys.readouterr().out
     assert rc == 0
     assert "requests completed: 150 of 150" in text and "steps:" in text and str(out) in text
-    assert {"summary.json", "steps.parquet", "sample.parquet", "points.parquet", "segments.parquet",
-            "decodes.parquet", "chunks.parquet", "batch_shape.png"} <= {p.name for p in out.iterdir()}
+    assert {"summary.json", "steps.parquet", "batches/sample.parquet", "batches/points.parquet",
+            "stream/segments.parquet", "stream/decodes.parquet", "stream/chunks.parquet",
+            "batch_shape.png"} <= {p.relative_to(out).as_posix() for p in out.rglob("*")}
     summary = json.loads((out / "summary.json").read_text())
     steps = pd.read_parquet(out / "steps.parquet")
     assert len(steps) == summary["summary"]["steps"] and steps["sampled"].sum() == summary["summary"]["sample"]["points"]
-    points = pd.read_parquet(out / "points.parquet")
+    points = pd.read_parquet(out / "batches" / "points.parquet")
     assert points["point_id"].nunique() == summary["summary"]["sample"]["points"]
 
 

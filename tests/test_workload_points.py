@@ -79,9 +79,10 @@ def test_prefix_cache_is_lru_over_leading_blocks():
 
 def test_workload_writes_its_tables(tmp_path):
     wl = trace_workload(sampling=SamplingSpec("top_n", top_n=2))
-    names = {p.name for p in wl.write_tables(tmp_path)}
-    assert names == {"summary.json", "points.parquet", "steps.parquet", "sample.parquet", "segments.parquet",
-                     "decodes.parquet", "chunks.parquet"}
+    names = {p.relative_to(tmp_path).as_posix() for p in wl.write_tables(tmp_path)}
+    assert names == {"summary.json", "steps.parquet", "batches/points.parquet", "batches/sample.parquet",
+                     "stream/segments.parquet", "stream/decodes.parquet", "stream/chunks.parquet"}
+    assert [p.name for p in tmp_path.glob("*.parquet")] == ["steps.parquet"]  # the one table reports chart
 
 
 def test_trace_workload_needs_scheduler_settings():

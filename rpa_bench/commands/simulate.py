@@ -5,9 +5,9 @@
     rpa-bench simulate workload=sharegpt workload.arrival_rate_per_s=8 +simulate.out_dir=/tmp/sg
 
 Prints the summary and writes into ``results/simulate-<workload>-<run.name>/`` (or
-``simulate.out_dir``): summary.json, steps.parquet (every step), sample.parquet and
-points.parquet (sampled steps and their full batches), segments / decodes / chunks
-.parquet (the compact, complete stream) and batch_shape.png.
+``simulate.out_dir``): summary.json, steps.parquet (every step), batches/ (sampled steps,
+their weights and full batches), stream/ (segments, decodes, chunks: the compact,
+complete stream) and batch_shape.png.
 """
 
 from __future__ import annotations

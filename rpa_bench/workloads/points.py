@@ -78,27 +78,32 @@ class Workload:
         return pd.DataFrame(rows)
 
     def write_tables(self, folder: str | Path) -> list[Path]:
-        """Write summary.json, points.parquet and (traces) steps / stream tables; return paths.
+        """Write the workload's tables under ``folder``; return their paths.
 
-        steps.parquet stores ``step_time_s`` as float32 (a table for plots and reports);
-        segments / decodes / chunks .parquet hold the exact stream.
+        - ``summary.json``: name, kind, seed, sources (file -> sha256), summary;
+        - ``steps.parquet`` (traces): every simulated step's summary, ``sampled`` marking
+          the points (the only top-level table: reports draw the batch shape from it;
+          ``step_time_s`` stored as float32);
+        - ``batches/points.parquet``: each point's sequences (point_id, seq_index, q_len,
+          kv_len); ``batches/sample.parquet`` (traces): sampled steps and their weights;
+        - ``stream/{segments,decodes,chunks}.parquet`` (traces): the exact, complete
+          stream (:class:`.stream.SimulationResult`).
         """
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        out = [folder / "summary.json", folder / "points.parquet"]
+        (folder / "batches").mkdir(parents=True, exist_ok=True)
         doc = {"name": self.name, "kind": self.kind, "seed": self.seed, "sources": self.sources,
                "summary": self.summary}
-        out[0].write_text(json.dumps(doc, indent=2, default=float))
-        self.sampled_batches().to_parquet(out[1], index=False)
+        (folder / "summary.json").write_text(json.dumps(doc, indent=2, default=float))
+        tables = {"batches/points": self.sampled_batches()}
         if self.simulation is not None:
-            tables = {"steps": self.steps, "sample": self.sample, "segments": self.simulation.segments,
-                      "decodes": self.simulation.decodes, "chunks": self.simulation.chunks}
-            for name, table in tables.items():
-                path = folder / f"{name}.parquet"
-                if name == "steps":
-                    table = table.astype({"step_time_s": np.float32})
-                table.to_parquet(path, index=False, compression="zstd")
-                out.append(path)
+            (folder / "stream").mkdir(exist_ok=True)
+            tables.update({"steps": self.steps.astype({"step_time_s": np.float32}), "batches/sample": self.sample,
+                           "stream/segments": self.simulation.segments, "stream/decodes": self.simulation.decodes,
+                           "stream/chunks": self.simulation.chunks})
+        out = [folder / "summary.json"]
+        for name, table in tables.items():
+            out.append(folder / f"{name}.parquet")
+            table.to_parquet(out[-1], index=False, compression="zstd")
         return out
 
 
