@@ -136,3 +136,13 @@ def test_results_are_ordered_worse_first():
 def test_bad_options_name_the_field(kwargs, field):
     with pytest.raises(ValueError, match=field):
         CompareOptions(**kwargs)
+
+
+def test_significant_test_with_a_ci_spanning_one_is_not_flagged():
+    # wall-clock samples (us) of the same reference-kernel point in two runs on a busy 2-core host
+    a = [95978, 48001, 55877, 47157, 88727, 107965, 63362, 24592, 59870, 54135]
+    b = [67109, 64794, 83910, 115969, 67542, 88331, 136156, 120600, 79113, 63944]
+    fa, fb = _frames([_row("ctx=256", a)], [_row("ctx=256", b)])
+    result = compare_measurements(fa, fb, OPTIONS).iloc[0]
+    assert result["p_value"] < 0.05 and result["ratio"] > 1.1 and result["ci_low"] <= 1.0
+    assert result["mark"] == NOT_SIGNIFICANT

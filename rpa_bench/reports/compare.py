@@ -3,8 +3,9 @@
 Per workload point: ratio B/A of the median latency with a bootstrap confidence
 interval, a two-sided Mann-Whitney U test on the raw samples, and a mark:
 
-- ``worse`` / ``improved``: the ratio is beyond the threshold (default 1.1x) and the
-  test is significant at ``alpha``;
+- ``worse`` / ``improved``: the ratio is beyond the threshold (default 1.1x), the test
+  is significant at ``alpha`` and the ratio's confidence interval excludes 1 (two pieces
+  of evidence, as asv asks for non-overlapping intervals and a significant test);
 - ``not significant``: otherwise;
 - ``not comparable``: the points differ in workload hash or config, either side ran in
   interpret mode (its time is the interpreter's, not the kernel's), either status is not
@@ -116,9 +117,9 @@ def compare_point(a: pd.Series, b: pd.Series, options: CompareOptions) -> dict:
     low, high = _ratio_ci(sa, sb, options)
     p = float(stats.mannwhitneyu(sb, sa, alternative="two-sided").pvalue)
     significant = p < options.alpha
-    if significant and ratio > options.threshold:
+    if significant and ratio > options.threshold and low > 1.0:
         mark = WORSE
-    elif significant and ratio < 1.0 / options.threshold:
+    elif significant and ratio < 1.0 / options.threshold and high < 1.0:
         mark = IMPROVED
     else:
         mark = NOT_SIGNIFICANT
