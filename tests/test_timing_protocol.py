@@ -139,3 +139,18 @@ def test_timing_config_from_dict_rejects_unknown_fields():
         TimingConfig.from_dict({"num_sampels": 3})
     cfg = TimingConfig.from_dict({"name": "quick", "num_samples": 4, "confidence_level": 0.9})
     assert cfg.num_samples == 4 and cfg.stats.confidence_level == 0.9
+
+
+def test_in_order_devices_block_on_the_last_call_only():
+    clock = FakeClock()
+    kern = FakeKernel(clock, lambda i: 1e-4)
+    blocked = []
+
+    def block(x):
+        blocked.append(x)
+        return x
+
+    cfg = TimingConfig(warmup_calls=0, num_samples=3, min_sample_s=1e-3)
+    res = time_function(kern, (), config=cfg, clock=clock, block=block, in_order=True)
+    assert res.loops_per_sample >= 10
+    assert all(isinstance(b, tuple) and b[0] == "out" for b in blocked)  # one output, not a list

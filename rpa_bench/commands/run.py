@@ -7,7 +7,8 @@
 
 Workloads and kernels: ``run.workloads`` / ``run.kernels`` list names of ``conf/workload``
 / ``conf/kernel`` entries (an entry may be ``{use: <name>, <field>: <value>, ...}`` to
-override fields); when null, the single ``workload`` / ``kernel`` group is used. Each
+override fields); when null, or when the command line sets ``workload=`` / ``kernel=``
+(or one of their fields), the single ``workload`` / ``kernel`` group is used. Each
 listed entry is composed by Hydra with the run's other overrides.
 
 Run folder: ``results/<run.name>/``; with ``-m`` each job gets
@@ -35,14 +36,20 @@ def _container(node: Any) -> Any:
 
 
 def _compose_entries(group: str, entries: Any, fallback: DictConfig) -> list[dict]:
-    """Each listed ``conf/<group>`` entry composed by Hydra with the run's other overrides."""
-    if entries is None:
-        return [_container(fallback)]
+    """Each listed ``conf/<group>`` entry composed by Hydra with the run's other overrides.
+
+    A ``<group>=...`` / ``<group>.field=...`` override on the command line wins over an
+    experiment's list: ``experiment=paper_decode kernel=rpa_v3 kernel.source=...`` measures
+    that one kernel.
+    """
     from hydra import compose
     from hydra.core.hydra_config import HydraConfig
 
-    base = [o for o in HydraConfig.get().overrides.task
-            if not o.lstrip("+~").startswith((f"{group}=", f"{group}.", f"run.{group}"))]
+    task = list(HydraConfig.get().overrides.task)
+    explicit = any(o.lstrip("+~").startswith((f"{group}=", f"{group}.")) for o in task)
+    if entries is None or explicit:
+        return [_container(fallback)]
+    base = [o for o in task if not o.lstrip("+~").startswith(f"run.{group}")]
     out = []
     for item in _container(entries):
         over = {}

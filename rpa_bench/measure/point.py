@@ -71,11 +71,18 @@ def metrics_of(cost, latency_us: float, roof: Roofline) -> tuple[dict, list[str]
     return record.metric_columns(paper, si, calibrated)
 
 
+def _in_order() -> bool:
+    """TPU / GPU run one device's calls in dispatch order (one stream); the CPU client may not."""
+    import jax
+
+    return jax.devices()[0].platform in ("tpu", "gpu")
+
+
 def _time_variant(call: TimedCall, cfg: TimingConfig, *, capture_to: Path | None,
                   kernel_regex: str | None, clock: Callable[[], float]) -> dict:
     with call.context():
         wall = time_function(call, call.args, config=cfg, donates=call.donates, clock=clock,
-                             label=f"{call.variant} samples")
+                             label=f"{call.variant} samples", in_order=_in_order())
         notes = list(wall.warnings)
         device = None
         if cfg.capture and cfg.capture_calls > 0 and capture_to is not None:
@@ -160,6 +167,7 @@ def measure_kernel(
             jax.block_until_ready(out)
         tolerance = tolerance_for(model)
         max_abs_err, ok = compare_outputs(out, reference, inputs, tolerance=tolerance)
+        del out  # a full KV cache: free it before timing
         prefix = (prepared.meta or {}).get("pallas_name_prefix")
         if kernel_regex is None and prefix:
             kernel_regex = "^" + re.escape(str(prefix))
