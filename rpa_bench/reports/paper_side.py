@@ -147,7 +147,7 @@ def paper_section(run: LoadedRun) -> Section:
         if unmatched:
             notes.append(unmatched)
         if rows.empty:
-            notes.append(f"{caption.split(':')[0]} ({name}): no row of this run matches the paper's sweep.")
+            notes.append(f"{caption.split(':')[0]} ({name}): no row of this run outside interpret mode matches the paper's sweep.")
             continue
         label = "MBU" if util == "mbu_pct" else "MFU"
         tables.append(table_from_frame(rows, [
