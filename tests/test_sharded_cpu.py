@@ -28,7 +28,6 @@ BATCHES = {
 REFERENCE_CASES = {
     "ref-mixed-1x1": ("reference", "1x1", "mixed", "float32", {}),
     "ref-mixed-2x1": ("reference", "2x1", "mixed", "float32", {}),
-    "ref-mixed-4x1": ("reference", "4x1", "mixed", "float32", {}),
     "ref-mixed-8x1": ("reference", "8x1", "mixed", "float32", {}),  # one device idle
     "ref-mixed-1x2": ("reference", "1x2", "mixed", "float32", {}),
     "ref-mixed-2x2": ("reference", "2x2", "mixed", "float32", {}),
@@ -36,17 +35,24 @@ REFERENCE_CASES = {
     "ref-prefill1-2x1": ("reference", "2x1", "prefill1", "float32", {}),  # one sequence, two devices
     "ref-window-softcap-2x2": ("reference", "2x2", "mixed", "float32", {"sliding_window": 12, "soft_cap": 20.0}),
 }
-KERNEL_CASES = {
-    "rpa_v3-mixed-2x1": ("rpa_v3", "2x1", "decode_mixed", "float32", {}),
-    "rpa_v3-small-1x2": ("rpa_v3", "1x2", "small", "float32", {}),
+KERNEL_CASES = {  # both axes at once: sequences over data, heads over model
+    "rpa_v3-mixed-2x2": ("rpa_v3", "2x2", "decode_mixed", "float32", {}),
 }
 SLOW_KERNEL_CASES = {
-    "rpa_v3-mixed-1x2": ("rpa_v3", "1x2", "decode_mixed", "float32", {}),
+    "rpa_v3-mixed-2x1": ("rpa_v3", "2x1", "decode_mixed", "float32", {}),
+    "rpa_v3-small-1x2": ("rpa_v3", "1x2", "small", "float32", {}),
     "rpa_v3-mixed-2x2-bf16": ("rpa_v3", "2x2", "decode_mixed", "bfloat16", {}),
     "rpa_v3-prefill1-2x1": ("rpa_v3", "2x1", "prefill1", "float32", {}),
 }
 BATCHES["decode_mixed"] = dict(q=[1, 1, 5, 12], kv=[20, 7, 9, 40], page_size=16, chunk_prefill_size=None)
 BATCHES["small"] = dict(q=[1, 5], kv=[9, 20], page_size=16, chunk_prefill_size=None)
+# ShardedBackend through the pipeline's own check (kernels/checking.py): name -> (kernel, mesh, batch, dtype)
+CHECK_CASES = {
+    "check-reference-2x2": ("reference", "2x2", "mixed", "bfloat16"),
+    "check-jax_rpa-2x2": ("jax_rpa", "2x2", "decode_mixed", "float32"),
+    "check-rpa_v2-2x1": ("rpa_v2", "2x1", "decode_mixed", "float32"),
+    "check-rpa_v3-2x2": ("rpa_v3", "2x2", "decode_mixed", "bfloat16"),
+}
 TOLERANCE = {"float32": 1e-5, "bfloat16": 3e-2}
 V3_OPTIONS = dict(d_block_sizes=[8, 16, 8, 16], m_block_sizes=[8, 16, 8, 16], vmem_limit_bytes=64 * 2**20)
 
@@ -61,7 +67,7 @@ def _setup(kernel, mesh_str, batch_name, dtype, attn_kw):
 
     b = BATCHES[batch_name]
     batch = RaggedBatch.ordered(b["q"], b["kv"], page_size=b["page_size"], chunk_prefill_size=b["chunk_prefill_size"])
-    head_dim = 128 if kernel == "rpa_v3" else 32
+    head_dim = 32 if kernel == "reference" else 128
     model = ModelSpec("tiny", 8, 4, head_dim, dtype, dtype)
     attn = AttentionSpec(**attn_kw)
     mesh = MeshSpec(*map(int, mesh_str.split("x")))
@@ -115,17 +121,22 @@ def _compare(case):
     }
 
 
-def _lowering(kernel, mesh_str):
-    from rpa_bench.parallel.mesh import abstract_mesh
-    from rpa_bench.parallel.sharded import build_sharded, lower_sharded
+def _check(case):
+    from rpa_bench.kernels.checking import check_on_inputs
+    from rpa_bench.kernels.registry import get_backend
+    from rpa_bench.parallel.backend import ShardedBackend
+    from rpa_bench.roofline.specs import get_device_spec
+    from rpa_bench.workloads.materialize import materialize
 
-    _, _, attn, mesh_spec, plan = _setup(kernel, mesh_str, "decode_mixed", "bfloat16", {})
-    am = abstract_mesh(mesh_spec, "TPU7x")
-    lowered = lower_sharded(build_sharded(_backend(kernel), plan, attn, am), am)
-    text = lowered["kernel"].as_text()
-    return {"num_partitions": mesh_spec.num_devices, "text_has_partitions": f"mhlo.num_partitions = {mesh_spec.num_devices}" in text,
-            "tpu_custom_calls": text.count("tpu_custom_call"), "has_shard_map": "sdy.manual_computation" in text
-            or "shard_map" in text or "manual" in text}
+    kernel, mesh_str, batch_name, dtype = case
+    batch, model, attn, mesh_spec, _ = _setup(kernel, mesh_str, batch_name, dtype, {})
+    options = V3_OPTIONS if kernel == "rpa_v3" else None
+    sharded = ShardedBackend(get_backend(kernel, options=options), mesh_spec,
+                             device_spec=get_device_spec("tpu7x", calibrated=False))
+    inputs = materialize(batch, model, max_num_batched_tokens=batch.num_tokens + 2, seed=7)
+    rec = check_on_inputs(sharded, inputs, attn, interpret=kernel != "reference")
+    return {"status": rec.status, "message": rec.message, "max_abs_err": rec.max_abs_err,
+            "cache_err": rec.cache_err, "seq_ids": [list(p) for p in sharded.last_plan.partition.seq_ids]}
 
 
 def _per_device_capture(tmp):
@@ -162,9 +173,8 @@ def _worker(names: list[str], tmp: str) -> dict:
         try:
             if name in cases:
                 out[name] = _compare(cases[name])
-            elif name.startswith("lower-"):
-                _, kernel, mesh_str = name.split("-")
-                out[name] = _lowering(kernel, mesh_str)
+            elif name.startswith("check-"):
+                out[name] = _check(CHECK_CASES[name])
             elif name == "capture":
                 out[name] = _per_device_capture(tmp)
             else:
@@ -195,9 +205,9 @@ def _v3_available() -> bool:
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
-    names = [*REFERENCE_CASES, "lower-reference-2x2", "capture"]
+    names = [*REFERENCE_CASES, "capture", "check-reference-2x2"]
     if _v3_available():
-        names += [*KERNEL_CASES, "lower-rpa_v3-2x1"]
+        names += [*KERNEL_CASES]
     return _run(names, tmp_path_factory.mktemp("sharded"))
 
 
@@ -229,9 +239,11 @@ def test_reference_sharded_matches_unsharded(results, name):
 
 
 def test_data_axis_spreads_sequences_and_model_axis_splits_heads(results):
-    dp = _ok(results, "ref-mixed-4x1")
-    assert len(dp["seq_ids"]) == 4 and all(dp["seq_ids"])
+    dp = _ok(results, "ref-mixed-2x2")
+    assert len(dp["seq_ids"]) == 2 and all(dp["seq_ids"])
     assert "'data'" in dp["sharding"] and "'model'" in dp["sharding"]
+    tp = _ok(results, "ref-mixed-1x2")
+    assert tp["seq_ids"] == [list(range(7))]
     idle = _ok(results, "ref-mixed-8x1")
     assert sum(1 for p in idle["seq_ids"] if not p) == 1  # 7 sequences, 8 devices
     one = _ok(results, "ref-prefill1-2x1")
@@ -245,12 +257,9 @@ def test_rpa_v3_interpret_sharded_matches_unsharded_reference(results, name):
     assert res["caches_equal"]
 
 
-@pytest.mark.parametrize("name", ["lower-reference-2x2", "lower-rpa_v3-2x1"])
-def test_sharded_program_cross_lowers_for_tpu7x(results, name):
-    res = _ok(results, name)
-    assert res["text_has_partitions"]
-    if "rpa_v3" in name:
-        assert res["tpu_custom_calls"] >= 1
+def test_sharded_backend_passes_the_pipeline_check(results):
+    res = _ok(results, "check-reference-2x2")
+    assert res["status"] == "ok" and res["cache_err"] == 0.0
 
 
 def test_cpu_capture_gives_per_device_times_from_host_ops(results):
@@ -261,6 +270,20 @@ def test_cpu_capture_gives_per_device_times_from_host_ops(results):
         assert any("not accelerator time" in w for w in res["warnings"])
     else:  # the CPU runtime did not tag ops with device_ordinal: marked, not guessed
         assert any("timing_source=wall" in w for w in res["warnings"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [n for n in CHECK_CASES if n != "check-reference-2x2"])
+def test_every_rpa_kernel_sharded_passes_the_pipeline_check(name, tmp_path):
+    kernel = CHECK_CASES[name][0]
+    from rpa_bench.kernels.registry import get_backend
+
+    available, reason = get_backend(kernel).availability()
+    if not available:
+        pytest.skip(reason)
+    res = _run([name], tmp_path)[name]
+    assert "error" not in res, res.get("error")
+    assert res["status"] == "ok", res
 
 
 @pytest.mark.slow

@@ -19,7 +19,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from rpa_bench.kernels.backend_util import call_context
@@ -167,39 +166,3 @@ def stacked_output(inner: PreparedCall, rebuild_raw: Rebuild, raw: tuple, plan: 
             parts = [getattr(o, name) for o in per_m]
             fields[name].append(None if parts[0] is None else np.concatenate([np.asarray(p) for p in parts], axis=-2))
     return KernelOutput(**{k: None if v[0] is None else np.stack(v) for k, v in fields.items()})
-
-
-# --- lowering without the devices -------------------------------------------------------
-def abstract_inputs(plan: ShardPlan, mesh) -> tuple[jax.ShapeDtypeStruct, ...]:
-    """Shapes, dtypes and shardings of :class:`ShardedInputs`' arrays (ARRAY_FIELDS order)."""
-    m, D = plan.local_model, plan.mesh.data
-    h_q, h_kv, d = plan.model.num_q_heads, plan.model.num_kv_heads, m.head_dim
-    T, S, pps, P_loc = plan.max_num_batched_tokens, plan.max_num_seqs, plan.pages_per_seq, plan.num_pages
-    dt, kvdt, i32 = jnp.dtype(m.dtype), jnp.dtype(m.kv_dtype), jnp.dtype(jnp.int32)
-    shapes = {
-        "queries": ((D, T, h_q, d), dt), "new_keys": ((D, T, h_kv, d), kvdt),
-        "new_values": ((D, T, h_kv, d), kvdt),
-        "k_cache": ((D, P_loc, plan.batch.page_size, h_kv, d), kvdt),
-        "v_cache": ((D, P_loc, plan.batch.page_size, h_kv, d), kvdt),
-        "kv_lens": ((D, S), i32), "page_indices": ((D, S, pps), i32), "cu_q_lens": ((D, S + 1), i32),
-        "num_seqs": ((D, 1), i32), "distribution": ((D, 3), i32),
-    }
-    return tuple(jax.ShapeDtypeStruct(shapes[k][0], shapes[k][1], sharding=NamedSharding(mesh, FIELD_SPECS[k]))
-                 for k in ARRAY_FIELDS)
-
-
-def lower_sharded(call: ShardedCall, mesh, *, platforms: tuple[str, ...] = ("tpu",)) -> dict[str, Any]:
-    """Lower the call's three stages for ``platforms`` from abstract inputs: {stage: Lowered}.
-
-    With ``mesh`` an :func:`~rpa_bench.parallel.mesh.abstract_mesh` of TPU devices this
-    needs no TPU (Mosaic kernels lower to ``tpu_custom_call``); compiling still does.
-    """
-    out = {}
-    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh if hasattr(mesh, "abstract_mesh") else mesh):
-        traced = call.layout_jit.trace(*abstract_inputs(call.plan, mesh))
-        out["layout"] = traced.lower(lowering_platforms=platforms)
-        traced = call.prepare_jit.trace(*traced.out_info)
-        out["prepare"] = traced.lower(lowering_platforms=platforms)
-        traced = call.kernel_jit.trace(tuple(traced.out_info))
-        out["kernel"] = traced.lower(lowering_platforms=platforms)
-    return out
