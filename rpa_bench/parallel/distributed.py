@@ -137,16 +137,20 @@ def allgather_device_times(device_ids: Sequence[int], per_call_us: Sequence[Sequ
     """Every process's per-device, per-call times, on every process: {device id: times}.
 
     ``device_ids`` / ``per_call_us``: this process's devices and their per-call times
-    (every process must pass the same number of devices and calls).
+    (every process must pass the same number of devices and calls). Values travel as
+    float32 pairs (high part, remainder), so float64 precision survives without x64.
     """
     import jax
 
-    ids = np.asarray(device_ids, np.float64)[:, None]
-    local = np.concatenate([ids, np.asarray(per_call_us, np.float64)], axis=1)  # [n_local, 1 + calls]
+    local = np.concatenate([np.asarray(device_ids, np.float64)[:, None],
+                            np.asarray(per_call_us, np.float64)], axis=1)  # [n_local, 1 + calls]
     if jax.process_count() == 1:
         rows = local
     else:
         from jax.experimental import multihost_utils
 
-        rows = np.asarray(multihost_utils.process_allgather(local)).reshape(-1, local.shape[1])
-    return {int(r[0]): tuple(float(x) for x in r[1:]) for r in rows}
+        hi = local.astype(np.float32)
+        lo = (local - hi.astype(np.float64)).astype(np.float32)
+        both = np.asarray(multihost_utils.process_allgather(np.stack([hi, lo])))  # [procs, 2, n_local, 1 + calls]
+        rows = (both[:, 0].astype(np.float64) + both[:, 1].astype(np.float64)).reshape(-1, local.shape[1])
+    return {int(round(r[0])): tuple(float(x) for x in r[1:]) for r in rows}

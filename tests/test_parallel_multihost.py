@@ -1,0 +1,76 @@
+"""Two processes on this machine join one JAX runtime: one sharded call spans both, only
+process 0 is the writer, and per-device times are gathered everywhere (slow: two JAX
+start-ups and a gloo handshake)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+WORKER = r"""
+import json, sys
+import jax
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+from rpa_bench.parallel.distributed import (DistributedConfig, allgather_device_times, describe, initialize,
+                                            is_writer)
+pid, port = int(sys.argv[1]), sys.argv[2]
+initialize(DistributedConfig.from_config({"enabled": True, "coordinator_address": f"localhost:{port}",
+                                          "num_processes": 2, "process_id": pid}))
+import numpy as np
+from rpa_bench.kernels.reference import ReferenceBackend, reference_attention
+from rpa_bench.parallel.layout import gather_output, plan_for, shard_inputs
+from rpa_bench.parallel.mesh import MeshSpec, make_mesh
+from rpa_bench.parallel.sharded import build_sharded
+from rpa_bench.roofline.specs import get_device_spec
+from rpa_bench.workloads.batch import RaggedBatch
+from rpa_bench.workloads.materialize import materialize
+from rpa_bench.workloads.model import AttentionSpec, ModelSpec
+
+batch = RaggedBatch.ordered([1, 1, 1, 5, 12, 3], [20, 7, 33, 9, 40, 3], page_size=4)
+model, attn = ModelSpec("tiny", 8, 4, 32, "float32", "float32"), AttentionSpec()
+inputs = materialize(batch, model, seed=1, device=jax.local_devices()[0])  # same data on every host
+want = np.asarray(reference_attention(inputs, attn).output)[: batch.num_tokens]
+spec = MeshSpec(2, 2)  # data over the two processes' devices, heads within each
+plan = plan_for(batch, model, attn, spec, get_device_spec("tpu7x", calibrated=False))
+mesh = make_mesh(spec)
+sharded = shard_inputs(inputs, plan, mesh)
+call = build_sharded(ReferenceBackend(), plan, attn, mesh)
+got = gather_output(call.finish(call.kernel(*call.prepare(call.state(sharded)))), sharded).output
+local = [d.id for d in jax.local_devices()]
+times = allgather_device_times(local, [[1000.0 * pid + 0.123456789 + i] for i in range(len(local))])
+print(json.dumps({"writer": is_writer(), "info": describe(), "err": float(np.abs(got[: batch.num_tokens] - want).max()),
+                  "times": {str(k): v for k, v in times.items()}}))
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_share_one_sharded_call_and_one_writer(tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    port = str(_free_port())
+    procs = [subprocess.Popen([sys.executable, str(script), str(i), port], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+    outs = []
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-3000:]
+        outs.append(json.loads(out.strip().splitlines()[-1]))
+    assert [o["writer"] for o in outs] == [True, False]
+    for o in outs:
+        assert o["info"]["process_count"] == 2 and o["info"]["device_count"] == 4
+        assert o["err"] <= 1e-5
+        assert len(o["times"]) == 4
+        assert sorted(round(t[0], 9) for t in o["times"].values()) == [0.123456789, 1.123456789, 1000.123456789,
+                                                                        1001.123456789]
