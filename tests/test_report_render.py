@@ -129,3 +129,14 @@ def test_paper_section_on_a_full_scale_tpu7x_run_drops_the_caveats(tmp_path):
     assert not any("not a TPU7x" in n or "scaled-down" in n for n in paper.notes)
     assert any("interpret mode" in n for n in paper.notes)
     assert len(paper.tables) == 3
+
+
+def test_paper_rows_are_shown_even_when_no_length_matches(tmp_path):
+    spec = SyntheticRunSpec(decode_context_lens=(256,), include_prefill=False, include_trace=False)
+    run = load_run(write_synthetic_run(tmp_path / "short", spec))
+    rows = side_by_side(run, "table4")
+    assert len(rows) == 14 and set(rows["status"]) == {"not measured here"}  # 7 lengths x 2 variants
+    assert rows["paper_bound_us"].notna().all()
+    paper = [s for s in write_report(run).sections if s.id == "paper"][0]
+    assert len(paper.tables) == 1  # decode only: the run measured no prefill experiment
+    assert any("256 are not in the paper's sweep" in n for n in paper.notes)

@@ -45,46 +45,52 @@ def _measured_util(row: pd.Series, util: str) -> float | None:
     return None
 
 
-def side_by_side(run: LoadedRun, table: str) -> pd.DataFrame:
-    """One row per (sweep value, variant, kernel) the run measured that the paper printed."""
-    spec = paper.PAPER_TABLES[table]
+VARIANT_ORDER = {"excl_prep": 0, "incl_prep": 1}
+NOT_MEASURED = "not measured here"
+
+
+def _side_row(spec, p: pd.Series, m: pd.Series | None) -> dict:
     util = spec.util_column
+    row = {"sweep": int(p["sweep_value"]), "variant": p["variant"], "kernel": None, "status": NOT_MEASURED,
+           "paper_latency_us": p["latency_us"], "paper_util_pct": p["util_printed_pct"],
+           "paper_bound_us": p["bound_time_us"], "paper_eff_pct": p["roofline_efficiency_pct"]}
+    if m is None:
+        return row
+    speed = m.get("status") == "ok" and not pd.isna(m.get("latency_us"))
+    lat = float(m["latency_us"]) if speed else None
+    mutil = _measured_util(m, util) if speed else None
+    eff = float(m["roofline_efficiency_pct"]) if speed and not pd.isna(m.get("roofline_efficiency_pct")) else None
+    work_col = "hbm_bytes" if spec.phase == "decode" else "flops"
+    work = m.get(work_col)
+    row.update({
+        "kernel": m["kernel"], "status": m.get("status"),
+        "latency_us": lat, "util_pct": mutil, "bound_us": m.get("bound_time_us") if speed else None, "eff_pct": eff,
+        "latency_ratio": lat / p["latency_us"] if lat else None,
+        "util_delta_pp": mutil - p["util_printed_pct"] if mutil is not None else None,
+        "eff_delta_pp": eff - p["roofline_efficiency_pct"] if eff is not None else None,
+        "work_ratio": float(work) / float(p[work_col]) if speed and not pd.isna(work) and work > 0 else None,
+    })
+    return row
+
+
+def side_by_side(run: LoadedRun, table: str) -> pd.DataFrame:
+    """Every printed row of the paper's table (incl/excl prep) beside this run's rows of the
+    same length and variant, one per kernel (interpret-mode rows left out); a paper row
+    the run did not measure appears once, with status "not measured here"."""
+    spec = paper.PAPER_TABLES[table]
     printed = paper.recompute_table(table)
-    printed = printed[printed["variant"].isin(("incl_prep", "excl_prep"))]
+    printed = printed[printed["variant"].isin(tuple(VARIANT_ORDER))]
     measured = _rows_for(run.measurements, table)
-    measured = measured[~measured["interpret"].fillna(False).astype(bool)]
-    sweep = spec.sweep_column
+    measured = measured[~measured["interpret"].fillna(False).astype(bool) & measured[spec.sweep_column].notna()]
+    lengths = measured[spec.sweep_column].astype(int)
     out = []
-    for _, m in measured.iterrows():
-        value = m.get(sweep)
-        if pd.isna(value):
-            continue
-        match = printed[(printed["sweep_value"] == int(value)) & (printed["variant"] == m["variant"])]
-        if match.empty:
-            continue
-        p = match.iloc[0]
-        speed = m.get("status") == "ok" and not pd.isna(m.get("latency_us"))
-        lat = float(m["latency_us"]) if speed else None
-        mutil = _measured_util(m, util) if speed else None
-        eff = float(m["roofline_efficiency_pct"]) if speed and not pd.isna(m.get("roofline_efficiency_pct")) else None
-        work_col = "hbm_bytes" if spec.phase == "decode" else "flops"
-        work = m.get(work_col)
-        out.append({
-            "sweep": int(value), "variant": m["variant"], "kernel": m["kernel"],
-            "status": m.get("status"),
-            "paper_latency_us": p["latency_us"], "paper_util_pct": p["util_printed_pct"],
-            "paper_bound_us": p["bound_time_us"], "paper_eff_pct": p["roofline_efficiency_pct"],
-            "latency_us": lat, "util_pct": mutil, "bound_us": m.get("bound_time_us") if speed else None,
-            "eff_pct": eff,
-            "latency_ratio": lat / p["latency_us"] if lat else None,
-            "util_delta_pp": mutil - p["util_printed_pct"] if mutil is not None else None,
-            "eff_delta_pp": eff - p["roofline_efficiency_pct"] if eff is not None else None,
-            "work_ratio": float(work) / float(p[work_col]) if speed and not pd.isna(work) and work > 0 else None,
-        })
+    for _, p in printed.iterrows():
+        matches = measured[(lengths == int(p["sweep_value"])) & (measured["variant"] == p["variant"])]
+        out += [_side_row(spec, p, m) for _, m in matches.iterrows()] or [_side_row(spec, p, None)]
     frame = pd.DataFrame(out)
-    if frame.empty:
-        return frame
-    return frame.sort_values(["kernel", "variant", "sweep"], kind="stable").reset_index(drop=True)
+    order = frame["variant"].map(VARIANT_ORDER)
+    return (frame.assign(_v=order, _k=frame["kernel"].fillna("")).sort_values(["_v", "sweep", "_k"], kind="stable")
+            .drop(columns=["_v", "_k"]).reset_index(drop=True))
 
 
 def scale_of(run: LoadedRun) -> tuple[str | None, bool]:
@@ -110,15 +116,18 @@ def _scale_notes(run: LoadedRun) -> list[str]:
             "each measured call is than the paper's."]
 
 
-def _unmatched_note(run: LoadedRun, table: str) -> str | None:
+def _unmatched_note(run: LoadedRun, table: str, rows: pd.DataFrame) -> str | None:
     spec = paper.PAPER_TABLES[table]
-    measured = _rows_for(run.measurements, table)[spec.sweep_column].dropna().astype(int)
+    measured = _rows_for(run.measurements, table)
+    measured = measured[~measured["interpret"].fillna(False).astype(bool)][spec.sweep_column].dropna().astype(int)
     printed = set(paper.load_paper_table(table)[spec.sweep_column].astype(int))
     extra = sorted(set(measured) - printed)
-    if not extra:
-        return None
     what = "context lengths" if spec.phase == "decode" else "sequence lengths"
-    return f"{table}: measured {what} {', '.join(map(str, extra))} are not in the paper's sweep (no paper row to show)."
+    listed = f"this run's {what} {', '.join(map(str, extra))} are not in the paper's sweep" if extra else ""
+    if (rows["status"] == NOT_MEASURED).all():
+        why = listed or f"this run has no {what} outside interpret mode"
+        return f"{table}: {why}, so the paper's rows and their TPU7x bounds stand alone (see Measured speed)."
+    return f"{table}: {listed} (see Measured speed)." if extra else None
 
 
 def paper_section(run: LoadedRun) -> Section:
@@ -142,17 +151,17 @@ def paper_section(run: LoadedRun) -> Section:
                      "interpret mode: they are left out here (their time is the emulator's); see Correctness.")
     tables = []
     for name, caption, _, util in TABLES:
+        if _rows_for(frame, name).empty:
+            continue
         rows = side_by_side(run, name)
-        unmatched = _unmatched_note(run, name)
+        unmatched = _unmatched_note(run, name, rows)
         if unmatched:
             notes.append(unmatched)
-        if rows.empty:
-            notes.append(f"{caption.split(':')[0]} ({name}): no row of this run outside interpret mode matches the paper's sweep.")
-            continue
         label = "MBU" if util == "mbu_pct" else "MFU"
         tables.append(table_from_frame(rows, [
             Column("sweep", "c" if name == "table4" else "s", fmt_num, numeric=True),
-            Column("variant", "variant"), Column("kernel", "kernel"), Column("status", "status"),
+            Column("variant", "variant"), Column("kernel", "kernel"),
+            Column("status", "status", css=lambda v: "skipped" if v == NOT_MEASURED else ("ok" if v == "ok" else "failed")),
             Column("paper_latency_us", "paper latency (us, TPU7x)", fmt_num, numeric=True),
             Column("paper_util_pct", f"paper {label} (%)", fmt_pct, numeric=True),
             Column("paper_bound_us", "TPU7x bound (us)", fmt_num, numeric=True),
