@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rpa_bench.commands._hydra import run_hydra
 
-VOLATILE_RUN_KEYS = ("name", "results_dir", "progress")
+VOLATILE_RUN_KEYS = ("name", "results_dir", "progress", "report")
 
 
 def _container(node: Any) -> Any:
@@ -100,6 +100,9 @@ def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
 
 
 def task(cfg: DictConfig) -> int:
+    import logging
+
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU backend" is not news
     try:
         return _task(cfg)
     except ValueError as exc:  # config problems: a clear message, no traceback
@@ -148,7 +151,7 @@ def _task(cfg: DictConfig) -> int:
             "config": config,
             "environment": environment.environment(),
             "git": environment.git_state(),
-            "kernels": sweep.kernel_provenance(prep),
+            "kernels": environment.portable(sweep.kernel_provenance(prep)),
             "workloads": {e.name: sweep.workload_manifest(e, w, plan.max_points) for e, w in prep.workloads},
             "device_spec": prep.roof.device.to_dict(),
             "calibration": prep.roof.calibration.to_dict() if prep.roof.calibration is not None else None,
@@ -162,12 +165,15 @@ def _task(cfg: DictConfig) -> int:
         for e, w in prep.workloads:
             sweep.write_workload_tables(store, e, w)
 
-    def on_term(signum, frame):  # SIGTERM -> the same clean stop as Ctrl-C
-        raise KeyboardInterrupt
+    stop = {"requested": False}
+
+    def on_term(signum, frame):  # SIGTERM: stop cleanly after the (point, kernel) in flight
+        stop["requested"] = True
 
     previous = signal.signal(signal.SIGTERM, on_term)
     try:
-        sweep.execute(prep, store, run_id=run_id, progress=bool(cfg.run.get("progress", True)))
+        sweep.execute(prep, store, run_id=run_id, progress=bool(cfg.run.get("progress", True)),
+                      should_stop=lambda: stop["requested"])
     except KeyboardInterrupt:
         store.update_manifest(status="interrupted", interrupted_utc=now_utc())
         print(f"\nrpa-bench run: interrupted; finished points are kept. Resume with the same command "
@@ -185,7 +191,14 @@ def _task(cfg: DictConfig) -> int:
     print(f"\n{len(df)} rows ({', '.join(f'{k}={v}' for k, v in sorted(counts.items()))}) in "
           f"{time.perf_counter() - t0:.0f} s; timings marked [interpret] are not kernel performance.")
     print(f"results: {run_dir}")
-    print(f"report:  rpa-bench report {run_dir}")
+    if cfg.run.get("report"):
+        from rpa_bench.commands import report
+
+        if report.main([str(run_dir)]) != 0:
+            print(f"rpa-bench run: the report could not be rendered; try rpa-bench report {run_dir}",
+                  file=sys.stderr)
+    else:
+        print(f"report:  rpa-bench report {run_dir}")
     return 0
 
 

@@ -72,3 +72,26 @@ def sha256_file(path: str | Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def portable_path(text: str) -> str:
+    """A path inside an installed environment or this checkout, without the machine's prefix
+    (``site-packages/...``, ``<checkout>/...``); any other string unchanged."""
+    import site
+    import sysconfig
+
+    roots = [(p, "site-packages") for p in {sysconfig.get_paths()["purelib"], *site.getsitepackages()}]
+    roots.append((str(Path(__file__).resolve().parents[2]), "<checkout>"))
+    for root, label in sorted(roots, key=lambda r: -len(r[0])):
+        if text == root or text.startswith(root.rstrip("/") + "/"):
+            return label + text[len(root.rstrip("/")):]
+    return text
+
+
+def portable(obj):
+    """``portable_path`` applied to every string of a JSON-like structure."""
+    if isinstance(obj, dict):
+        return {k: portable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [portable(v) for v in obj]
+    return portable_path(obj) if isinstance(obj, str) else obj

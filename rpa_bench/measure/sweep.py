@@ -266,8 +266,13 @@ def write_workload_tables(store: RunStore, entry: WorkloadEntry, wl: Any) -> lis
 
 
 def execute(prep: PreparedRun, store: RunStore, *, run_id: str, progress: bool = True,
-            on_part: Callable[[list[dict]], None] | None = None) -> Counter:
-    """Measure everything not yet in ``store``; returns status counts of the rows written."""
+            on_part: Callable[[list[dict]], None] | None = None,
+            should_stop: Callable[[], bool] = lambda: False) -> Counter:
+    """Measure everything not yet in ``store``; returns status counts of the rows written.
+
+    ``should_stop`` is polled after each stored part; when true the sweep raises
+    ``KeyboardInterrupt`` (what the signal handler of the command turns SIGTERM into).
+    """
     from tqdm import tqdm
 
     plan = prep.plan
@@ -293,6 +298,8 @@ def execute(prep: PreparedRun, store: RunStore, *, run_id: str, progress: bool =
         bar.update(1)
         if on_part is not None:
             on_part(rows)
+        if should_stop():
+            raise KeyboardInterrupt("stop requested")
 
     for entry, wl in prep.workloads:
         for p in prep.points(wl):
