@@ -20,10 +20,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from rpa_bench.parallel.mesh import DeviceInfo
-from rpa_bench.parallel.sharded import ShardPlan
 from rpa_bench.workloads.model import AttentionSpec
+
+if TYPE_CHECKING:  # no JAX import here: reports can use these functions on stored rows
+    from rpa_bench.parallel.layout import ShardPlan
 
 TIMING_SOURCES = ("device", "wall")
 
@@ -40,7 +43,7 @@ class DeviceCost:
     flops: int
 
 
-def device_costs(plan: ShardPlan, attn: AttentionSpec, *, count: str = "executed", ckv: int | None = None,
+def device_costs(plan: "ShardPlan", attn: AttentionSpec, *, count: str = "executed", ckv: int | None = None,
                  granularity: str = "token") -> tuple[DeviceCost, ...]:
     """Cost of every device of the plan's mesh, in mesh order (``data`` major, ``model`` minor)."""
     from rpa_bench.roofline.cost import batch_cost
