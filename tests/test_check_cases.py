@@ -65,7 +65,9 @@ def test_configured_attention_adds_a_case():
     assert len(configured) == len(CHECK_DTYPES) and configured[0].attn.soft_cap == 30.0
 
 
-@pytest.mark.parametrize("kw,field", [({"dtypes": ("float16",)}, "dtypes"), ({"quantized_kv": "bfloat16"}, "quantized_kv")])
+@pytest.mark.parametrize(
+    "kw,field", [({"dtypes": ("float16",)}, "dtypes"), ({"quantized_kv": "bfloat16"}, "quantized_kv")]
+)
 def test_bad_case_options_name_the_field(kw, field):
     with pytest.raises(ValueError, match=field):
         check_cases(LLAMA, **kw)

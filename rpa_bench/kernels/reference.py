@@ -166,9 +166,13 @@ def _attend_group(q, seq_kv_len, q_pos, row_ok, table, k_cache, v_cache, *, kv_b
 
     # only the KV blocks some valid row of the group can see
     big = jnp.iinfo(jnp.int32).max
-    kv_end = jnp.minimum(q_pos + 1, seq_kv_len[:, None]) if causal else jnp.broadcast_to(seq_kv_len[:, None], q_pos.shape)
+    kv_end = jnp.broadcast_to(seq_kv_len[:, None], q_pos.shape)  # [G, bq]
+    if causal:
+        kv_end = jnp.minimum(q_pos + 1, kv_end)
     kv_end = jnp.max(jnp.where(row_ok, kv_end, 0))
-    kv_begin = jnp.maximum(q_pos - sliding_window + 1, 0) if sliding_window is not None else jnp.zeros_like(q_pos)
+    kv_begin = jnp.zeros_like(q_pos)
+    if sliding_window is not None:
+        kv_begin = jnp.maximum(q_pos - sliding_window + 1, 0)
     kv_begin = jnp.min(jnp.where(row_ok, kv_begin, big))
     _, l, acc = lax.fori_loop(kv_begin // kb, (kv_end + kb - 1) // kb, body, carry0)
     out = jnp.where(l[..., None] > 0, acc / jnp.where(l > 0, l, 1.0)[..., None], 0.0)
@@ -311,7 +315,8 @@ class ReferenceBackend:
     def validate(self, model: ModelSpec, attn: AttentionSpec, batch: RaggedBatch | None = None) -> None:
         check_capabilities(self.name, self.capabilities, model, attn, batch)
 
-    def build(self, model: ModelSpec, attn: AttentionSpec, batch: RaggedBatch, *, interpret: bool = False) -> PreparedCall:
+    def build(self, model: ModelSpec, attn: AttentionSpec, batch: RaggedBatch, *,
+              interpret: bool = False) -> PreparedCall:
         del interpret  # plain XLA: nothing to interpret
         self.validate(model, attn, batch)
         kwargs = attention_kwargs(model, attn, block_bytes=self.block_bytes)

@@ -292,7 +292,8 @@ def materialize(
         return jax.device_put(x, device)
 
     queries, new_k, new_v, k_cache, v_cache = _generate_jit(
-        put(jax.random.key(seed)), put(np.int32(batch.num_tokens)), put(np.bool_(poison)), put(ctx_lens), put(owner), put(ordinal),
+        put(jax.random.key(seed)), put(np.int32(batch.num_tokens)), put(np.bool_(poison)),
+        put(ctx_lens), put(owner), put(ordinal),
         t_pad=shape.max_num_batched_tokens, h_q=model.num_q_heads,
         h_kv=model.num_kv_heads, d=model.head_dim, num_pages=shape.num_pages,
         page_size=batch.page_size, dtype=jnp.dtype(model.dtype), kv_dtype=jnp.dtype(model.kv_dtype),
