@@ -300,7 +300,7 @@ class ReferenceBackend:
     name = "reference"
     capabilities = REFERENCE_CAPABILITIES
 
-    def __init__(self, *, options: Mapping[str, Any] | None = None, **_: Any) -> None:
+    def __init__(self, *, options: Mapping[str, Any] | None = None) -> None:
         options = dict(options or {})
         block_bytes = int(options.pop("block_bytes", DEFAULT_BLOCK_BYTES))
         if block_bytes < 1:
