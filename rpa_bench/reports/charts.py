@@ -170,7 +170,7 @@ def utilization_chart(
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.set_ylim(bottom=0)
+    ax.set_ylim(0, float(rows["_y"].max()) * 1.12)
     what = "MBU vs context length (decode)" if phase == "decode" else "MFU vs sequence length (prefill)"
     kernels = ", ".join(sorted(set(rows["kernel"])))
     fig.suptitle(f"{what} on {device} - kernels: {kernels}", fontsize=12)
