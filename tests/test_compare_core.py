@@ -146,3 +146,13 @@ def test_significant_test_with_a_ci_spanning_one_is_not_flagged():
     result = compare_measurements(fa, fb, OPTIONS).iloc[0]
     assert result["p_value"] < 0.05 and result["ratio"] > 1.1 and result["ci_low"] <= 1.0
     assert result["mark"] == NOT_SIGNIFICANT
+
+
+def test_flagged_points_with_unstable_samples_are_counted():
+    warn = ["unstable excl_prep samples: IQR is 14.0% of the median (>= 10%)"]
+    a, b = _frames([_row("ctx=512", _samples(1)), _row("ctx=1024", _samples(2))],
+                   [_row("ctx=512", _samples(3, 1.5), warnings=warn), _row("ctx=1024", _samples(4, 1.5))])
+    result = compare_measurements(a, b, OPTIONS).set_index("point_id")
+    assert result.loc["ctx=512", "unstable"] == "B" and pd.isna(result.loc["ctx=1024", "unstable"])
+    summary = summarize(result.reset_index())
+    assert summary.counts[WORSE] == 2 and summary.flagged_unstable == 1 and summary.exit_status == 1

@@ -85,5 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     for _, row in result[result["mark"] == "worse"].iterrows():
         print(f"  worse: {row['workload']} {row['point_id']} {row['kernel']} {row['variant']}: "
               f"{row['ratio']:.3f}x (CI {row['ci_low']:.3f}-{row['ci_high']:.3f}, p={row['p_value']:.2g})")
+    if s.flagged_unstable:
+        err(f"warning: {s.flagged_unstable} flagged point(s) have unstable samples on a side (noisy host)")
     print(f"wrote {output.index_html}")
     return s.exit_status

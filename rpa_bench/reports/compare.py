@@ -55,6 +55,7 @@ class CompareOptions:
 class CompareSummary:
     counts: dict[str, int]
     geomean_ratio: float | None  # over comparable points
+    flagged_unstable: int  # worse / improved points whose samples carry an instability warning
     num_comparable: int
     exit_status: int  # 1 on a significant regression beyond the threshold, else 0
 
@@ -78,6 +79,18 @@ def _samples(row: pd.Series) -> np.ndarray:
         return np.array([], dtype=float)
     arr = np.asarray(values, dtype=float).ravel()
     return arr[np.isfinite(arr) & (arr > 0)]
+
+
+def unstable_sides(a: pd.Series, b: pd.Series) -> str | None:
+    """Which sides carry an instability warning from the timing protocol ("A", "B", "A+B")."""
+    def unstable(row) -> bool:
+        warnings = row.get("warnings")
+        if warnings is None or isinstance(warnings, float):
+            return False
+        return any(str(w).startswith("unstable") for w in warnings)
+
+    sides = [name for name, row in (("A", a), ("B", b)) if unstable(row)]
+    return "+".join(sides) or None
 
 
 def _why_not_comparable(a: pd.Series, b: pd.Series) -> str | None:
@@ -124,7 +137,8 @@ def compare_point(a: pd.Series, b: pd.Series, options: CompareOptions) -> dict:
     else:
         mark = NOT_SIGNIFICANT
     return {**out, "latency_a_us": float(np.median(sa)), "latency_b_us": float(np.median(sb)), "ratio": ratio,
-            "ci_low": low, "ci_high": high, "p_value": p, "n_a": len(sa), "n_b": len(sb), "mark": mark}
+            "ci_low": low, "ci_high": high, "p_value": p, "n_a": len(sa), "n_b": len(sb), "mark": mark,
+            "unstable": unstable_sides(a, b)}
 
 
 def compare_measurements(a: pd.DataFrame, b: pd.DataFrame, options: CompareOptions = CompareOptions(),
@@ -179,4 +193,7 @@ def summarize(result: pd.DataFrame) -> CompareSummary:
     comparable = result[result["mark"] != NOT_COMPARABLE] if not result.empty else result
     ratios = comparable["ratio"].dropna().to_numpy(float) if not comparable.empty else np.array([])
     geomean = float(stats.gmean(ratios)) if len(ratios) else None
-    return CompareSummary(counts, geomean, len(comparable), 1 if counts[WORSE] else 0)
+    flagged = result[result["mark"].isin((WORSE, IMPROVED))] if not result.empty else result
+    unstable = int(flagged["unstable"].notna().sum()) if "unstable" in flagged.columns else 0
+    return CompareSummary(counts=counts, geomean_ratio=geomean, flagged_unstable=unstable,
+                          num_comparable=len(comparable), exit_status=1 if counts[WORSE] else 0)

@@ -83,6 +83,7 @@ def write_compare(
             Column("ratio", "B/A (x)", fmt_num, numeric=True), Column("ci", "95% CI of B/A", css=lambda _: "nowrap"),
             Column("p_value", "Mann-Whitney p", _fmt_p, numeric=True),
             Column("n_a", "n A", fmt_num, numeric=True), Column("n_b", "n B", fmt_num, numeric=True),
+            Column("unstable", "unstable samples"),
             Column("reason", "why not comparable"),
         ], "Every point (worse first); not comparable: different workload hash or config, interpret mode, "
            "a status other than ok, or measured on one side only")
@@ -96,6 +97,10 @@ def write_compare(
                else f"No significant regression beyond {options.threshold:g}x: exit status 0")
     if summary.num_comparable == 0 and not result.empty:
         verdict += f" (but every point is {NOT_COMPARABLE})"
+    if summary.flagged_unstable:
+        banners = (*banners, f"{summary.flagged_unstable} flagged point(s) have unstable samples (IQR >= 10% of the "
+                   "median, per the timing protocol) on a side: the host was noisy; rerun on an idle machine before "
+                   "trusting them.")
     index = render("compare.html.j2", out / "index.html", generator_version=__version__, title=title,
                    side_a=side_a, side_b=side_b, threshold=f"{options.threshold:g}", alpha=f"{options.alpha:g}",
                    verdict=verdict, verdict_class="bad" if worse else "info", banners=list(banners), sections=sections)
