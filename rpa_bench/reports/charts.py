@@ -199,13 +199,13 @@ def step_chart(steps: pd.DataFrame, out_path: pathlib.Path, *, workload: str, de
     for ax, col in zip(axes, cols):
         ax.plot(x, steps[col], lw=0.8, color="#444444")
         if sampled is not None and sampled.any():
-            ax.scatter(x[sampled], steps[col][sampled], color="#d62728", s=14, zorder=3, label="measured step")
+            ax.scatter(x[sampled], steps[col][sampled], color="#d62728", s=14, zorder=3, label="sampled step")
         ax.set_ylabel(col.replace("_", " "), fontsize=8)
         ax.grid(True, lw=0.3, alpha=0.5)
     if sampled is not None and sampled.any():
         axes[0].legend(fontsize=7, loc="upper right")
     axes[-1].set_xlabel(f"{xcol or 'row'} (scheduler step)")
-    measured = f"red: steps measured on {device}" + (f" with {', '.join(sorted(kernels))}" if kernels else "")
+    measured = f"red: steps sampled for measurement on {device}" + (f" with {', '.join(sorted(kernels))}" if kernels else "")
     fig.suptitle(f"Batch shape per step - trace {workload}\n(scheduler simulation; {measured}; counts, no convention)",
                  fontsize=11)
     return _save(fig, out_path)
