@@ -163,6 +163,43 @@ def _per_device_capture(tmp):
                                                   enumerate(t.step_per_call_us)), "warnings": list(t.warnings)}
 
 
+def _pipeline(tmp):
+    """ShardedBackend through the run pipeline's timed calls, then per-device accounting."""
+    from pathlib import Path
+
+    from rpa_bench.kernels.checking import compare_outputs
+    from rpa_bench.kernels.registry import get_backend
+    from rpa_bench.measure import capture
+    from rpa_bench.measure.calls import build_timed_calls
+    from rpa_bench.kernels.reference import reference_attention
+    from rpa_bench.parallel.accounting import device_costs
+    from rpa_bench.parallel.backend import ShardedBackend, mesh_accounting
+    from rpa_bench.parallel.devtime import per_device_timing
+    from rpa_bench.roofline.cost import batch_cost
+    from rpa_bench.roofline.specs import get_device_spec
+    from rpa_bench.workloads.materialize import materialize
+
+    batch, model, attn, mesh_spec, _ = _setup("reference", "2x1", "mixed", "float32", {})
+    spec = get_device_spec("tpu7x", calibrated=False)
+    backend = ShardedBackend(get_backend("reference"), mesh_spec, device_spec=spec)
+    inputs = materialize(batch, model, seed=2)
+    want = reference_attention(inputs, attn)
+    prepared = backend.build(model, attn, batch, interpret=False)
+    calls = build_timed_calls(prepared, inputs)
+    errs = {v: compare_outputs(prepared.finish(c(*c.fresh_args())), want, inputs, tolerance=1e-5)[1]
+            for v, c in calls.items()}
+    call = calls["excl_prep"]
+    path = capture.capture(lambda i: call(*call.fresh_args()), 3, Path(tmp) / "pipeline.xplane.pb")
+    timing = per_device_timing(path, module_name=call.module_name, num_calls=3, devices=backend.devices(),
+                               wall_latency_us=1.0)
+    acc = mesh_accounting(backend.last_plan, attn, backend.devices(), timing.per_device_latency_us,
+                          timing_source=timing.timing_source, device_spec=spec)
+    return {"ok": errs, "columns": acc.schema_columns(), "step_us": acc.step_time_us,
+            "max_device_us": max(timing.per_device_latency_us),
+            "total_bytes_match": acc.total_hbm_bytes == batch_cost(batch, model).hbm_bytes
+            == sum(c.hbm_bytes for c in device_costs(backend.last_plan, attn))}
+
+
 def _worker(names: list[str], tmp: str) -> dict:
     import jax
 
@@ -177,6 +214,8 @@ def _worker(names: list[str], tmp: str) -> dict:
                 out[name] = _check(CHECK_CASES[name])
             elif name == "capture":
                 out[name] = _per_device_capture(tmp)
+            elif name == "pipeline":
+                out[name] = _pipeline(tmp)
             else:
                 raise KeyError(name)
         except Exception:  # noqa: BLE001 - reported to the test, which fails with it
@@ -205,7 +244,7 @@ def _v3_available() -> bool:
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
-    names = [*REFERENCE_CASES, "capture", "check-reference-2x2"]
+    names = [*REFERENCE_CASES, "capture", "check-reference-2x2", "pipeline"]
     if _v3_available():
         names += [*KERNEL_CASES]
     return _run(names, tmp_path_factory.mktemp("sharded"))
@@ -260,6 +299,17 @@ def test_rpa_v3_interpret_sharded_matches_unsharded_reference(results, name):
 def test_sharded_backend_passes_the_pipeline_check(results):
     res = _ok(results, "check-reference-2x2")
     assert res["status"] == "ok" and res["cache_err"] == 0.0
+
+
+def test_sharded_backend_in_the_pipelines_timed_calls_with_mesh_columns(results):
+    res = _ok(results, "pipeline")
+    assert res["ok"] == {"excl_prep": True, "incl_prep": True}
+    cols = res["columns"]
+    assert cols["num_devices"] == 2 and cols["mesh"] == "data=2,model=1"
+    if cols["per_device_latency_us"] is not None:  # device-attributed (CPU: per device_ordinal)
+        assert len(cols["per_device_latency_us"]) == 2 and cols["load_imbalance"] >= 1.0
+        assert res["step_us"] == res["max_device_us"]
+    assert res["total_bytes_match"]
 
 
 def test_cpu_capture_gives_per_device_times_from_host_ops(results):
