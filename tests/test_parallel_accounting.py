@@ -91,6 +91,15 @@ def test_wall_time_gives_no_per_device_figures_and_says_so():
     assert acc.schema_columns()["per_device_latency_us"] is None
 
 
+def test_an_idle_device_is_named_in_a_warning():
+    batch = RaggedBatch((512,), (512,), page_size=16)  # one prefill, two TensorCores
+    plan = plan_for(batch, LLAMA, AttentionSpec(), MeshSpec(2, 1), TPU7X)
+    acc = account(device_costs(plan, AttentionSpec()), _tpu7x_chip_devices(), [100.0, 1.0], timing_source="device",
+                  mesh="data=2,model=1", device_bw_bytes_per_s=ONE_TC.hbm_bw_bytes_per_s,
+                  device_peak_flops_per_s=ONE_TC.peak_bf16_flops_per_s, devices_per_chip=2)
+    assert any("device(s) [1] had no sequence" in w for w in acc.warnings)
+
+
 def test_chips_without_coordinates_group_consecutive_ids():
     devs = [DeviceInfo(id=i, process_index=p, platform="gpu", device_kind="x") for p in (0, 1) for i in range(2)]
     assert chip_labels(devs, 2) == ("chip0:0", "chip0:0", "chip1:0", "chip1:0")

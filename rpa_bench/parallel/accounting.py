@@ -176,6 +176,10 @@ def account(costs: Sequence[DeviceCost], devices: Sequence[DeviceInfo], time_us:
     if any(t < 0 for t in times):
         raise ValueError(f"time_us={list(times)} must be >= 0")
     warnings = []
+    idle = [d.id for d, c in zip(devices, costs) if c.num_seqs == 0]
+    if idle:
+        warnings.append(f"device(s) {idle} had no sequence to run; their peaks still count in MBU/MFU "
+                        "(for fewer sequences than devices, split heads with mesh.model instead)")
     bw, peak = float(device_bw_bytes_per_s), float(device_peak_flops_per_s)
     hbm = tuple(int(c.hbm_bytes) for c in costs)
     flops = tuple(int(c.flops) for c in costs)
