@@ -1,0 +1,78 @@
+"""Run-store columns of one sharded measurement: the run pipeline's single call.
+
+After timing a :class:`~rpa_bench.parallel.backend.ShardedBackend` call and capturing a
+few calls with ``measure.capture.capture``, :func:`mesh_row_columns` turns that capture
+into the schema's multi-device columns (``num_devices``, ``mesh``,
+``per_device_latency_us``, ``load_imbalance``), the step latency (slowest device), the
+full :class:`~rpa_bench.parallel.accounting.MeshAccounting` (per device, per chip) and
+the warnings to record. On several hosts every process must call it (the per-device
+times are gathered collectively); only the writer stores the row.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+from typing import Any
+
+from rpa_bench.parallel.accounting import MeshAccounting
+from rpa_bench.parallel.backend import ShardedBackend, mesh_accounting
+from rpa_bench.parallel.devtime import PerDeviceTiming, per_device_timing
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshColumns:
+    columns: dict  # schema columns: num_devices, mesh, per_device_latency_us, load_imbalance
+    timing_source: str  # device | wall
+    on_device_planes: bool  # device times from accelerator planes (False: CPU host-op spans or wall)
+    step_latency_us: float  # slowest device (median over calls of the per-call maximum)
+    step_samples_us: tuple[float, ...]  # per captured call: the slowest device's time
+    accounting: MeshAccounting
+    warnings: tuple[str, ...]
+
+
+def _series(timing: PerDeviceTiming, kernel_only: bool) -> tuple[tuple[float, ...], ...]:
+    if kernel_only and timing.kernel_per_call_us is not None:
+        return timing.kernel_per_call_us
+    return timing.per_call_us
+
+
+def mesh_row_columns(backend: ShardedBackend, attn: Any, capture: Any, *, module_name: str, num_calls: int,
+                     wall_latency_us: float, device_spec: Any, kernel_regex: str | None = None,
+                     kernel_only: bool = False, ckv: int | None = None) -> MeshColumns:
+    """Multi-device columns of the latest ``backend.build`` from one capture.
+
+    ``capture``: the xplane.pb path (or parsed data) of ``num_calls`` calls of the module
+    ``module_name``; ``wall_latency_us``: the wall-clock median, used for every device when
+    device time cannot be attributed; ``kernel_only``: per-device times from the Pallas
+    events alone when the capture has them (the ``excl_prep`` variant);
+    ``device_spec``: the run's DeviceSpec (any ``num_devices``).
+    """
+    import jax
+
+    from rpa_bench.parallel.distributed import allgather_device_times
+
+    if backend.last_plan is None:
+        raise ValueError("backend.build() has not been called: no plan to account for")
+    devices = backend.devices()
+    mine = [d for d in devices if d.process_index == jax.process_index()]
+    kwargs = {} if kernel_regex is None else {"kernel_regex": kernel_regex}
+    timing = per_device_timing(capture, module_name=module_name, num_calls=num_calls, devices=mine,
+                               wall_latency_us=wall_latency_us, **kwargs)
+    series = _series(timing, kernel_only)
+    medians = [float(statistics.median(s)) for s in series]
+    is_device = 1.0 if timing.timing_source == "device" else 0.0
+    gathered = allgather_device_times(timing.device_ids, [[m, is_device] for m in medians])
+    source = "device" if all(v[1] == 1.0 for v in gathered.values()) else "wall"
+    times = [gathered[d.id][0] if source == "device" else float(wall_latency_us) for d in devices]
+    acc = mesh_accounting(backend.last_plan, attn, devices, times, timing_source=source, device_spec=device_spec,
+                          ckv=ckv)
+    if source == "device" and jax.process_count() == 1:
+        steps = tuple(max(s[i] for s in series) for i in range(len(series[0])))
+    else:  # across hosts only the per-device medians travel; the step is their maximum
+        steps = (max(times),)
+    warnings = tuple(dict.fromkeys([*timing.warnings, *acc.warnings]))
+    planes_ok = source == "device" and all(str(p).startswith("/device:") for p in timing.planes)
+    return MeshColumns(columns=acc.schema_columns(), timing_source=source, on_device_planes=planes_ok,
+                       step_latency_us=float(statistics.median(steps)), step_samples_us=steps,
+                       accounting=acc, warnings=warnings)
