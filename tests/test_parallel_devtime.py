@@ -82,3 +82,16 @@ def test_wall_timing_is_marked():
 @pytest.mark.parametrize("name,ordinal", [("/device:TPU:3", 3), ("/device:GPU:0", 0), ("/host:CPU", None)])
 def test_plane_ordinal(name, ordinal):
     assert plane_ordinal(name) == ordinal
+
+
+def test_step_timing_has_the_capture_parsers_shape_with_the_slowest_device_per_call():
+    from rpa_bench.parallel.devtime import step_device_timing
+
+    space = jax.profiler.ProfileData.from_text_proto(
+        HOST + _tpu_plane(2, 0, [100.0, 110.0]) + _tpu_plane(3, 1, [130.0, 90.0]))
+    t = step_device_timing(space, module_name=MODULE, num_calls=2, devices=_tpu7x_pair())
+    assert t.available and t.per_call_us == (130.0, 110.0)
+    assert t.kernel_per_call_us == (128.0, 108.0) and t.plane == "/device:TPU:0"
+    missing = step_device_timing(jax.profiler.ProfileData.from_text_proto(HOST + _tpu_plane(2, 0, [1.0, 2.0])),
+                                 module_name=MODULE, num_calls=2, devices=_tpu7x_pair())
+    assert not missing.available and "no plane for ordinal 1" in missing.warnings[0]

@@ -142,3 +142,23 @@ def wall_timing(devices: Sequence[DeviceInfo], wall_latency_us: float, *, warnin
         kernel_per_call_us=None, planes=(None,) * len(devices), timing_source="wall",
         warnings=(*warnings, note),
     )
+
+
+def step_device_timing(path_or_data: Any, *, module_name: str, num_calls: int, devices: Sequence[DeviceInfo],
+                       kernel_regex: str | None = capture.DEFAULT_KERNEL_REGEX) -> capture.DeviceTiming:
+    """``capture.parse``'s result for a sharded call: each call's time is its *slowest*
+    device's (``capture.parse`` alone reads the first device plane). Not attributable:
+    an empty result with the reasons, as ``capture.parse`` returns (the caller falls back
+    to wall time)."""
+    try:
+        t = per_device_timing(path_or_data, module_name=module_name, num_calls=num_calls, devices=devices,
+                              kernel_regex=kernel_regex)
+    except ValueError as e:
+        return capture.DeviceTiming((), None, None, 0, (str(e),))
+    kernel = None
+    if t.kernel_per_call_us is not None:
+        kernel = tuple(max(s[i] for s in t.kernel_per_call_us) for i in range(t.num_calls))
+    plane = t.planes[0] if all(str(p).startswith("/device:") for p in t.planes) else HOST_PLANE
+    note = f"step time per call = slowest of {len(devices)} devices ({', '.join(str(p) for p in t.planes)})"
+    return capture.DeviceTiming(t.step_per_call_us, kernel, plane, sum(len(s) for s in t.per_call_us),
+                                (*t.warnings, note))
