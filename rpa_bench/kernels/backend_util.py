@@ -76,6 +76,23 @@ def call_context(interpret: bool):
         yield
 
 
+def settled(interpret: bool, out):
+    """In interpret mode, wait for ``out`` before the interpret context is left.
+
+    JAX dispatches asynchronously: the interpreter's host callbacks may still be running
+    after the call returns, and they look the interpreter fixes up at run time. Leaving
+    the context first would let them run unpatched. Tracers (a call inside ``jax.jit``)
+    are returned as they are: the jitted call's caller runs it inside the context.
+    """
+    if not interpret:
+        return out
+    import jax
+
+    if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(out)):
+        return out
+    return jax.block_until_ready(out)
+
+
 def largest_divisor_at_most(n: int, limit: int, *, multiple_of: int = 1) -> int:
     """Largest ``x <= limit`` with ``n % x == 0`` and ``x % multiple_of == 0`` (>= multiple_of)."""
     for x in range(min(limit, n) // multiple_of * multiple_of, 0, -multiple_of):

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from rpa_bench.kernels import loader, tpu_target
-from rpa_bench.kernels.backend_util import call_context, device_kind, positive_int, take_options
+from rpa_bench.kernels.backend_util import call_context, settled, device_kind, positive_int, take_options
 from rpa_bench.kernels.base import Capabilities, KernelOutput, PreparedCall, check_capabilities
 from rpa_bench.workloads.batch import RaggedBatch
 from rpa_bench.workloads.materialize import KernelInputs
@@ -179,7 +179,7 @@ class OldApiBackend:
 
         def kernel(queries, kv_pages, kv_lens, page_indices, cu_q_lens, num_seqs):
             with call_context(interpret):
-                out = rpa(queries, kv_pages, kv_lens, page_indices, cu_q_lens, num_seqs, **static)
+                out = settled(interpret, rpa(queries, kv_pages, kv_lens, page_indices, cu_q_lens, num_seqs, **static))
             return out, kv_pages
 
         def finish(raw) -> KernelOutput:

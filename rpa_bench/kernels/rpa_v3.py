@@ -34,6 +34,7 @@ from rpa_bench.kernels.backend_util import (
     BlockSizes,
     block_sizes,
     call_context,
+    settled,
     device_kind,
     largest_divisor_at_most,
     positive_int,
@@ -218,7 +219,8 @@ class RpaV3Backend:
 
         def kernel(queries, keys, values, kv_cache, kv_lens, page_indices, cu_q_lens, distribution):
             with call_context(interpret):
-                return rpa(queries, keys, values, kv_cache, kv_lens, page_indices, cu_q_lens, distribution, **static)
+                return settled(interpret, rpa(queries, keys, values, kv_cache, kv_lens, page_indices, cu_q_lens,
+                                              distribution, **static))
 
         def finish(raw) -> KernelOutput:
             out, kv_cache = raw
