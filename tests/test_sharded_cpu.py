@@ -199,6 +199,22 @@ def _pipeline(tmp):
             == sum(c.hbm_bytes for c in device_costs(backend.last_plan, attn))}
 
 
+def _run_cli(tmp):
+    """``rpa-bench run`` on a 2x2 mesh: the sharded pipeline end to end."""
+    import pandas as pd
+
+    from rpa_bench import cli
+
+    rc = cli.main(["run", "workload=batch_spec", "workload.page_size=16", "workload.spec=[2q1s40_q24]",
+                   "model.num_q_heads=8", "model.num_kv_heads=4", "scale=cpu_smoke", "timing=quick",
+                   "timing.num_samples=3", "timing.capture_calls=2", "run.progress=false",
+                   "run.kernels=[reference]", "mesh=dp2_tp2", f"run.results_dir={tmp}", "run.name=mesh"])
+    df = pd.read_parquet(f"{tmp}/mesh/measurements.parquet")
+    return {"rc": rc, "status": sorted(set(df.status)), "mesh": sorted(set(df["mesh"])),
+            "num_devices": sorted(set(int(x) for x in df.num_devices)), "max_abs_err": float(df.max_abs_err.max()),
+            "warnings": [w for ws in df.warnings for w in ws]}
+
+
 def _worker(names: list[str], tmp: str) -> dict:
     import jax
 
@@ -215,6 +231,8 @@ def _worker(names: list[str], tmp: str) -> dict:
                 out[name] = _per_device_capture(tmp)
             elif name == "pipeline":
                 out[name] = _pipeline(tmp)
+            elif name == "run-cli":
+                out[name] = _run_cli(tmp)
             else:
                 raise KeyError(name)
         except Exception:  # noqa: BLE001 - reported to the test, which fails with it
@@ -243,7 +261,7 @@ def _v3_available() -> bool:
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
-    names = [*REFERENCE_CASES, "capture", "check-reference-2x2", "pipeline"]
+    names = [*REFERENCE_CASES, "capture", "check-reference-2x2", "pipeline", "run-cli"]
     if _v3_available():
         names += [*KERNEL_CASES]
     return _run(names, tmp_path_factory.mktemp("sharded"))
@@ -310,6 +328,28 @@ def test_sharded_backend_in_the_pipelines_timed_calls_with_mesh_columns(results)
         assert len(cols["per_device_latency_us"]) == 2 and cols["load_imbalance"] >= 1.0
         assert res["step_us"] >= res["max_device_us"]  # median of per-call maxima >= max of medians
     assert res["total_bytes_match"]
+
+
+def test_rpa_bench_run_on_a_mesh_records_the_mesh_and_passes_the_check(results):
+    res = _ok(results, "run-cli")
+    assert res["rc"] == 0 and res["status"] == ["ok"]
+    assert res["mesh"] == ["data=2,model=2"] and res["num_devices"] == [4]
+    assert res["max_abs_err"] <= TOLERANCE["bfloat16"]
+    assert any("modelled load imbalance" in w or "step time per call" in w for w in res["warnings"])
+
+
+def test_a_mesh_larger_than_the_machine_is_refused_by_rpa_bench_run(tmp_path, capsys):
+    import jax
+
+    from rpa_bench import cli
+
+    n = len(jax.devices())
+    rc = cli.main(["run", "workload=batch_spec", "workload.spec=[2q1s40_q24]", "scale=cpu_smoke",
+                   "run.kernels=[reference]", "run.progress=false", f"mesh.data={n + 1}",
+                   f"run.results_dir={tmp_path}", "run.name=too_big"])
+    captured = capsys.readouterr()
+    assert rc != 0
+    assert f"needs {n + 1} devices; {n} available" in captured.out + captured.err
 
 
 def test_cpu_capture_gives_per_device_times_from_host_ops(results):

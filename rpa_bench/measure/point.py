@@ -79,7 +79,7 @@ def _in_order() -> bool:
 
 
 def _time_variant(call: TimedCall, cfg: TimingConfig, *, capture_to: Path | None,
-                  kernel_regex: str | None, clock: Callable[[], float]) -> dict:
+                  kernel_regex: str | None, clock: Callable[[], float], devices: Any = None) -> dict:
     with call.context():
         wall = time_function(call, call.args, config=cfg, donates=call.donates, clock=clock,
                              label=f"{call.variant} samples", in_order=_in_order())
@@ -88,8 +88,14 @@ def _time_variant(call: TimedCall, cfg: TimingConfig, *, capture_to: Path | None
         if cfg.capture and cfg.capture_calls > 0 and capture_to is not None:
             sets = [call.fresh_args() for _ in range(cfg.capture_calls)]
             path = cap.capture(lambda i: call(*sets[i]), cfg.capture_calls, capture_to, hlo=cfg.capture_hlo)
-            device = cap.parse(path, module_name=call.module_name, num_calls=cfg.capture_calls,
-                               kernel_regex=kernel_regex)
+            if devices is None:
+                device = cap.parse(path, module_name=call.module_name, num_calls=cfg.capture_calls,
+                                   kernel_regex=kernel_regex)
+            else:  # a sharded call (rpa_bench.parallel): each call takes its slowest device's time
+                from rpa_bench.parallel.devtime import step_device_timing
+
+                device = step_device_timing(path, module_name=call.module_name, num_calls=cfg.capture_calls,
+                                            devices=devices, kernel_regex=kernel_regex)
             notes += device.warnings
             if not cfg.keep_captures:
                 path.unlink(missing_ok=True)
@@ -192,7 +198,19 @@ def measure_kernel(
             capture_to = None
             if captures_dir is not None:
                 capture_to = Path(captures_dir) / f"{capture_stem}-{variant}.xplane.pb"
-            cols = _time_variant(calls[variant], timing, capture_to=capture_to, kernel_regex=kernel_regex, clock=clock)
+            sharded = getattr(backend, "last_plan", None) is not None
+            cols = _time_variant(calls[variant], timing, capture_to=capture_to, kernel_regex=kernel_regex, clock=clock,
+                                 devices=backend.devices() if sharded else None)
+            if sharded:  # per-device times, load imbalance (rpa_bench.parallel)
+                from rpa_bench.parallel.columns import row_updates
+
+                mesh_cols, notes = row_updates(
+                    backend, attn, timing_source=cols["timing_source"], capture=cols["capture_path"],
+                    module_name=calls[variant].module_name, num_calls=timing.capture_calls,
+                    wall_latency_us=cols["wall_latency_us"], device_spec=roof.device, kernel_regex=kernel_regex,
+                    kernel_only=variant == "excl_prep")
+                cols.update(mesh_cols)
+                cols["warnings"] += [n for n in notes if n not in cols["warnings"]]
             if cols["capture_path"] and run_dir is not None:
                 cols["capture_path"] = str(Path(cols["capture_path"]).relative_to(run_dir))
             if interpret:

@@ -146,12 +146,17 @@ def prepare_run(plan: RunPlan) -> PreparedRun:
 
     dev = jax.devices()[0]
     mesh = mesh_spec_from_config(dict(plan.mesh), device_kind=dev.device_kind, num_devices=len(jax.devices()))
-    if mesh.num_devices != 1:
-        raise ValueError(f"mesh={mesh.label}: rpa-bench run measures one device for now; allowed: mesh=single")
     kernels = _resolve_kernels(plan, dev.platform)
+    roof = _roofline(plan, mesh.num_devices)
+    if mesh.num_devices > 1:  # each kernel sharded over the mesh, canonical in and out (rpa_bench.parallel)
+        from rpa_bench.parallel.backend import ShardedBackend
+
+        for slot in kernels:
+            if slot.available:
+                slot.backend = ShardedBackend(slot.backend, mesh, device_spec=roof.device)
+                slot.provenance = {**slot.provenance, "mesh": mesh.label}
     workloads = _build_workloads(plan)
     unsupported = _check_limits(plan, workloads, kernels, dev.platform)
-    roof = _roofline(plan, mesh.num_devices)
     return PreparedRun(plan, workloads, kernels, roof, dev.platform, dev.device_kind, mesh.num_devices, mesh.label,
                        unsupported)
 
