@@ -10,8 +10,10 @@ test: setup
 test-all: setup
 	.venv/bin/python -m pytest -q
 
-# Main job: a CPU-scale pass of the paper experiments and one trace experiment.
+# Main job: a CPU-scale pass of the paper experiments and one trace experiment, then its report.
+# A first run on a machine measures its ceilings (rpa-bench calibrate) so MBU/MFU have real roofs.
 run: setup
+	@ls results/calibration/*.json >/dev/null 2>&1 || .venv/bin/rpa-bench calibrate
 	.venv/bin/rpa-bench run experiment=main_cpu
 
 lock:
