@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from rpa_bench.parallel.accounting import DeviceCost, account, chip_labels, device_costs, load_imbalance
@@ -76,8 +78,13 @@ def test_imbalance_and_step_time_follow_the_slowest_device():
     assert [c.time_us for c in acc.per_chip] == [10.0, 30.0]
     assert acc.chips == ("chip(0,0,0)", "chip(0,0,0)", "chip(1,0,0)", "chip(1,0,0)")
     cols = acc.schema_columns()
+    chips = json.loads(cols.pop("per_chip"))
     assert cols == {"num_devices": 4, "mesh": "data=4,model=1", "per_device_latency_us": [10.0, 10.0, 10.0, 30.0],
-                    "load_imbalance": pytest.approx(2.0)}
+                    "load_imbalance": pytest.approx(2.0), "modelled_load_imbalance": pytest.approx(1.0),
+                    "per_device_hbm_bytes": [1000] * 4, "per_device_flops": [0] * 4}
+    assert [(c["chip"], c["device_ids"], c["latency_us"], c["hbm_bytes"]) for c in chips] == [
+        ("chip(0,0,0)", [0, 1], 10.0, 2000), ("chip(1,0,0)", [2, 3], 30.0, 2000)]
+    assert chips[1]["mbu_si_pct"] == pytest.approx(2000 / 30e-6 / 2e9 * 100)  # against the whole chip
 
 
 def test_wall_time_gives_no_per_device_figures_and_says_so():

@@ -17,6 +17,7 @@ from rpa_bench.workloads.batch import RaggedBatch
 from rpa_bench.workloads.model import AttentionSpec, ModelSpec
 
 MAX_BATCH_SPEC_CHARS = 120
+FIGURES_PER = ("device", "chip")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +32,19 @@ class RunColumns:
     num_devices: int
     mesh: str
     seed: int
+    figures_per: str = "device"  # device | chip: whose peaks the metrics divide by (FIGURES_PER)
+
+    def __post_init__(self) -> None:
+        if self.figures_per not in FIGURES_PER:
+            raise ValueError(f"figures_per={self.figures_per!r}; allowed: {', '.join(FIGURES_PER)}")
+
+
+def figures_per(num_devices: int, devices_per_chip: int) -> str:
+    """``chip`` when ``num_devices`` devices make up whole chips of ``devices_per_chip``
+    devices each (every device of a chip used), else ``device``."""
+    if num_devices < 1 or devices_per_chip < 1:
+        raise ValueError(f"num_devices={num_devices} and devices_per_chip={devices_per_chip} must be >= 1")
+    return "chip" if num_devices % devices_per_chip == 0 else "device"
 
 
 def now_utc() -> str:
@@ -174,6 +188,7 @@ def row(run: RunColumns, point: Mapping[str, Any], kernel: Mapping[str, Any], *,
         **more: Any) -> dict:
     out = {"run_id": run.run_id, "experiment": run.experiment, "scale": run.scale, "device": run.device,
            "device_kind": run.device_kind, "num_devices": run.num_devices, "mesh": run.mesh, "seed": run.seed,
+           "figures_per": run.figures_per,
            **point, **kernel, "variant": variant, "status": status, "timestamp": now_utc()}
     out.update(more)
     return out

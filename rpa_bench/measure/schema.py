@@ -9,6 +9,8 @@ A run folder ``results/<run>/`` holds:
   so reports can redraw batch-shape plots without re-simulating.
 
 Bump SCHEMA_VERSION on any incompatible change; readers list what an older run lacks.
+Columns added compatibly, without a bump, are listed in OPTIONAL_COLUMNS: runs stored
+before them lack them, and readers take them as null without calling the run incomplete.
 """
 
 from __future__ import annotations
@@ -88,10 +90,24 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "mesh": ("string", "mesh shape, e.g. data=2,model=1"),
     "per_device_latency_us": ("object", "list[float] or null: per-device median device time"),
     "load_imbalance": ("float64", "max device time / mean device time, null for one device"),
+    "modelled_load_imbalance": ("float64", "max / mean of per-device roofline bound times (how even the split is), "
+                                           "null for one device"),
+    "per_device_hbm_bytes": ("object", "list[float] or null: analytic HBM bytes of each device's share, mesh order "
+                                       "(they sum to hbm_bytes)"),
+    "per_device_flops": ("object", "list[float] or null: analytic FLOPs of each device's share, mesh order "
+                                   "(they sum to flops)"),
+    "per_chip": ("string", "JSON list or null: per chip {chip, device_ids, hbm_bytes, flops, latency_us (slowest of "
+                           "its devices), mbu_si_pct, mfu_si_pct (SI, against the whole chip's peaks)}"),
+    "figures_per": ("string", "device | chip: whose peaks mbu/mfu columns divide by. chip: the devices used make up "
+                              "whole chips; device: part of a chip (one TPU7x TensorCore reaches at most 50% of "
+                              "its chip's peak)"),
     "capture_path": ("string", "profiler capture relative to the run folder, null if none"),
     "seed": ("int64", ""),
     "timestamp": ("string", "ISO-8601 UTC time of the measurement"),
 }
+
+# added to schema v1 later (multi-device accounting): an older v1 run lacks them (null)
+OPTIONAL_COLUMNS = ("modelled_load_imbalance", "per_device_hbm_bytes", "per_device_flops", "per_chip", "figures_per")
 
 MANIFEST_KEYS = (
     "schema_version",

@@ -80,13 +80,14 @@ def mesh_row_columns(backend: ShardedBackend, attn: Any, capture: Any, *, module
 
 def row_updates(backend: ShardedBackend, attn: Any, *, timing_source: str, capture: Any, module_name: str,
                 num_calls: int, wall_latency_us: float, device_spec: Any, kernel_regex: str | None = None,
-                kernel_only: bool = False) -> tuple[dict, list[str]]:
+                kernel_only: bool = False, ckv: int | None = None) -> tuple[dict, list[str]]:
     """The multi-device columns of a run row, consistent with the row's ``timing_source``.
 
     Per-device times and the measured imbalance come only from accelerator device planes
     (a row timed on the wall clock gets null for both, and the modelled split in the
     warnings' place); ``capture``: the xplane.pb path, or None when none was kept.
-    Returns (columns to set, warnings to append).
+    ``ckv``: the KV block of executed causal FLOPs, as for the row's own cost, so the
+    per-device FLOPs sum to the row's. Returns (columns to set, warnings to append).
     """
     from pathlib import Path
 
@@ -94,12 +95,12 @@ def row_updates(backend: ShardedBackend, attn: Any, *, timing_source: str, captu
     if capture is not None and (not isinstance(capture, (str, Path)) or Path(capture).is_file()):
         mc = mesh_row_columns(backend, attn, capture, module_name=module_name, num_calls=num_calls,
                               wall_latency_us=wall_latency_us, device_spec=device_spec, kernel_regex=kernel_regex,
-                              kernel_only=kernel_only)
+                              kernel_only=kernel_only, ckv=ckv)
         notes += mc.warnings
         if timing_source == "device" and mc.on_device_planes:
             return dict(mc.columns), notes
     acc = mesh_accounting(backend.last_plan, attn, backend.devices(), [float(wall_latency_us)] * len(backend.devices()),
-                          timing_source="wall", device_spec=device_spec)
+                          timing_source="wall", device_spec=device_spec, ckv=ckv)
     notes += acc.warnings
     if acc.modelled_imbalance is not None:
         notes.append(f"modelled load imbalance (roofline bound times, max/mean): {acc.modelled_imbalance:.3f}")

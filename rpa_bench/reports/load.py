@@ -16,7 +16,7 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from rpa_bench.measure.schema import COLUMNS, MANIFEST_KEYS, SCHEMA_VERSION, STATUSES
+from rpa_bench.measure.schema import COLUMNS, MANIFEST_KEYS, OPTIONAL_COLUMNS, SCHEMA_VERSION, STATUSES
 from rpa_bench.measure.store import MANIFEST as MANIFEST_FILE
 from rpa_bench.measure.store import MEASUREMENTS as MEASUREMENTS_FILE
 from rpa_bench.measure.store import WORKLOADS as WORKLOADS_DIR
@@ -127,8 +127,9 @@ def _read_measurements(path: pathlib.Path, problems: list[str]) -> pd.DataFrame:
         problems.append(f"{MEASUREMENTS_FILE} could not be read ({type(err).__name__}: {err})")
         return _empty_measurements()
     missing = [name for name in COLUMNS if name not in frame.columns]
-    if missing:
-        problems.append(f"{MEASUREMENTS_FILE} lacks columns: {', '.join(missing)}")
+    required = [name for name in missing if name not in OPTIONAL_COLUMNS]  # optional ones: stored before they existed
+    if required:
+        problems.append(f"{MEASUREMENTS_FILE} lacks columns: {', '.join(required)}")
         for name in missing:
             frame[name] = pd.Series([None] * len(frame), index=frame.index, dtype=_pandas_dtype(COLUMNS[name][0]))
     for name in LIST_COLUMNS:
