@@ -8,6 +8,7 @@ from rpa_bench.parallel.distributed import (
     DistributedConfig,
     allgather_device_times,
     describe,
+    from_writer,
     initialize,
     is_writer,
 )
@@ -46,3 +47,8 @@ def test_single_process_run_is_its_own_writer():
 def test_allgather_in_one_process_returns_local_times():
     got = allgather_device_times([0, 1], [[1.0, 2.0], [3.0, 4.0]])
     assert got == {0: (1.0, 2.0), 1: (3.0, 4.0)}
+
+
+def test_one_process_takes_its_own_decisions():
+    decision = {"error": None, "done": [["paper_decode", "ctx=256", "reference"]]}
+    assert from_writer(decision) == decision and from_writer(0.5) == 0.5

@@ -39,12 +39,15 @@ def test_run_end_to_end_reference_timed_and_rpa_v3_checked_in_interpret_mode(tmp
     assert manifest["status"] == "complete" and manifest["scale"] == {"name": "cpu_smoke", "reduced": True}
     assert manifest["git"]["commit"] and manifest["environment"]["packages"]["jax"]
     assert manifest["kernels"]["rpa_v3"]["interpret"] is True
+    assert manifest["processes"]["process_count"] == 1 and not manifest["processes"]["distributed"]
 
     df = pd.read_parquet(run / "measurements.parquet")
     assert list(df.columns) == list(COLUMNS)
     assert len(df) == 1 * 2 * 2  # points x kernels x variants
     assert set(df.phase) == {"mixed"}
     assert set(df["scale"]) == {"cpu_smoke"}
+    assert set(df["figures_per"]) == {"chip"}  # one CPU device is a whole "chip" of the cpu spec
+    assert df.per_chip.isna().all() and df.per_device_flops.isna().all()  # one device: no split
     ref = df[df.kernel == "reference"]
     assert set(ref.status) == {"ok"} and set(ref.variant) == {"excl_prep", "incl_prep"}
     assert (ref.latency_us > 0).all() and (ref.max_abs_err == 0).all()
@@ -76,6 +79,14 @@ def test_config_errors_exit_2_with_a_message(tmp_path, capsys):
     rc = cli.main(["run", *TINY, "run.kernels=[nope]", f"run.results_dir={tmp_path}", "run.name=x"])
     assert rc == 2
     assert "kernel=" in capsys.readouterr().err
+    assert not (tmp_path / "x" / "manifest.json").exists()
+
+
+def test_bad_distributed_settings_exit_2_before_anything_is_written(tmp_path, capsys):
+    rc = cli.main(["run", *TINY, "distributed.enabled=true", "distributed.num_processes=2",
+                   "distributed.process_id=2", f"run.results_dir={tmp_path}", "run.name=x"])
+    assert rc == 2
+    assert "distributed.process_id=2 must be < distributed.num_processes=2" in capsys.readouterr().err
     assert not (tmp_path / "x" / "manifest.json").exists()
 
 

@@ -154,3 +154,21 @@ def test_in_order_devices_block_on_the_last_call_only():
     res = time_function(kern, (), config=cfg, clock=clock, block=block, in_order=True)
     assert res.loops_per_sample >= 10
     assert all(isinstance(b, tuple) and b[0] == "out" for b in blocked)  # one output, not a list
+
+
+def test_clock_decisions_follow_the_agreed_values_of_a_multi_host_run():
+    # this process's kernel is short, but the writer's clock said a single call already
+    # fills a sample and the budget is not spent: every process then runs the writer's calls
+    clock = FakeClock()
+    kern = FakeKernel(clock, lambda i: 10e-6)
+    cfg = TimingConfig(warmup_calls=0, num_samples=4, min_samples=1, min_sample_s=1e-3, max_total_s=1e-9)
+    seen = []
+
+    def writers(value):
+        seen.append(value)
+        return False if isinstance(value, bool) else 1.0  # seconds per calibration sample
+
+    res = time_function(kern, (), config=cfg, clock=clock, block=_noblock, agree=writers)
+    assert res.loops_per_sample == 1 and len(res.samples_us) == 4  # not calibrated up, not cut short
+    assert kern.calls == 1 + 4
+    assert seen[0] == pytest.approx(10e-6) and seen.count(True) == 4  # local values were offered

@@ -14,6 +14,11 @@ listed entry is composed by Hydra with the run's other overrides.
 Run folder: ``results/<run.name>/``; with ``-m`` each job gets
 ``results/<run.name>/<job number>/``. A folder that already holds a run is resumed:
 finished (point, kernel) pairs are kept, the rest measured. A different config is refused.
+
+Multi-host (``distributed:`` in conf/config.yaml, or ``RPA_BENCH_DISTRIBUTED=1``): every
+host runs the same command; JAX joins them before its first device use, every process
+measures every point on the global mesh, and only process 0 writes the run folder. The
+writer decides what a resumed run skips (or refuses the config) for all processes.
 """
 
 from __future__ import annotations
@@ -110,26 +115,14 @@ def task(cfg: DictConfig) -> int:
         return 2
 
 
-def _task(cfg: DictConfig) -> int:
-    from hydra.core.hydra_config import HydraConfig
-
+def _open_store(store: Any, config: dict, prep: Any, plan: Any, run_id: str) -> None:
+    """Resume the run in ``store`` (refusing a different config) or start it: the manifest
+    and the workloads' tables. The writer's job."""
     from rpa_bench.measure import environment, schema, sweep
-    from rpa_bench.measure.plan import plan_from_config
     from rpa_bench.measure.record import now_utc
-    from rpa_bench.measure.store import RunStore
-    from rpa_bench.measure.summary import final_table
+    from rpa_bench.parallel import distributed
 
-    t0 = time.perf_counter()
-    experiment = HydraConfig.get().runtime.choices.get("experiment") or "adhoc"
-    workloads = _compose_entries("workload", cfg.run.get("workloads"), cfg.workload)
-    kernels = _compose_entries("kernel", cfg.run.get("kernels"), cfg.kernel)
-    config = _container(cfg)
-    config["composed"] = {"workloads": workloads, "kernels": kernels}
-    plan = plan_from_config(config, workloads=workloads, kernels=kernels, experiment=str(experiment))
-    prep = sweep.prepare_run(plan)  # every check, before anything is allocated
-
-    run_dir, run_id = _run_dir(cfg)
-    store = RunStore(run_dir)
+    run_dir = store.root
     if store.exists():
         old = store.read_manifest()
         changed = _diff(_comparable(old.get("config") or {}), _comparable(config))
@@ -139,8 +132,8 @@ def _task(cfg: DictConfig) -> int:
                 "resume with the same overrides, or choose a new run.name"
             )
         store.clean_temporaries()
-        manifest = store.update_manifest(status="running", resumed_utc=[*old.get("resumed_utc", []), now_utc()],
-                                         resumed_from_status=old.get("status"))
+        store.update_manifest(status="running", resumed_utc=[*old.get("resumed_utc", []), now_utc()],
+                              resumed_from_status=old.get("status"))
         print(f"rpa-bench run: resuming {run_dir} ({len(store.done_keys())} (point, kernel) pairs done)")
     else:
         manifest = {
@@ -160,10 +153,57 @@ def _task(cfg: DictConfig) -> int:
             "scale": {"name": plan.scale.name, "reduced": plan.scale.reduced},
             "seeds": {"run": plan.seed},
             "mesh": prep.mesh_label,
+            "processes": distributed.describe(),
         }
         store.write_manifest(manifest)
         for e, w in prep.workloads:
             sweep.write_workload_tables(store, e, w)
+
+
+def _task(cfg: DictConfig) -> int:
+    import shutil
+    import tempfile
+
+    from hydra.core.hydra_config import HydraConfig
+
+    from rpa_bench.measure import sweep
+    from rpa_bench.measure.plan import plan_from_config
+    from rpa_bench.measure.record import now_utc
+    from rpa_bench.measure.store import RunStore
+    from rpa_bench.measure.summary import final_table
+    from rpa_bench.parallel import distributed
+
+    t0 = time.perf_counter()
+    config = _container(cfg)
+    # multi-host: join the other processes before the first JAX device use (no-op when disabled)
+    distributed.initialize(distributed.DistributedConfig.from_config(config.get("distributed")))
+    experiment = HydraConfig.get().runtime.choices.get("experiment") or "adhoc"
+    workloads = _compose_entries("workload", cfg.run.get("workloads"), cfg.workload)
+    kernels = _compose_entries("kernel", cfg.run.get("kernels"), cfg.kernel)
+    config["composed"] = {"workloads": workloads, "kernels": kernels}
+    plan = plan_from_config(config, workloads=workloads, kernels=kernels, experiment=str(experiment))
+    prep = sweep.prepare_run(plan)  # every check, before anything is allocated
+
+    run_dir, run_id = _run_dir(cfg)
+    writer = distributed.is_writer()
+    decision: dict[str, Any] = {"error": None, "done": []}
+    if writer:
+        store = RunStore(run_dir)
+        try:
+            _open_store(store, config, prep, plan, run_id)
+            decision["done"] = sorted(list(k) for k in store.done_keys())
+        except ValueError as exc:
+            decision["error"] = str(exc)
+    else:  # only the writer stores rows; this process keeps its own captures aside until the end
+        store = RunStore(tempfile.mkdtemp(prefix=f"rpa-bench-process{distributed.process_index()}-"))
+    decision = distributed.from_writer(decision)  # every process skips / refuses the same
+    if decision["error"]:
+        raise ValueError(decision["error"])
+    if not writer:
+        try:
+            return _follow(prep, store, run_id, {tuple(k) for k in decision["done"]}, run_dir)
+        finally:
+            shutil.rmtree(store.root, ignore_errors=True)
 
     stop = {"requested": False}
 
@@ -173,7 +213,7 @@ def _task(cfg: DictConfig) -> int:
     previous = signal.signal(signal.SIGTERM, on_term)
     try:
         sweep.execute(prep, store, run_id=run_id, progress=bool(cfg.run.get("progress", True)),
-                      should_stop=lambda: stop["requested"])
+                      should_stop=lambda: stop["requested"], done={tuple(k) for k in decision["done"]})
     except KeyboardInterrupt:
         store.update_manifest(status="interrupted", interrupted_utc=now_utc())
         print(f"\nrpa-bench run: interrupted; finished points are kept. Resume with the same command "
@@ -199,6 +239,20 @@ def _task(cfg: DictConfig) -> int:
                   file=sys.stderr)
     else:
         print(f"report:  rpa-bench report {run_dir}")
+    return 0
+
+
+def _follow(prep: Any, scratch: Any, run_id: str, done: set, run_dir: Path) -> int:
+    """A process other than the writer: the same measurements, nothing stored."""
+    from rpa_bench.measure import sweep
+    from rpa_bench.parallel import distributed
+
+    try:
+        counts = sweep.execute(prep, scratch, run_id=run_id, progress=False, write=False, done=done)
+    except KeyboardInterrupt:
+        return 130
+    print(f"rpa-bench run: process {distributed.process_index()} measured {sum(counts.values())} rows; "
+          f"process 0 stores them in {run_dir}")
     return 0
 
 

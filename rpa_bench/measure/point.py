@@ -52,11 +52,18 @@ def error_text(exc: BaseException) -> str:
     return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 3] + "..."
 
 
+def cost_ckv(causal: bool) -> int | None:
+    """The KV block executed causal FLOPs are counted in (the paper's), None without a mask."""
+    from rpa_bench.roofline.cost import PAPER_CKV
+
+    return PAPER_CKV if causal else None
+
+
 def cost_of(batch, model, attn, *, causal: bool):
-    from rpa_bench.roofline.cost import PAPER_CKV, batch_cost
+    from rpa_bench.roofline.cost import batch_cost
 
     return batch_cost(batch, model, causal=causal, sliding_window=attn.sliding_window,
-                      ckv=PAPER_CKV if causal else None, count="executed")
+                      ckv=cost_ckv(causal), count="executed")
 
 
 def metrics_of(cost, latency_us: float, roof: Roofline) -> tuple[dict, list[str]]:
@@ -78,11 +85,22 @@ def _in_order() -> bool:
     return jax.devices()[0].platform in ("tpu", "gpu")
 
 
+def _agree() -> Callable[[Any], Any]:
+    """Identity on one process; across hosts, the writer's clock decisions for all processes."""
+    import jax
+
+    if jax.process_count() == 1:
+        return lambda value: value
+    from rpa_bench.parallel.distributed import from_writer
+
+    return from_writer
+
+
 def _time_variant(call: TimedCall, cfg: TimingConfig, *, capture_to: Path | None,
                   kernel_regex: str | None, clock: Callable[[], float], devices: Any = None) -> dict:
     with call.context():
         wall = time_function(call, call.args, config=cfg, donates=call.donates, clock=clock,
-                             label=f"{call.variant} samples", in_order=_in_order())
+                             label=f"{call.variant} samples", in_order=_in_order(), agree=_agree())
         notes = list(wall.warnings)
         device = None
         if cfg.capture and cfg.capture_calls > 0 and capture_to is not None:
@@ -208,7 +226,7 @@ def measure_kernel(
                     backend, attn, timing_source=cols["timing_source"], capture=cols["capture_path"],
                     module_name=calls[variant].module_name, num_calls=timing.capture_calls,
                     wall_latency_us=cols["wall_latency_us"], device_spec=roof.device, kernel_regex=kernel_regex,
-                    kernel_only=variant == "excl_prep")
+                    kernel_only=variant == "excl_prep", ckv=cost_ckv(causal))
                 cols.update(mesh_cols)
                 cols["warnings"] += [n for n in notes if n not in cols["warnings"]]
             if cols["capture_path"] and run_dir is not None:

@@ -167,6 +167,8 @@ def _slug(text: str) -> str:
 
 def _point_rows(prep: PreparedRun, run: record.RunColumns, entry: WorkloadEntry, wl: Any, p: Any,
                 todo: list[KernelSlot], store: RunStore, on_rows: Callable[[list[dict]], None]) -> None:
+    """Every kernel of ``todo`` on point ``p``: one materialised batch (on this process's
+    first device), the unsharded reference once, then each kernel checked against it and timed."""
     import jax
 
     from rpa_bench.kernels.backend_util import call_context
@@ -204,7 +206,8 @@ def _point_rows(prep: PreparedRun, run: record.RunColumns, entry: WorkloadEntry,
         if inputs is None:
             try:
                 inputs = materialize(p.batch, plan.model, max_num_batched_tokens=p.max_num_batched_tokens,
-                                     max_num_seqs=p.max_num_seqs, seed=plan.seed, poison=True)
+                                     max_num_seqs=p.max_num_seqs, seed=plan.seed, poison=True,
+                                     device=jax.local_devices()[0])  # the same data on every host
                 reference = jax.block_until_ready(reference_attention(inputs, attn))
             except Exception as exc:  # noqa: BLE001 - every kernel of the point gets the error
                 err = f"materialise/reference failed: {error_text(exc)}"
@@ -272,26 +275,34 @@ def write_workload_tables(store: RunStore, entry: WorkloadEntry, wl: Any) -> lis
 
 def execute(prep: PreparedRun, store: RunStore, *, run_id: str, progress: bool = True,
             on_part: Callable[[list[dict]], None] | None = None,
-            should_stop: Callable[[], bool] = lambda: False) -> Counter:
-    """Measure everything not yet in ``store``; returns status counts of the rows written.
+            should_stop: Callable[[], bool] = lambda: False, write: bool = True,
+            done: set[tuple[str, str, str]] | None = None) -> Counter:
+    """Measure everything not yet in ``store``; returns status counts of the rows measured.
 
     ``should_stop`` is polled after each stored part; when true the sweep raises
     ``KeyboardInterrupt`` (what the signal handler of the command turns SIGTERM into).
+    ``write=False``: a process of a multi-host run other than the writer. It measures the
+    same points (sharded calls, gathered outputs and per-device times are collective) and
+    stores no row; ``store`` then only receives its own profiler captures (a scratch
+    folder). ``done``: the (workload, point, kernel) pairs to skip (default: ``store``'s).
     """
     from tqdm import tqdm
 
     plan = prep.plan
+    spec = prep.roof.device
     run = record.RunColumns(run_id=run_id, experiment=plan.experiment, scale=plan.scale.name,
-                            device=prep.roof.device.name, device_kind=prep.device_kind,
-                            num_devices=prep.num_devices, mesh=prep.mesh_label, seed=plan.seed)
-    done = store.done_keys()
+                            device=spec.name, device_kind=prep.device_kind,
+                            num_devices=prep.num_devices, mesh=prep.mesh_label, seed=plan.seed,
+                            figures_per=record.figures_per(spec.num_devices, spec.devices_per_chip))
+    done = store.done_keys() if done is None else set(done)
     counts: Counter = Counter()
     bar = tqdm(total=prep.num_jobs, disable=not progress, unit="job", dynamic_ncols=True, desc=plan.experiment)
     bar.update(sum(1 for e, w in prep.workloads for p in prep.points(w) for k in prep.kernels
                    if (e.name, p.point_id, k.entry.name) in done))
 
     def on_rows(rows: list[dict]) -> None:
-        store.append(rows)
+        if write:
+            store.append(rows)
         for r in rows:
             counts[r["status"]] += 1
         last = rows[0]

@@ -123,6 +123,7 @@ def time_function(
     copy: Callable[[tuple], tuple] = _default_copy,
     label: str = "samples",
     in_order: bool = False,
+    agree: Callable[[Any], Any] = lambda value: value,
 ) -> WallTiming:
     """Run the protocol above on ``fn(*args)``; returns raw per-call samples and their summary.
 
@@ -130,6 +131,9 @@ def time_function(
     blocks on its last call's outputs only and earlier outputs are freed as they complete
     (bounded memory for large KV caches). Otherwise every call's outputs are kept and
     blocked on.
+    ``agree``: every decision taken from the clock (calls per sample, the sampling budget)
+    passes through it; a multi-host run gives the writer's value to every process
+    (``parallel.distributed.from_writer``) so all of them run the same calls.
     """
     warnings: list[str] = []
     loop_cap = config.max_loops_per_sample
@@ -162,11 +166,11 @@ def time_function(
         block(fn(*arg_sets(1)[0]))
 
     loops = 1
-    elapsed = sample(loops)
+    elapsed = agree(sample(loops))
     while elapsed < config.min_sample_s and loops < loop_cap:
         grow = config.min_sample_s / elapsed * 1.2 if elapsed > 0 else 10.0
         loops = min(loop_cap, max(loops * 2, math.ceil(loops * grow)))
-        elapsed = sample(loops)
+        elapsed = agree(sample(loops))
     if elapsed < config.min_sample_s and loops >= loop_cap:
         why = "timing.max_copy_bytes (fresh copies of donated inputs)" if loop_cap < config.max_loops_per_sample \
             else "timing.max_loops_per_sample"
@@ -180,7 +184,7 @@ def time_function(
     t_start = clock()
     for i in range(config.num_samples):
         samples.append(sample(loops) / loops * 1e6)
-        if i + 1 >= config.min_samples and clock() - t_start > config.max_total_s:
+        if i + 1 >= config.min_samples and agree(clock() - t_start > config.max_total_s):
             warnings.append(
                 f"only {len(samples)} of timing.num_samples={config.num_samples} samples fit in "
                 f"timing.max_total_s={config.max_total_s:g}; raise it for a tighter CI"

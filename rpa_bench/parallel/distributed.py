@@ -17,6 +17,7 @@ environment, then to JAX's own cluster detection (TPU pod metadata, Slurm, ...):
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -118,6 +119,26 @@ def process_index() -> int:
 def is_writer() -> bool:
     """True on the one process that writes the run store (process 0)."""
     return process_index() == 0
+
+
+def from_writer(value: Any) -> Any:
+    """The writer's ``value`` (anything JSON can carry) on every process; ``value`` itself
+    when the run has one process. Every process must call it (a collective): decisions
+    that depend on local clocks or files (loop counts, what a resumed run has done, a
+    refused config) are taken once, by the writer, and followed by all."""
+    import jax
+
+    if jax.process_count() == 1:
+        return value
+    from jax.experimental import multihost_utils
+
+    blob = np.frombuffer(json.dumps(value).encode(), np.uint8) if is_writer() else np.zeros(0, np.uint8)
+    size = int(np.asarray(multihost_utils.broadcast_one_to_all(np.asarray(blob.size, np.int32))))
+    buf = np.zeros(size, np.uint8)
+    if is_writer():
+        buf[:] = blob
+    out = np.asarray(multihost_utils.broadcast_one_to_all(buf), np.uint8)
+    return json.loads(out.tobytes().decode())
 
 
 def describe() -> dict:
