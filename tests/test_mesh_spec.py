@@ -73,6 +73,12 @@ def test_auto_mesh_fills_one_chip_together_with_the_model_axis():
     assert mesh_spec_from_config({"data": None, "model": 1}, device_kind="TPU7x", num_devices=8) == MeshSpec(2, 1)
     assert mesh_spec_from_config({"data": None, "model": 2}, device_kind="TPU7x", num_devices=8) == MeshSpec(1, 2)
     assert mesh_spec_from_config({"data": None}, device_kind="cpu", num_devices=8) == MeshSpec(1, 1)
+    # model: null with data set: heads split over the chip's devices (conf/mesh/auto_tp.yaml)
+    assert mesh_spec_from_config({"data": 1, "model": None}, device_kind="TPU7x", num_devices=8) == MeshSpec(1, 2)
+    assert mesh_spec_from_config({"data": 2, "model": None}, device_kind="TPU7x", num_devices=8) == MeshSpec(2, 1)
+    assert mesh_spec_from_config({"data": 1, "model": None}, device_kind="cpu", num_devices=8) == MeshSpec(1, 1)
+    with pytest.raises(ValueError, match=r"mesh.model=null \(auto\) needs the device kind"):
+        mesh_spec_from_config({"data": 1, "model": None})
     with pytest.raises(ValueError, match="needs the device kind"):
         mesh_spec_from_config({"data": None})
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['tp'\]"):

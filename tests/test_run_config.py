@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 from rpa_bench.commands._hydra import compose, conf_dir
 from rpa_bench.measure import sweep
 from rpa_bench.measure.plan import plan_from_config
+from rpa_bench.parallel.mesh import MeshSpec, mesh_spec_from_config
 
 EXPERIMENTS = sorted(p.stem for p in (conf_dir() / "experiment").glob("*.yaml"))
 
@@ -84,3 +85,18 @@ def test_scale_and_timing_fields_are_validated():
 def test_experiment_files_hold_overrides_only():
     for path in (Path(conf_dir()) / "experiment").glob("*.yaml"):
         assert path.read_text().startswith("# @package _global_"), path.name
+
+
+@pytest.mark.parametrize("name", [e for e in EXPERIMENTS if e.startswith("paper_")])
+def test_paper_experiments_use_both_tpu7x_tensorcores_and_one_device_elsewhere(name):
+    mesh = OmegaConf.to_container(compose([f"experiment={name}"]).mesh, resolve=True)
+    # decode: sequences over the two TensorCores; one-sequence prefill: heads over them
+    want = MeshSpec(1, 2) if "prefill" in name else MeshSpec(2, 1)
+    assert mesh_spec_from_config(mesh, device_kind="TPU7x", num_devices=8) == want
+    for kind, n in (("cpu", 1), ("cpu", 8), ("NVIDIA H100 80GB HBM3", 8), ("TPU v6 lite", 4), ("TPU7x", 1)):
+        assert mesh_spec_from_config(mesh, device_kind=kind, num_devices=n) == MeshSpec(1, 1), kind
+
+
+def test_a_mesh_on_the_command_line_wins_over_the_experiments():
+    mesh = OmegaConf.to_container(compose(["experiment=paper_decode", "mesh=dp8"]).mesh, resolve=True)
+    assert mesh_spec_from_config(mesh, device_kind="cpu", num_devices=8) == MeshSpec(8, 1)

@@ -106,21 +106,27 @@ def mesh_spec_from_config(cfg: Mapping[str, Any] | None, *, device_kind: str | N
                           num_devices: int | None = None) -> MeshSpec:
     """``MeshSpec`` from a ``mesh`` config mapping (``{data, model}``).
 
-    ``data: null`` (conf/mesh/auto.yaml) fills one chip of the device kind
-    (:func:`default_mesh_for`) together with ``model``; ``model: null`` means 1.
-    Unknown keys are refused.
+    A null axis fills one chip of the device kind (:func:`default_mesh_for`) together
+    with the other axis: ``data: null`` (conf/mesh/auto.yaml: sequences split over the
+    chip's devices; with both null, or ``model`` absent, model is 1) and ``data: <n>,
+    model: null`` (conf/mesh/auto_tp.yaml: heads split over the chip's devices). On a
+    kind with one device per chip both give one device. Unknown keys are refused.
     """
     cfg = dict(cfg or {})
     unknown = set(cfg) - set(AXES)
     if unknown:
         raise ValueError(f"mesh: unknown key(s) {sorted(unknown)}; allowed: {', '.join(AXES)}")
-    model = 1 if cfg.get(MODEL) is None else cfg[MODEL]
-    if cfg.get(DATA) is None:
-        if device_kind is None or num_devices is None:
-            raise ValueError("mesh.data=null (auto) needs the device kind and device count")
-        chip = default_mesh_for(device_kind, num_devices)  # one whole chip
-        return MeshSpec(data=max(1, chip.data // max(1, int(model))), model=model)
-    return MeshSpec(data=cfg[DATA], model=model)
+    data, model = cfg.get(DATA), cfg.get(MODEL)
+    if data is not None and model is not None:
+        return MeshSpec(data=data, model=model)
+    if device_kind is None or num_devices is None:
+        axis = DATA if data is None else MODEL
+        raise ValueError(f"mesh.{axis}=null (auto) needs the device kind and device count")
+    chip = default_mesh_for(device_kind, num_devices).num_devices  # one whole chip
+    if data is None:
+        model = 1 if model is None else model
+        return MeshSpec(data=max(1, chip // max(1, int(model))), model=model)
+    return MeshSpec(data=data, model=max(1, chip // max(1, int(data))))
 
 
 # --- devices ---------------------------------------------------------------------------
