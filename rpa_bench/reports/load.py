@@ -130,8 +130,8 @@ def _read_measurements(path: pathlib.Path, problems: list[str]) -> pd.DataFrame:
     required = [name for name in missing if name not in OPTIONAL_COLUMNS]  # optional ones: stored before they existed
     if required:
         problems.append(f"{MEASUREMENTS_FILE} lacks columns: {', '.join(required)}")
-        for name in missing:
-            frame[name] = pd.Series([None] * len(frame), index=frame.index, dtype=_pandas_dtype(COLUMNS[name][0]))
+    for name in missing:
+        frame[name] = pd.Series([None] * len(frame), index=frame.index, dtype=_pandas_dtype(COLUMNS[name][0]))
     for name in LIST_COLUMNS:
         frame[name] = [_as_list(v) for v in frame[name]]
     bad = sorted({str(s) for s in frame["status"].dropna().unique()} - set(STATUSES))
