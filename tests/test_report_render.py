@@ -83,7 +83,8 @@ def test_decode_only_run_omits_prefill_and_trace_and_says_why(tmp_path):
     path = write_synthetic_run(tmp_path / "decode", SyntheticRunSpec(include_prefill=False, include_trace=False))
     result = write_report(path)
     omitted = {s.id: s.omitted for s in result.sections if s.omitted}
-    assert set(omitted) == {"mfu", "traces"}
+    assert set(omitted) == {"mfu", "traces", "mesh"}
+    assert "ran on one device" in omitted["mesh"]
     assert "no single-sequence prefill points" in omitted["mfu"]
     assert not (path / "report" / "mfu_prefill.png").exists()
     assert "Omitted: this run measured no trace workload" in _html(path)

@@ -12,6 +12,7 @@ from rpa_bench import __version__
 from rpa_bench.reports import sections
 from rpa_bench.reports.html import Section, render
 from rpa_bench.reports.load import LoadedRun, load_run
+from rpa_bench.reports.mesh_section import mesh_section
 from rpa_bench.reports.paper_side import paper_section
 from rpa_bench.reports.trace_section import trace_sections
 
@@ -32,6 +33,7 @@ def build_sections(run: LoadedRun, out_dir: pathlib.Path) -> list[Section]:
         paper_section(run),
         sections.roofline_section(run, out_dir),
         *sections.utilization_sections(run, out_dir),
+        mesh_section(run),
         *trace_sections(run, out_dir),
         sections.measurements_section(run),
         sections.correctness_section(run),

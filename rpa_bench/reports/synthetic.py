@@ -45,6 +45,16 @@ class SyntheticRunSpec:
     include_prefill: bool = True
     include_trace: bool = True
     status: str = "complete"
+    num_devices: int = 1  # > 1: every row sharded over mesh data=num_devices,model=1
+    devices_per_chip: int = 1  # 2: a TPU7x-like chip of two devices
+
+    @property
+    def mesh(self) -> str:
+        return f"data={self.num_devices},model=1"
+
+    @property
+    def figures_per(self) -> str:
+        return "chip" if self.num_devices % self.devices_per_chip == 0 else "device"
 
 
 def _hash(*parts) -> str:
@@ -115,7 +125,8 @@ class _Rows:
             head_dim=HEAD_DIM, dtype="bfloat16", kv_dtype="bfloat16", page_size=PAGE, kernel=kernel,
             kernel_source="tpu-inference==0.32.0" if kernel != "reference" else "rpa_bench.kernels.reference",
             kernel_commit=None, variant=variant, status=status, error=error, interpret=interpret,
-            timing_source="wall", device="cpu", device_kind="cpu", num_devices=1, mesh="data=1,model=1",
+            timing_source="wall", device="cpu", device_kind="cpu", num_devices=spec.num_devices, mesh=spec.mesh,
+            figures_per=spec.figures_per,
             seed=spec.seed, timestamp="2026-01-01T00:00:00Z", warnings=[], hbm_bytes=hbm, flops=flops,
             flops_count=flops_count, convention="paper", loops_per_sample=1,
             tolerance=2e-2, max_abs_err=None, scale="cpu_smoke",
@@ -133,7 +144,32 @@ class _Rows:
             )
             if status == "incorrect":
                 row["error"] = "max_abs_err=0.4 above tolerance=0.02"
+            if status == "ok" and not interpret and spec.num_devices > 1:
+                row.update(_mesh_columns(spec, hbm, flops, median))
         self.rows.append(row)
+
+
+def _mesh_columns(spec: SyntheticRunSpec, hbm: int, flops: int, step_us: float) -> dict:
+    """Per-device and per-chip columns of a sharded row: the last device carries a quarter
+    more work than the others, so it is the slowest and sets the step time."""
+    n, per_chip = spec.num_devices, spec.devices_per_chip
+    load = [1.25 if i == n - 1 else 1.0 for i in range(n)]
+    share = [x / sum(load) for x in load]
+    times = [step_us * x / max(load) for x in load]
+    dev_bytes, dev_flops = [hbm * x for x in share], [flops * x for x in share]
+    # the manifest's device spec covers all the devices used, as a run's roofline does
+    bw, peak = SYNTHETIC_DEVICE["hbm_bw_bytes_per_s"] / n, SYNTHETIC_DEVICE["peak_bf16_flops_per_s"] / n
+    chips = []
+    for c in range(-(-n // per_chip)):
+        ids = list(range(c * per_chip, min(n, (c + 1) * per_chip)))
+        t = max(times[i] for i in ids)
+        cb, cf = sum(dev_bytes[i] for i in ids), sum(dev_flops[i] for i in ids)
+        chips.append({"chip": f"chip({c},0,0)", "device_ids": ids, "hbm_bytes": int(cb), "flops": int(cf),
+                      "latency_us": t, "mbu_si_pct": cb / (t * 1e-6) / (bw * per_chip) * 100,
+                      "mfu_si_pct": cf / (t * 1e-6) / (peak * per_chip) * 100})
+    return {"timing_source": "device", "per_device_latency_us": times, "load_imbalance": max(times) / (sum(times) / n),
+            "modelled_load_imbalance": max(load) / (sum(load) / n), "per_device_hbm_bytes": dev_bytes,
+            "per_device_flops": dev_flops, "per_chip": json.dumps(chips)}
 
 
 def _decode_rows(rows: _Rows) -> None:
@@ -225,11 +261,12 @@ def write_synthetic_run(path: str | pathlib.Path, spec: SyntheticRunSpec = Synth
         "kernels": {"reference": {"source": "rpa_bench.kernels.reference", "version": "0.1.0"},
                     "rpa_v3": {"source": "tpu-inference", "version": "0.32.0", "commit": None}},
         "workloads": workloads,
-        "device_spec": dict(SYNTHETIC_DEVICE),
+        "device_spec": {**SYNTHETIC_DEVICE, "devices_per_chip": spec.devices_per_chip, "num_devices": spec.num_devices},
         "calibration": {"hbm_bw_bytes_per_s": 0.8 * SYNTHETIC_DEVICE["hbm_bw_bytes_per_s"],
                         "matmul_flops_per_s": 0.7 * SYNTHETIC_DEVICE["peak_bf16_flops_per_s"],
                         "source": "synthetic"},
         "status": spec.status,
+        "mesh": spec.mesh,
         "synthetic": True,
     }
     store = RunStore(path)
