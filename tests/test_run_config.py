@@ -100,3 +100,11 @@ def test_paper_experiments_use_both_tpu7x_tensorcores_and_one_device_elsewhere(n
 def test_a_mesh_on_the_command_line_wins_over_the_experiments():
     mesh = OmegaConf.to_container(compose(["experiment=paper_decode", "mesh=dp8"]).mesh, resolve=True)
     assert mesh_spec_from_config(mesh, device_kind="cpu", num_devices=8) == MeshSpec(8, 1)
+
+
+def test_forced_host_devices_share_the_hosts_roofline():
+    plan = _plan(["device=cpu"])
+    one, eight = sweep._roofline(plan, 1), sweep._roofline(plan, 8)
+    assert eight.device.hbm_bw_bytes_per_s == one.device.hbm_bw_bytes_per_s  # one host, not eight
+    assert eight.device.num_devices == eight.device.devices_per_chip == 8  # the host is their one chip
+    assert eight.device.per_device_spec().hbm_bw_bytes_per_s == pytest.approx(one.device.hbm_bw_bytes_per_s / 8)

@@ -132,8 +132,13 @@ def _roofline(plan: RunPlan, num_devices: int) -> Roofline:
 
     name = str(plan.device.get("name") or "auto")
     spec = get_device_spec(name, results_dir=plan.results_dir)
-    n = plan.device.get("num_devices") or num_devices
-    spec = spec.for_devices(int(n))
+    n = int(plan.device.get("num_devices") or num_devices)
+    if spec.vendor == "cpu" and n > 1:
+        # forced host devices share one host's cores and memory: the host's figures cover
+        # all of them (each device's share is 1/n), and the host is their one "chip"
+        spec = dataclasses.replace(spec, num_devices=n, devices_per_chip=n, per_device=False)
+    else:
+        spec = spec.for_devices(n)
     cal = latest_calibration(spec.device_kinds[0], results_dir=plan.results_dir)
     return Roofline(device=spec, calibration=cal)
 
