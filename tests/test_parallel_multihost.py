@@ -76,22 +76,30 @@ def test_two_processes_share_one_sharded_call_and_one_writer(tmp_path):
                                                                         1001.123456789]
 
 
-@pytest.mark.slow
-def test_rpa_bench_run_on_two_processes_measures_everywhere_and_stores_once(tmp_path):
+def _two_processes(tmp_path, name: str, mesh: str) -> list[tuple[int, str, str]]:
+    """``rpa-bench run`` as process 0 and 1 of one run (2 forced host devices each): (rc, out, err)."""
     port = str(_free_port())
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
     args = [sys.executable, "-m", "rpa_bench.cli", "run", "workload=batch_spec", "workload.page_size=16",
             "workload.spec=[2q1s40_q24]", "model.num_q_heads=8", "model.num_kv_heads=4", "scale=cpu_smoke",
             "timing=quick", "timing.num_samples=3", "timing.capture_calls=2", "run.progress=false",
-            "run.kernels=[reference]", "mesh=dp2_tp2", f"run.results_dir={tmp_path}", "run.name=two",
+            "run.kernels=[reference]", f"mesh={mesh}", f"run.results_dir={tmp_path}", f"run.name={name}",
             "distributed.enabled=true", f"distributed.coordinator_address=localhost:{port}",
             "distributed.num_processes=2"]
     procs = [subprocess.Popen([*args, f"distributed.process_id={i}"], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for i in range(2)]
-    outs = []
+    results = []
     for p in procs:
         out, err = p.communicate(timeout=600)
-        assert p.returncode == 0, err[-3000:]
+        results.append((p.returncode, out, err))
+    return results
+
+
+@pytest.mark.slow
+def test_rpa_bench_run_on_two_processes_measures_everywhere_and_stores_once(tmp_path):
+    outs = []
+    for rc, out, err in _two_processes(tmp_path, "two", "dp2_tp2"):
+        assert rc == 0, err[-3000:]
         outs.append(out)
     assert f"results: {tmp_path / 'two'}" in outs[0]
     assert "process 1 measured 2 rows; process 0 stores them" in outs[1] and "results:" not in outs[1]
@@ -105,3 +113,10 @@ def test_rpa_bench_run_on_two_processes_measures_everywhere_and_stores_once(tmp_
     assert list(df.status) == ["ok", "ok"] and set(df.num_devices) == {4} and set(df["mesh"]) == {"data=2,model=2"}
     assert (df.max_abs_err <= 3e-2).all()  # the sharded output gathered from both hosts matches the reference
     assert all(len(x) == 4 for x in df.per_device_hbm_bytes)
+
+
+@pytest.mark.slow
+def test_a_mesh_that_leaves_a_process_idle_is_refused_by_every_process(tmp_path):
+    for rc, _, err in _two_processes(tmp_path, "idle", "dp2"):
+        assert rc == 2 and "leaves process(es) [1] without one" in err, err[-2000:]
+    assert not (tmp_path / "idle" / "manifest.json").exists()

@@ -143,6 +143,23 @@ def _roofline(plan: RunPlan, num_devices: int) -> Roofline:
     return Roofline(device=spec, calibration=cal)
 
 
+def _check_every_process_in_mesh(mesh: Any) -> None:
+    """On several hosts every process runs the same program: the mesh must reach each one."""
+    import jax
+
+    from rpa_bench.parallel.mesh import chip_major_order
+
+    if jax.process_count() == 1:
+        return
+    chosen = chip_major_order(jax.devices())[: mesh.num_devices]
+    idle = sorted(set(range(jax.process_count())) - {int(d.process_index) for d in chosen})
+    if idle:
+        raise ValueError(
+            f"mesh {mesh.label} uses {mesh.num_devices} of {jax.device_count()} devices and leaves process(es) "
+            f"{idle} without one; a multi-host run needs a mesh over every host (e.g. mesh.data={jax.device_count()})"
+        )
+
+
 def prepare_run(plan: RunPlan) -> PreparedRun:
     """Everything but the measurements; raises ValueError for any config problem."""
     import jax
@@ -151,6 +168,7 @@ def prepare_run(plan: RunPlan) -> PreparedRun:
 
     dev = jax.devices()[0]
     mesh = mesh_spec_from_config(dict(plan.mesh), device_kind=dev.device_kind, num_devices=len(jax.devices()))
+    _check_every_process_in_mesh(mesh)
     kernels = _resolve_kernels(plan, dev.platform)
     roof = _roofline(plan, mesh.num_devices)
     if mesh.num_devices > 1:  # each kernel sharded over the mesh, canonical in and out (rpa_bench.parallel)
