@@ -93,3 +93,9 @@ def test_every_kernel_agrees_with_reference_on_a_mixed_bf16_batch(in_tmp, monkey
     assert rc == 0, out
     for name in BACKENDS:
         assert any(line.startswith(name) and " ok" in line for line in out.splitlines()), out
+
+
+def test_rpa_v3_head_dim_96_refused_naming_the_field(in_tmp, capsys):
+    assert check_cmd.main(["kernel=rpa_v3", "model.head_dim=96"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "model.head_dim=96" in err and "multiples of 128" in err

@@ -52,6 +52,9 @@ OPTIONS = {
     "m_block_sizes": None,
     "vmem_limit_bytes": None,
     "generation": None,
+    # The kernel pads head_dim up to a multiple of 128 in the cache and the queries, so it
+    # moves more bytes than the model's head_dim accounts for; off unless asked for.
+    "pad_head_dim": False,
 }
 
 CAPABILITIES = Capabilities(
@@ -129,6 +132,14 @@ class RpaV3Backend:
 
     def validate(self, model: ModelSpec, attn: AttentionSpec, batch: RaggedBatch | None = None) -> None:
         check_capabilities(self.name, self.capabilities, model, attn, batch)
+        d = model.head_dim
+        if d % 128 and not self.options["pad_head_dim"]:
+            raise ValueError(
+                f"kernel={self.name}: model.head_dim={d} unsupported; allowed: multiples of 128 "
+                f"(the kernel would pad it to {cdiv(d, 128) * 128}, moving more bytes than the roofline counts; "
+                "tpu-inference serves head_dim 64 with a separate kernel). "
+                "Set kernel.options.pad_head_dim=true to run it padded anyway"
+            )
         if batch is None:
             return
         packing = kv_packing(model.kv_dtype)

@@ -174,12 +174,14 @@ def test_v2_kv_pages_interleave_heads_and_round_trip():
          "kernel=rpa_v3: page_size=6 unsupported for model.kv_dtype='float8_e5m2'; allowed: multiples of 4"),
         ("rpa_v2", tiny_model(head_dim=96), AttentionSpec(), BATCH,
          "kernel=rpa_v2: model.head_dim=96 unsupported; allowed: multiples of 128"),
+        ("rpa_v3", tiny_model(head_dim=96), AttentionSpec(), BATCH,
+         "kernel=rpa_v3: model.head_dim=96 unsupported; allowed: multiples of 128"),
         ("jax_rpa", tiny_model(), AttentionSpec(causal=False), BATCH,
          "kernel=jax_rpa: attention feature(s) ['non_causal'] unsupported"),
         ("rpa_v2", tiny_model("bfloat16", num_q_heads=6, num_kv_heads=3), AttentionSpec(), BATCH,
          "kernel=rpa_v2: model.num_kv_heads=3 unsupported with model.kv_dtype='bfloat16'"),
     ],
-    ids=["v3-int8-kv", "v3-fp8-page-size", "v2-head-dim-96", "jax-non-causal", "v2-untiled-kv-heads"],
+    ids=["v3-int8-kv", "v3-fp8-page-size", "v2-head-dim-96", "v3-head-dim-96", "jax-non-causal", "v2-untiled-kv-heads"],
 )
 def test_unsupported_configurations_are_refused_before_compiling(name, model, attn, batch, message):
     backend = get_backend(name)
@@ -188,6 +190,13 @@ def test_unsupported_configurations_are_refused_before_compiling(name, model, at
     assert message in str(err.value)
     with pytest.raises(ValueError):
         backend.build(model, attn, batch, interpret=True)
+
+
+def test_rpa_v3_padded_head_dim_only_when_asked_for():
+    model = tiny_model(head_dim=96)
+    with pytest.raises(ValueError, match="kernel.options.pad_head_dim=true"):
+        get_backend("rpa_v3").validate(model, AttentionSpec(), BATCH)
+    get_backend("rpa_v3", options={"pad_head_dim": True}).validate(model, AttentionSpec(), BATCH)
 
 
 def test_rpa_v3_refuses_blocks_that_overflow_the_vmem_limit():
