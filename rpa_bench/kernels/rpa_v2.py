@@ -66,17 +66,14 @@ def write_new_kv(
     num_seqs,  # i32[1]
 ):
     """Scatter each query row's new K/V to its slot: position ``kv_len - q_len + i`` of its sequence."""
+    from rpa_bench.kernels.reference import kv_write_slots
+
     num_pages, page_size = kv_pages.shape[:2]
     t_pad, h_kv, d = new_keys.shape
-    s_pad, pages_per_seq = page_indices.shape
-    row = jnp.arange(t_pad, dtype=jnp.int32)
-    seq = jnp.minimum(jnp.searchsorted(cu_q_lens[1:], row, side="right"), s_pad - 1).astype(jnp.int32)
-    valid = (row < cu_q_lens[num_seqs[0]]) & (seq < num_seqs[0])
-    q_len = cu_q_lens[seq + 1] - cu_q_lens[seq]
-    pos = jnp.clip(kv_lens[seq] - q_len + row - cu_q_lens[seq], 0, pages_per_seq * page_size - 1)
-    page = jnp.where(valid, page_indices[seq, pos // page_size], num_pages)  # out of range: dropped
+    page, slot, _ = kv_write_slots(kv_lens, page_indices, cu_q_lens, num_seqs,
+                                   num_rows=t_pad, page_size=page_size, num_pages=num_pages)
     rows = jnp.stack([new_keys, new_values], axis=2).reshape(t_pad, 2 * h_kv, d).astype(kv_pages.dtype)
-    return kv_pages.at[page, pos % page_size].set(rows, mode="drop")
+    return kv_pages.at[page, slot].set(rows, mode="drop")
 
 
 def split_pages(
