@@ -1,11 +1,18 @@
-"""Shared pytest setup: accelerator markers auto-skip where the hardware is absent."""
+"""Shared pytest setup: hypothesis profile; accelerator markers auto-skip where the hardware is absent."""
 
 from __future__ import annotations
 
-
-
+import os
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# No per-example deadline (a loaded 2-core CI machine is slow, not wrong); in CI the
+# examples are derived from the test (derandomize) so a run is reproducible.
+settings.register_profile(
+    "rpa_bench", deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=bool(os.environ.get("CI"))
+)
+settings.load_profile("rpa_bench")
 
 
 def _platform() -> str:
