@@ -82,8 +82,11 @@ def roofline_chart(
     calibrated_bw_bytes_per_s: float | None = None,
     calibrated_flops_per_s: float | None = None,
     matrix_unit_cap: float | None = None,
+    peak_label: str = "bf16 peak",
 ) -> pathlib.Path | None:
     """Arithmetic intensity vs attained FLOP/s (log-log), roofs, one point per measured batch.
+
+    ``peak_label`` says what the compute roof is (a measured device's roof is its calibration).
 
     ``matrix_unit_cap`` (< 1): the share of the matrix unit attention's matmuls can use at
     this head_dim (TPU7x, head_dim 128: 0.5); drawn as a dotted compute ceiling.
@@ -123,7 +126,7 @@ def roofline_chart(
     ax.set_xlabel("arithmetic intensity (FLOP / HBM byte, analytic)")
     ax.set_ylabel("attained FLOP/s (analytic FLOPs / median latency)")
     roofs = "no datasheet roofs for this device" if not (hbm_bw_bytes_per_s and peak_flops_per_s) else (
-        f"roofs: {hbm_bw_bytes_per_s / 1e9:,.0f} GB/s, {peak_flops_per_s / 1e12:,.1f} TFLOP/s (bf16 peak)")
+        f"roofs: {hbm_bw_bytes_per_s / 1e9:,.0f} GB/s, {peak_flops_per_s / 1e12:,.1f} TFLOP/s ({peak_label})")
     kernels = ", ".join(sorted(set(rows["kernel"])))
     fig.suptitle(f"Roofline on {device} - kernels: {kernels}", fontsize=12)
     ax.set_title(f"SI units; {roofs}", fontsize=9)

@@ -99,13 +99,22 @@ def _matrix_unit_cap(run: LoadedRun) -> float | None:
     return d / (-(-d // int(width)) * int(width))  # as DeviceSpec.max_mxu_utilization
 
 
+def _peak_label(spec: dict, calibration: dict | None) -> str:
+    """What the datasheet compute roof is: bf16 peak, or a measured device's calibrated matmul."""
+    if isinstance(spec, dict) and spec.get("measured"):
+        dtype = (calibration or {}).get("matmul_dtype") if isinstance(calibration, dict) else None
+        return f"measured {dtype} matmul" if dtype else "measured"
+    return "bf16 peak"
+
+
 def roofline_section(run: LoadedRun, out_dir: pathlib.Path) -> Section:
     spec = run.manifest.get("device_spec") or {}
     cal_bw, cal_flops = charts.calibrated_roofs(run.manifest.get("calibration"))
     path = charts.roofline_chart(
         run.measurements, out_dir / "roofline.png", device=run.device,
         hbm_bw_bytes_per_s=spec.get("hbm_bw_bytes_per_s"), peak_flops_per_s=spec.get("peak_bf16_flops_per_s"),
-        calibrated_bw_bytes_per_s=cal_bw, calibrated_flops_per_s=cal_flops, matrix_unit_cap=_matrix_unit_cap(run))
+        calibrated_bw_bytes_per_s=cal_bw, calibrated_flops_per_s=cal_flops, matrix_unit_cap=_matrix_unit_cap(run),
+        peak_label=_peak_label(spec, run.manifest.get("calibration")))
     if path is None:
         return Section("roofline", "Roofline", omitted=(
             "no measurement with status ok, outside interpret mode, with analytic FLOPs and bytes"))
