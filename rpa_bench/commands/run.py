@@ -183,6 +183,10 @@ def _task(cfg: DictConfig) -> int:
     config["composed"] = {"workloads": workloads, "kernels": kernels}
     plan = plan_from_config(config, workloads=workloads, kernels=kernels, experiment=str(experiment))
     prep = sweep.prepare_run(plan)  # every check, before anything is allocated
+    if prep.platform == "cpu":  # repeatable CPU timings (see rpa_bench/measure/host.py)
+        from rpa_bench.measure.host import fix_mmap_threshold
+
+        fix_mmap_threshold()
 
     run_dir, run_id = _run_dir(cfg)
     writer = distributed.is_writer()

@@ -10,6 +10,8 @@ import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from rpa_bench.measure import host
+
 PACKAGES = ("rpa_bench", "jax", "jaxlib", "libtpu", "tpu-inference", "xprof", "hydra-core", "numpy", "scipy")
 
 
@@ -44,6 +46,7 @@ def environment() -> dict:
         "host": socket.gethostname(),
         "os": platform.platform(),
         "machine": platform.machine(),
+        "host_allocator": host.applied(),
         **device_info(),
     }
 
