@@ -9,15 +9,10 @@ each scenario reports its numbers (or its error) as JSON, and the tests check th
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
-import time
-import traceback
 
 import pytest
-
-NUM_HOST_DEVICES = 8
+from forced_devices import NUM_HOST_DEVICES, run_cases, run_in_subprocess, v3_available
 # name -> (kernel, mesh "DxM", batch, dtype, attention)
 BATCHES = {
     # decode, fixed-size prefill chunks (8) and mixed sequences, kv < 100, page 4
@@ -199,52 +194,28 @@ def _pipeline(tmp):
             == sum(c.hbm_bytes for c in device_costs(backend.last_plan, attn))}
 
 
-def _worker(names: list[str], tmp: str) -> dict:
-    import jax
-
-    out = {"num_devices": len(jax.devices())}
+def _run_one(name: str, tmp: str) -> dict:
     cases = {**REFERENCE_CASES, **KERNEL_CASES, **SLOW_KERNEL_CASES}
-    for name in names:
-        t0 = time.perf_counter()
-        try:
-            if name in cases:
-                out[name] = _compare(cases[name])
-            elif name.startswith("check-"):
-                out[name] = _check(CHECK_CASES[name])
-            elif name == "capture":
-                out[name] = _per_device_capture(tmp)
-            elif name == "pipeline":
-                out[name] = _pipeline(tmp)
-            else:
-                raise KeyError(name)
-        except Exception:  # noqa: BLE001 - reported to the test, which fails with it
-            out[name] = {"error": traceback.format_exc()}
-        out[name]["seconds"] = round(time.perf_counter() - t0, 2)  # for the log, never asserted
-    return out
+    if name in cases:
+        return _compare(cases[name])
+    if name.startswith("check-"):
+        return _check(CHECK_CASES[name])
+    if name == "capture":
+        return _per_device_capture(tmp)
+    if name == "pipeline":
+        return _pipeline(tmp)
+    raise KeyError(name)
 
 
 # --- the pytest side ---------------------------------------------------------------------
 def _run(names: list[str], tmp_path) -> dict:
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={NUM_HOST_DEVICES}",
-               JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, __file__, str(tmp_path), *names], env=env, capture_output=True,
-                          text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def _v3_available() -> bool:
-    try:
-        from rpa_bench.kernels.rpa_v3 import RpaV3Backend
-    except ImportError:
-        return False
-    return RpaV3Backend().availability()[0]
+    return run_in_subprocess(__file__, names, tmp_path)
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     names = [*REFERENCE_CASES, "capture", "check-reference-2x2", "pipeline"]
-    if _v3_available():
+    if v3_available():
         names += [*KERNEL_CASES]
     return _run(names, tmp_path_factory.mktemp("sharded"))
 
@@ -339,7 +310,7 @@ def test_every_rpa_kernel_sharded_passes_the_pipeline_check(name, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(SLOW_KERNEL_CASES))
 def test_rpa_v3_interpret_sharded_slow_cases(name, tmp_path):
-    if not _v3_available():
+    if not v3_available():
         pytest.skip("rpa_v3 unavailable")
     res = _run([name], tmp_path)[name]
     assert "error" not in res, res.get("error")
@@ -348,4 +319,4 @@ def test_rpa_v3_interpret_sharded_slow_cases(name, tmp_path):
 
 
 if __name__ == "__main__":
-    print(json.dumps(_worker(sys.argv[2:], sys.argv[1])))
+    print(json.dumps(run_cases(sys.argv[2:], sys.argv[1], _run_one)))

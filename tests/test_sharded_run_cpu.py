@@ -9,16 +9,11 @@ scenario reports its result (or its error) as JSON, and the tests read the run f
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
-import time
-import traceback
 from pathlib import Path
 
 import pytest
-
-NUM_HOST_DEVICES = 8
+from forced_devices import NUM_HOST_DEVICES, run_cases, run_in_subprocess, v3_available
 TOLERANCE_BF16 = 3e-2
 
 
@@ -88,36 +83,9 @@ RUNS = {
 }
 
 
-def _worker(names: list[str], tmp: str) -> dict:
-    import jax
-
-    out = {"num_devices": len(jax.devices())}
-    for name in names:
-        t0 = time.perf_counter()
-        try:
-            out[name] = RUNS[name](tmp)
-        except Exception:  # noqa: BLE001 - reported to the test, which fails with it
-            out[name] = {"error": traceback.format_exc()}
-        out[name]["seconds"] = round(time.perf_counter() - t0, 2)  # for the log, never asserted
-    return out
-
-
 # --- the pytest side ---------------------------------------------------------------------
 def _run(names: list[str], tmp_path) -> dict:
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={NUM_HOST_DEVICES}",
-               JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, __file__, str(tmp_path), *names], env=env, capture_output=True,
-                          text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def _v3_available() -> bool:
-    try:
-        from rpa_bench.kernels.rpa_v3 import RpaV3Backend
-    except ImportError:
-        return False
-    return RpaV3Backend().availability()[0]
+    return run_in_subprocess(__file__, names, tmp_path)
 
 
 @pytest.fixture(scope="module")
@@ -186,7 +154,7 @@ def test_a_sharded_output_gathered_to_the_wrong_rows_is_recorded_incorrect(resul
 
 @pytest.mark.slow
 def test_paper_decode_cpu_smoke_on_eight_devices_with_rpa_v3(tmp_path):
-    if not _v3_available():
+    if not v3_available():
         pytest.skip("rpa_v3 unavailable")
     res = _run(["run-paper-full"], tmp_path)["run-paper-full"]
     assert "error" not in res, res.get("error")
@@ -215,4 +183,4 @@ def test_a_mesh_larger_than_the_machine_is_refused_by_rpa_bench_run(tmp_path, ca
 
 
 if __name__ == "__main__":
-    print(json.dumps(_worker(sys.argv[2:], sys.argv[1])))
+    print(json.dumps(run_cases(sys.argv[2:], sys.argv[1], lambda name, tmp: RUNS[name](tmp))))
