@@ -23,7 +23,7 @@ import numpy as np
 from rpa_bench.kernels import tpu_target
 from rpa_bench.kernels.base import KernelBackend
 from rpa_bench.workloads.batch import RaggedBatch
-from rpa_bench.workloads.materialize import KernelInputs
+from rpa_bench.workloads.materialize import KernelInputs, padded_shape
 from rpa_bench.workloads.model import AttentionSpec, ModelSpec
 
 _CUSTOM_CALL = re.compile(r"custom_call\s*@tpu_custom_call\b")
@@ -62,11 +62,11 @@ def abstract_inputs(
     num_pages: int | None = None,
     pages_per_seq: int | None = None,
 ) -> KernelInputs:
-    """Canonical inputs as shapes only (sizes default to the batch's exact needs)."""
-    t_pad = max(max_num_batched_tokens or 0, batch.num_tokens)
-    s_pad = max(max_num_seqs or 0, batch.num_seqs)
-    pages = max(num_pages or 0, batch.num_pages)
-    pps = max(pages_per_seq or 0, max(batch.pages_per_seq))
+    """Canonical inputs as shapes only (sizes resolved as ``materialize`` resolves them)."""
+    shape = padded_shape(batch, max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs,
+                         num_pages=num_pages, pages_per_seq=pages_per_seq)
+    t_pad, s_pad = shape.max_num_batched_tokens, shape.max_num_seqs
+    pages, pps = shape.num_pages, shape.pages_per_seq
     h_q, h_kv, d = model.num_q_heads, model.num_kv_heads, model.head_dim
     dt, kv_dt, i32 = jnp.dtype(model.dtype), jnp.dtype(model.kv_dtype), jnp.int32
 
