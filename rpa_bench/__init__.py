@@ -1,3 +1,7 @@
 """rpa_bench: performance analysis and roofline benchmarking for Ragged Paged Attention."""
 
+from rpa_bench import _libtpu_env
+
+_libtpu_env.apply()  # before anything imports JAX: libtpu stays quiet off TPU
+
 __version__ = "0.1.0"

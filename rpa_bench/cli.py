@@ -12,12 +12,14 @@ import sys
 COMMANDS = {
     "check": ("rpa_bench.commands.check", "check every kernel against the reference on small ragged batches"),
     "lower": ("rpa_bench.commands.lower", "lower each RPA kernel for TPU generations (no TPU needed)"),
+    "compile": ("rpa_bench.commands.compile", "compile each RPA kernel for real TPU generations (no TPU needed)"),
     "simulate": ("rpa_bench.commands.simulate", "simulate continuous batching on a trace; write the batch stream"),
     "roofline": ("rpa_bench.commands.roofline", "throughput, MBU/MFU and roofline bound for a latency"),
     "calibrate": ("rpa_bench.commands.calibrate", "measure achievable HBM bandwidth and matmul FLOP/s"),
     "run": ("rpa_bench.commands.run", "measure kernels on workloads; store results"),
     "report": ("rpa_bench.commands.report", "render a stored run as HTML + PNG"),
     "compare": ("rpa_bench.commands.compare", "compare two stored runs (or two kernels in one run)"),
+    "capture": ("rpa_bench.commands.capture", "per-call device time of every program in a profiler capture"),
 }
 
 

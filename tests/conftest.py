@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import rpa_bench  # noqa: F401 - first: its libtpu defaults must precede JAX's import
 import pytest
 from hypothesis import HealthCheck, settings
 

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import pytest
 
 from rpa_bench.measure import capture as cap
+from rpa_bench.measure import xspace
 
 FIXTURES = Path(__file__).parent / "fixtures" / "captures"
 
@@ -79,14 +80,18 @@ def test_tpu_structure_separates_prep_from_the_rpa_pallas_call():
 
 
 def test_gpu_stream_structure_spans_the_module_kernels_of_each_call():
-    res = cap.parse(_fixture("gpu_synthetic.textproto"), module_name="jit_rpa_bench_excl_prep", num_calls=2)
+    res = cap.parse(_fixture("gpu_synthetic.textproto"), module_name="jit_rpa_bench_excl_prep", num_calls=2,
+                    kernel_regex=None)
     assert res.plane == "/device:GPU:0"
-    assert res.per_call_us == pytest.approx((50.0, 40.0))  # the unrelated copy kernel is excluded
+    # busy time (union of the module's kernels) is the latency; the span keeps the gaps
+    assert res.per_call_us == pytest.approx((45.0, 35.0))  # the unrelated copy kernel is excluded
+    assert res.span_per_call_us == pytest.approx((50.0, 40.0))
+    assert res.basis == "kernel_busy"
     assert res.warnings == ()
 
 
 def test_union_of_overlapping_intervals():
-    assert cap._union_us([(0, 1000), (500, 1500), (3000, 4000)]) == pytest.approx(2.5)
+    assert xspace.union_us([(0, 1000), (500, 1500), (3000, 4000)]) == pytest.approx(2.5)
 
 
 @pytest.mark.gpu
@@ -97,3 +102,31 @@ def test_real_gpu_capture_has_device_time(tmp_path):
     path = cap.capture(lambda i: c(y), 3, tmp_path / "gpu.xplane.pb")
     res = cap.parse(path, module_name=cap.module_name_of(c), num_calls=3)
     assert res.available and res.plane.startswith("/device:GPU")
+
+
+def test_tpu_kernel_only_time_matches_the_real_hlo_text_names_under_the_default_regex():
+    space = _fixture("tpu_hlo_text.textproto")
+    res = cap.parse(space, module_name="jit_rpa_bench_excl_prep", num_calls=2)
+    assert res.plane == "/device:TPU:0"
+    # the run outside the annotations and the prefix-sharing module are not counted
+    assert res.per_call_us == pytest.approx((100.0, 110.0))
+    assert res.kernel_per_call_us == pytest.approx((75.0, 80.0))
+    assert res.warnings == ()
+
+
+def test_a_module_sharing_a_prefix_is_a_different_module():
+    space = _fixture("tpu_hlo_text.textproto")
+    res = cap.parse(space, module_name="jit_rpa_bench_excl_prep_2", num_calls=1)
+    assert res.per_call_us == pytest.approx((30.0,))
+    assert cap.parse(space, module_name="jit_rpa_bench", num_calls=2).per_call_us == ()
+
+
+def test_clock_scaling_multiplies_tpu_durations():
+    text = (FIXTURES / "tpu_hlo_text.textproto").read_text().replace(
+        "events { metadata_id: 1 offset_ps: 50000000 duration_ps: 100000000 }",
+        "events { metadata_id: 1 offset_ps: 50000000 duration_ps: 100000000 stats { metadata_id: 9 double_value: 2.0 } }",
+    ).replace('  event_metadata { key: 1 value', '  stat_metadata { key: 9 value { id: 9 name: "time_scale_multiplier" } }\n'
+              '  event_metadata { key: 1 value', 1)
+    res = cap.parse(jax.profiler.ProfileData.from_text_proto(text), module_name="jit_rpa_bench_excl_prep", num_calls=2)
+    assert res.per_call_us == pytest.approx((200.0, 110.0))
+    assert any("time_scale_multiplier" in w for w in res.warnings)

@@ -138,7 +138,7 @@ def _per_device_capture(tmp):
     from pathlib import Path
 
     from rpa_bench.measure import capture
-    from rpa_bench.parallel.devtime import per_device_timing
+    from rpa_bench.measure.devtime import per_device_timing
     from rpa_bench.parallel.layout import shard_inputs
     from rpa_bench.parallel.mesh import make_mesh, mesh_devices
     from rpa_bench.parallel.sharded import build_sharded
@@ -169,6 +169,7 @@ def _pipeline(tmp):
     from rpa_bench.kernels.reference import reference_attention
     from rpa_bench.parallel.accounting import device_costs
     from rpa_bench.parallel.backend import ShardedBackend
+    from rpa_bench.measure.devtime import per_device_timing
     from rpa_bench.parallel.columns import mesh_row_columns
     from rpa_bench.roofline.cost import batch_cost
     from rpa_bench.roofline.specs import get_device_spec
@@ -185,8 +186,9 @@ def _pipeline(tmp):
             for v, c in calls.items()}
     call = calls["excl_prep"]
     path = capture.capture(lambda i: call(*call.fresh_args()), 3, Path(tmp) / "pipeline.xplane.pb")
-    mc = mesh_row_columns(backend, attn, path, module_name=call.module_name, num_calls=3, wall_latency_us=1.0,
-                          device_spec=spec)
+    timing = per_device_timing(path, module_name=call.module_name, num_calls=3, devices=prepared.devices,
+                               wall_latency_us=1.0)
+    mc = mesh_row_columns(prepared.plan, attn, timing, prepared.devices, wall_latency_us=1.0, device_spec=spec)
     acc = mc.accounting
     return {"ok": errs, "columns": mc.columns, "step_us": mc.step_latency_us, "source": mc.timing_source,
             "on_device_planes": mc.on_device_planes, "max_device_us": max(acc.time_us),

@@ -97,6 +97,10 @@ class PreparedCall:
     donates: bool = False
     meta: dict = dataclasses.field(default_factory=dict)  # block sizes, source, revision...
     layout: Callable[[Any], Any] | None = None
+    # A sharded call (rpa_bench.parallel): its mesh split (ShardPlan) and devices in mesh
+    # order, for per-device timing and accounting. None / (): one device.
+    plan: Any = None
+    devices: tuple = ()
 
     def state(self, inputs: Any) -> Any:
         """What ``prepare`` takes: ``layout(inputs)``, or ``inputs`` when there is no layout."""

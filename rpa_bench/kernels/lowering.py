@@ -5,7 +5,7 @@ paper-sized shapes are fine) and lowered with ``lowering_platforms=("tpu",)`` in
 abstract mesh of one TensorCore of the generation; the tpu-inference kernels' own
 ``get_tpu_version()`` answers for that generation meanwhile, so generation-specific code
 paths are the ones lowered. The StableHLO shows each Pallas kernel as a Mosaic
-``tpu_custom_call``. Compiling for TPU still needs libtpu and a TPU.
+``tpu_custom_call``. Compiling for a real TPU generation without a TPU: :mod:`.compiling`.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import dataclasses
 import re
 import time
 import warnings
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -88,6 +89,17 @@ def abstract_inputs(
     )
 
 
+def abstract_kernel_args(call: Any, batch: RaggedBatch, model: ModelSpec, **padding: Any) -> Any:
+    """The kernel stage's arguments (``prepare(layout(inputs))``) as shapes only."""
+    inputs = abstract_inputs(batch, model, **padding)
+
+    def kernel_args(*arrays):
+        concrete = dataclasses.replace(inputs, **dict(zip(_ARRAY_FIELDS, arrays)))
+        return call.prepare(call.state(concrete))
+
+    return jax.eval_shape(kernel_args, *(getattr(inputs, f) for f in _ARRAY_FIELDS))
+
+
 def _for_generation(backend: KernelBackend, generation: str) -> KernelBackend:
     """The same backend with its defaults (block sizes, VMEM) chosen for ``generation``."""
     if not hasattr(backend, "generation"):
@@ -123,14 +135,8 @@ def lower_for_tpu(
         tpu_target.generation(generation)
         target = _for_generation(backend, generation)
         call = target.build(model, attn, batch, interpret=False)
-        inputs = abstract_inputs(batch, model, max_num_batched_tokens=max_num_batched_tokens,
-                                 max_num_seqs=max_num_seqs, num_pages=num_pages, pages_per_seq=pages_per_seq)
-
-        def kernel_args(*arrays):
-            concrete = dataclasses.replace(inputs, **dict(zip(_ARRAY_FIELDS, arrays)))
-            return call.prepare(call.state(concrete))
-
-        args = jax.eval_shape(kernel_args, *(getattr(inputs, f) for f in _ARRAY_FIELDS))
+        args = abstract_kernel_args(call, batch, model, max_num_batched_tokens=max_num_batched_tokens,
+                                    max_num_seqs=max_num_seqs, num_pages=num_pages, pages_per_seq=pages_per_seq)
         module = target.module() if hasattr(target, "module") else None
         with tpu_target.abstract_tpu(generation), tpu_target.as_tpu(module, generation), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Some donated buffers were not usable")

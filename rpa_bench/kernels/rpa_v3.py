@@ -130,6 +130,17 @@ class RpaV3Backend:
     def provenance(self) -> dict:
         return {"kernel": self.name, **loader.load_source(self.source).provenance("v3")}
 
+    def vmem_estimate_bytes(self, model: ModelSpec, meta: Mapping[str, Any]) -> int | None:
+        """The kernel's own ``get_vmem_estimate_bytes`` for the largest case of a build's block sizes."""
+        fn = getattr(self.module(), "get_vmem_estimate_bytes", None)
+        if fn is None:
+            return None
+        sizes = [v for v in (meta.get("block_sizes") or {}).values() if v is not None]
+        if not sizes:
+            return None
+        return max(int(fn(model.num_kv_heads, model.num_q_heads // model.num_kv_heads, model.head_dim, bq, bkv,
+                          jnp.dtype(model.dtype), jnp.dtype(model.kv_dtype))) for bq, bkv, _, _ in sizes)
+
     def validate(self, model: ModelSpec, attn: AttentionSpec, batch: RaggedBatch | None = None) -> None:
         check_capabilities(self.name, self.capabilities, model, attn, batch)
         d = model.head_dim

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import re
+import statistics
 import time
 import traceback
 from collections.abc import Callable
@@ -28,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from rpa_bench.measure import capture as cap
-from rpa_bench.measure import record
+from rpa_bench.measure import record, xspace
+from rpa_bench.measure.devtime import PerDeviceTiming, per_device_timing
 from rpa_bench.measure.calls import VARIANTS, TimedCall, build_timed_calls
 from rpa_bench.measure.stats import summarize
 from rpa_bench.measure.timing import TimingConfig, time_function
@@ -96,24 +98,40 @@ def _agree() -> Callable[[Any], Any]:
     return from_writer
 
 
+def _local(devices: Any) -> list:
+    """This process's devices among a mesh's (each process parses its own capture)."""
+    import jax
+
+    return [d for d in devices if d.process_index == jax.process_index()]
+
+
+def _call_devices(call: TimedCall) -> list:
+    """The devices the call's inputs live on (the device it ran on, for one device)."""
+    import jax
+
+    for a in call.args:
+        if isinstance(a, jax.Array):
+            return sorted(a.devices(), key=lambda d: d.id)
+    return [jax.devices()[0]]
+
+
 def _time_variant(call: TimedCall, cfg: TimingConfig, *, capture_to: Path | None,
-                  kernel_regex: str | None, clock: Callable[[], float], devices: Any = None) -> dict:
+                  kernel_regex: str | None, clock: Callable[[], float],
+                  devices: Any = None) -> tuple[dict, PerDeviceTiming | None]:
+    """The variant's timing columns, and the per-device timing of its capture (parsed once)."""
     with call.context():
         wall = time_function(call, call.args, config=cfg, donates=call.donates, clock=clock,
                              label=f"{call.variant} samples", in_order=_in_order(), agree=_agree())
         notes = list(wall.warnings)
-        device = None
+        device, per_device = None, None
         if cfg.capture and cfg.capture_calls > 0 and capture_to is not None:
             sets = [call.fresh_args() for _ in range(cfg.capture_calls)]
             path = cap.capture(lambda i: call(*sets[i]), cfg.capture_calls, capture_to, hlo=cfg.capture_hlo)
-            if devices is None:
-                device = cap.parse(path, module_name=call.module_name, num_calls=cfg.capture_calls,
-                                   kernel_regex=kernel_regex)
-            else:  # a sharded call (rpa_bench.parallel): each call takes its slowest device's time
-                from rpa_bench.parallel.devtime import step_device_timing
-
-                device = step_device_timing(path, module_name=call.module_name, num_calls=cfg.capture_calls,
-                                            devices=devices, kernel_regex=kernel_regex)
+            space = xspace.read(path)
+            per_device = per_device_timing(space, module_name=call.module_name, num_calls=cfg.capture_calls,
+                                           devices=devices if devices is not None else _call_devices(call),
+                                           wall_latency_us=wall.summary.median_us, kernel_regex=kernel_regex)
+            device = per_device.as_step()
             notes += device.warnings
             if not cfg.keep_captures:
                 path.unlink(missing_ok=True)
@@ -127,9 +145,19 @@ def _time_variant(call: TimedCall, cfg: TimingConfig, *, capture_to: Path | None
         per_call = device.per_call_us
         if call.variant == "excl_prep" and device.kernel_per_call_us:
             per_call = device.kernel_per_call_us  # the Pallas call alone, glue excluded
+        elif call.variant == "excl_prep" and kernel_regex:
+            notes.append(f"excl_prep: no op matched the kernel regex {kernel_regex!r}; the whole module's time "
+                         "is used (the kernel call plus any glue XLA added)")
         summary = summarize(per_call, cfg.stats, label="device samples")
         notes += [w for w in summary.warnings if w not in notes]
         source, samples, dev = "device", per_call, per_call
+        if device.span_per_call_us is not None:
+            span = statistics.median(device.span_per_call_us)
+            notes.append(
+                f"GPU latency = kernel busy time (union of the module's kernels per call, median "
+                f"{summary.median_us:.1f} us); span first-kernel-start -> last-kernel-end {span:.1f} us "
+                f"({span / summary.median_us:.2f}x, includes launch gaps widened by the profiler); "
+                f"wall clock without the profiler {wall.summary.median_us:.1f} us")
     else:
         if cfg.capture and device is None:
             notes.append("no profiler capture (timing.capture=false or capture_calls=0); timing_source=wall")
@@ -141,7 +169,7 @@ def _time_variant(call: TimedCall, cfg: TimingConfig, *, capture_to: Path | None
         capture_path=str(capture_to) if (device is not None and cfg.keep_captures) else None,
     )
     cols["warnings"] = notes
-    return cols
+    return cols, per_device
 
 
 def measure_kernel(
@@ -216,14 +244,15 @@ def measure_kernel(
             capture_to = None
             if captures_dir is not None:
                 capture_to = Path(captures_dir) / f"{capture_stem}-{variant}.xplane.pb"
-            sharded = getattr(backend, "last_plan", None) is not None
-            cols = _time_variant(calls[variant], timing, capture_to=capture_to, kernel_regex=kernel_regex, clock=clock,
-                                 devices=backend.devices() if sharded else None)
+            sharded = prepared.plan is not None
+            cols, per_device = _time_variant(calls[variant], timing, capture_to=capture_to,
+                                             kernel_regex=kernel_regex if variant == "excl_prep" else None,
+                                             clock=clock, devices=_local(prepared.devices) if sharded else None)
             if sharded:  # per-device times, load imbalance (rpa_bench.parallel)
                 from rpa_bench.parallel.columns import row_updates
 
                 mesh_cols, notes = row_updates(
-                    backend, attn, timing_source=cols["timing_source"], capture=cols["capture_path"],
+                    backend, prepared.plan, attn, timing_source=cols["timing_source"], per_device=per_device,
                     module_name=calls[variant].module_name, num_calls=timing.capture_calls,
                     wall_latency_us=cols["wall_latency_us"], device_spec=roof.device, kernel_regex=kernel_regex,
                     kernel_only=variant == "excl_prep", ckv=cost_ckv(causal))

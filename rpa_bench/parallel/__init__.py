@@ -8,7 +8,7 @@
 - :mod:`.sharded`: any registered backend's stages run under ``jax.shard_map``;
 - :mod:`.backend`: :class:`ShardedBackend`, the same as an ordinary backend to callers;
 - :mod:`.lowering`: the sharded program lowered for a TPU slice from an abstract mesh;
-- :mod:`.devtime`: per-device times from one profiler capture (via measure/capture.py);
+- per-device times from one profiler capture live in measure/devtime.py;
 - :mod:`.accounting`: bytes / FLOPs / times per device and per chip, MBU / MFU against
   the peaks of the devices used, load imbalance;
 - :mod:`.distributed`: ``jax.distributed`` initialisation for multi-host slices, the one

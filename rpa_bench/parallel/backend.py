@@ -73,7 +73,7 @@ class ShardedBackend:
             return gather_output(stacked_finish(raw), latest["inputs"])
 
         meta = dict(call.meta, seq_ids=[list(p) for p in plan.partition.seq_ids])
-        return dataclasses.replace(call, layout=layout, finish=finish, meta=meta)
+        return dataclasses.replace(call, layout=layout, finish=finish, meta=meta, plan=plan, devices=self.devices())
 
 
 def mesh_accounting(plan: ShardPlan, attn: AttentionSpec, devices: Sequence[Any], time_us: Sequence[float], *,

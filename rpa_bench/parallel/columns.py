@@ -1,8 +1,8 @@
 """Run-store columns of one sharded measurement: the run pipeline's single call.
 
 After timing a :class:`~rpa_bench.parallel.backend.ShardedBackend` call and capturing a
-few calls with ``measure.capture.capture``, :func:`mesh_row_columns` turns that capture
-into the schema's multi-device columns (``num_devices``, ``mesh``,
+few calls with ``measure.capture.capture`` (parsed once, per device, by
+``measure.devtime.per_device_timing``), :func:`mesh_row_columns` turns that timing into the schema's multi-device columns (``num_devices``, ``mesh``,
 ``per_device_latency_us``, ``load_imbalance``), the step latency (slowest device), the
 full :class:`~rpa_bench.parallel.accounting.MeshAccounting` (per device, per chip) and
 the warnings to record. On several hosts every process must call it (the per-device
@@ -15,9 +15,9 @@ import dataclasses
 import statistics
 from typing import Any
 
+from rpa_bench.measure.devtime import PerDeviceTiming
 from rpa_bench.parallel.accounting import MeshAccounting
-from rpa_bench.parallel.backend import ShardedBackend, mesh_accounting
-from rpa_bench.parallel.devtime import PerDeviceTiming, per_device_timing
+from rpa_bench.parallel.backend import mesh_accounting
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,36 +37,27 @@ def _series(timing: PerDeviceTiming, kernel_only: bool) -> tuple[tuple[float, ..
     return timing.per_call_us
 
 
-def mesh_row_columns(backend: ShardedBackend, attn: Any, capture: Any, *, module_name: str, num_calls: int,
-                     wall_latency_us: float, device_spec: Any, kernel_regex: str | None = None,
-                     kernel_only: bool = False, ckv: int | None = None) -> MeshColumns:
-    """Multi-device columns of the latest ``backend.build`` from one capture.
+def mesh_row_columns(plan: Any, attn: Any, timing: PerDeviceTiming, devices: Any, *, wall_latency_us: float,
+                     device_spec: Any, kernel_only: bool = False, ckv: int | None = None) -> MeshColumns:
+    """Multi-device columns of a sharded call (``plan``: its ShardPlan) from its per-device
+    timing (parsed once from the capture, :func:`rpa_bench.measure.devtime.per_device_timing`).
 
-    ``capture``: the xplane.pb path (or parsed data) of ``num_calls`` calls of the module
-    ``module_name``; ``wall_latency_us``: the wall-clock median, used for every device when
-    device time cannot be attributed; ``kernel_only``: per-device times from the Pallas
-    events alone when the capture has them (the ``excl_prep`` variant);
-    ``device_spec``: the run's DeviceSpec (any ``num_devices``).
+    ``devices``: the mesh's devices (DeviceInfo) in mesh order; ``wall_latency_us``: the
+    wall-clock median, used for every device when device time cannot be attributed;
+    ``kernel_only``: per-device times from the kernel-regex events when the capture has
+    them (the ``excl_prep`` variant); ``device_spec``: the run's DeviceSpec.
     """
     import jax
 
     from rpa_bench.parallel.distributed import allgather_device_times
 
-    if backend.last_plan is None:
-        raise ValueError("backend.build() has not been called: no plan to account for")
-    devices = backend.devices()
-    mine = [d for d in devices if d.process_index == jax.process_index()]
-    kwargs = {} if kernel_regex is None else {"kernel_regex": kernel_regex}
-    timing = per_device_timing(capture, module_name=module_name, num_calls=num_calls, devices=mine,
-                               wall_latency_us=wall_latency_us, **kwargs)
     series = _series(timing, kernel_only)
     medians = [float(statistics.median(s)) for s in series]
     is_device = 1.0 if timing.timing_source == "device" else 0.0
     gathered = allgather_device_times(timing.device_ids, [[m, is_device] for m in medians])
     source = "device" if all(v[1] == 1.0 for v in gathered.values()) else "wall"
     times = [gathered[d.id][0] if source == "device" else float(wall_latency_us) for d in devices]
-    acc = mesh_accounting(backend.last_plan, attn, devices, times, timing_source=source, device_spec=device_spec,
-                          ckv=ckv)
+    acc = mesh_accounting(plan, attn, devices, times, timing_source=source, device_spec=device_spec, ckv=ckv)
     if source == "device" and jax.process_count() == 1:
         steps = tuple(max(s[i] for s in series) for i in range(len(series[0])))
     else:  # across hosts only the per-device medians travel; the step is their maximum
@@ -78,28 +69,27 @@ def mesh_row_columns(backend: ShardedBackend, attn: Any, capture: Any, *, module
                        accounting=acc, warnings=warnings)
 
 
-def row_updates(backend: ShardedBackend, attn: Any, *, timing_source: str, capture: Any, module_name: str,
-                num_calls: int, wall_latency_us: float, device_spec: Any, kernel_regex: str | None = None,
-                kernel_only: bool = False, ckv: int | None = None) -> tuple[dict, list[str]]:
+def row_updates(backend: Any, plan: Any, attn: Any, *, timing_source: str, per_device: PerDeviceTiming | None,
+                wall_latency_us: float, device_spec: Any, kernel_only: bool = False,
+                ckv: int | None = None, **_: Any) -> tuple[dict, list[str]]:
     """The multi-device columns of a run row, consistent with the row's ``timing_source``.
 
     Per-device times and the measured imbalance come only from accelerator device planes
     (a row timed on the wall clock gets null for both, and the modelled split in the
-    warnings' place); ``capture``: the xplane.pb path, or None when none was kept.
-    ``ckv``: the KV block of executed causal FLOPs, as for the row's own cost, so the
-    per-device FLOPs sum to the row's. Returns (columns to set, warnings to append).
+    warnings' place); ``per_device``: the capture's per-device timing, or None when no
+    capture was taken (whether or not the capture file is kept). ``ckv``: the KV block of
+    executed causal FLOPs, as for the row's own cost, so the per-device FLOPs sum to the
+    row's. Returns (columns to set, warnings to append).
     """
-    from pathlib import Path
-
+    devices = backend.devices()
     notes: list[str] = []
-    if capture is not None and (not isinstance(capture, (str, Path)) or Path(capture).is_file()):
-        mc = mesh_row_columns(backend, attn, capture, module_name=module_name, num_calls=num_calls,
-                              wall_latency_us=wall_latency_us, device_spec=device_spec, kernel_regex=kernel_regex,
-                              kernel_only=kernel_only, ckv=ckv)
+    if per_device is not None:
+        mc = mesh_row_columns(plan, attn, per_device, devices, wall_latency_us=wall_latency_us,
+                              device_spec=device_spec, kernel_only=kernel_only, ckv=ckv)
         notes += mc.warnings
         if timing_source == "device" and mc.on_device_planes:
             return dict(mc.columns), notes
-    acc = mesh_accounting(backend.last_plan, attn, backend.devices(), [float(wall_latency_us)] * len(backend.devices()),
+    acc = mesh_accounting(plan, attn, devices, [float(wall_latency_us)] * len(devices),
                           timing_source="wall", device_spec=device_spec, ckv=ckv)
     notes += acc.warnings
     if acc.modelled_imbalance is not None:

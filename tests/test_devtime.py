@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import pytest
 
-from rpa_bench.parallel.devtime import per_device_timing, plane_ordinal, wall_timing
+from rpa_bench.measure.devtime import per_device_timing, plane_ordinal, wall_timing
 from rpa_bench.parallel.mesh import DeviceInfo
 
 MODULE = "jit_rpa_bench_sharded"
@@ -85,7 +85,7 @@ def test_plane_ordinal(name, ordinal):
 
 
 def test_step_timing_has_the_capture_parsers_shape_with_the_slowest_device_per_call():
-    from rpa_bench.parallel.devtime import step_device_timing
+    from rpa_bench.measure.devtime import step_device_timing
 
     space = jax.profiler.ProfileData.from_text_proto(
         HOST + _tpu_plane(2, 0, [100.0, 110.0]) + _tpu_plane(3, 1, [130.0, 90.0]))

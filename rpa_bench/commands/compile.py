@@ -1,0 +1,129 @@
+"""``rpa-bench compile``: compile each Pallas RPA kernel for real TPU generations, offline.
+
+libtpu's compile-only client compiles for a TPU topology on a machine without a TPU. With
+no ``kernel=`` override every Pallas backend (rpa_v3, rpa_v2, jax_rpa) is compiled with its
+defaults for each generation and case; ``kernel=rpa_v3 kernel.source=/path@ref`` compiles
+one revision (its provenance goes into ``--json`` rows). Prints a table: status (ok /
+vmem_oom / hbm_oom / failed / timeout / skipped), compile seconds, VMEM used by the largest
+Mosaic kernel against the generation's VMEM and the kernel's own estimate, the HBM
+footprint, and (``compile.schedule=true``) static bundle counts. Exit 0 when every compile
+is ok (or skipped because libtpu is absent), 1 when any did not compile or fit, 2 on bad
+config. Knobs: ``compile.generations=[tpu7x] compile.cases=[decode_8x1k] compile.timeout_s=60``.
+Compiling is not timing: nothing here is kernel performance.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from omegaconf import DictConfig, OmegaConf
+
+EXTRA_OVERRIDES = (
+    "+compile=default",
+    "hydra.output_subdir=null",
+    "hydra.run.dir=.",
+    "hydra/job_logging=disabled",
+    "hydra/hydra_logging=disabled",
+)
+PAGE_SIZE = 256
+
+
+def case_batches(names: list[str]) -> dict:
+    """Case name -> (batch, padding kwargs for abstract inputs)."""
+    from rpa_bench.kernels.lowering import lowering_batch
+    from rpa_bench.workloads.batch import RaggedBatch
+
+    def serving_mixed():
+        # 224 decodes + 32 prefill chunks of 56 tokens = 2016 tokens (padded to 2048), long contexts
+        q = [1] * 224 + [56] * 32
+        kv = [4096 + 97 * i % 28000 for i in range(224)] + [56 + 512 * i for i in range(32)]
+        return RaggedBatch.ordered(q, kv, page_size=PAGE_SIZE), {
+            "max_num_batched_tokens": 2048, "max_num_seqs": 256, "pages_per_seq": 128}
+
+    known = {
+        "lower": lambda: (lowering_batch(PAGE_SIZE, chunk_prefill_size=PAGE_SIZE), {}),
+        "decode_8x1k": lambda: (RaggedBatch.ordered([1] * 8, [1024] * 8, page_size=PAGE_SIZE), {}),
+        "paper_decode": lambda: (RaggedBatch.ordered([1] * 128, [8192] * 128, page_size=PAGE_SIZE), {}),
+        "paper_prefill": lambda: (RaggedBatch.ordered([8192], [8192], page_size=PAGE_SIZE), {}),
+        "serving_mixed": serving_mixed,
+    }
+    if list(names) == ["all"]:
+        names = list(known)
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"compile.cases {unknown} unknown; allowed: all, {', '.join(known)}")
+    return {n: known[n]() for n in names}
+
+
+def jobs_for(cfg: DictConfig, *, all_pallas: bool) -> list:
+    from rpa_bench.commands.lower import kernel_was_chosen  # noqa: F401 - same kernel choice rule
+    from rpa_bench.kernels.compiling import CompileJob, generation_kind
+    from rpa_bench.kernels.registry import PALLAS_BACKENDS, kernel_config_from_dict
+    from rpa_bench.workloads.model import AttentionSpec, ModelSpec
+
+    model = ModelSpec.from_dict(OmegaConf.to_container(cfg.model, resolve=True))
+    attn = AttentionSpec(**OmegaConf.to_container(cfg.attention, resolve=True))
+    comp = cfg.compile
+    gens = [generation_kind(str(g)) for g in comp.generations]
+    chosen = OmegaConf.to_container(cfg.kernel, resolve=True)
+    kernel_config_from_dict(chosen)  # refuse unknown keys before any compile
+    kernels = [{"name": n} for n in PALLAS_BACKENDS] if all_pallas else [chosen]
+    for k in kernels:
+        backend = kernel_config_from_dict(k).backend()
+        ok, reason = backend.availability()
+        if not ok:
+            raise ValueError(f"kernel={k['name']}: not available: {reason}")
+    cases = case_batches(list(comp.cases))
+    return [CompileJob(k, k["name"], model, attn, batch, g, case, bool(comp.schedule), padding)
+            for k in kernels for g in gens for case, (batch, padding) in cases.items()]
+
+
+def format_table(results: list) -> str:
+    import pandas as pd
+
+    frame = pd.DataFrame([r.to_row() for r in results])
+    frame["error"] = frame["error"].str.slice(0, 110)
+    if frame["bundles"].isna().all():
+        frame = frame.drop(columns=["bundles"])
+    return frame.to_string(index=False, na_rep="-")
+
+
+def task(cfg: DictConfig) -> int:
+    from rpa_bench.commands.lower import kernel_was_chosen
+    from rpa_bench.kernels.compiling import compile_many, libtpu_status
+
+    try:
+        jobs = jobs_for(cfg, all_pallas=not kernel_was_chosen())
+        timeout = float(cfg.compile.timeout_s)
+        if not timeout > 0:
+            raise ValueError(f"compile.timeout_s={cfg.compile.timeout_s!r} must be > 0")
+    except (ValueError, TypeError) as err:
+        print(f"rpa-bench compile: {err}", file=sys.stderr)
+        return 2
+    ok, reason = libtpu_status()
+    if not ok:
+        print(f"rpa-bench compile: skipped: {reason}", file=sys.stderr)
+    as_json = bool(cfg.compile.json)
+
+    def progress(r) -> None:
+        if not as_json:
+            print(f"  {r.kernel:<8} {r.generation:<12} {r.case:<14} {r.status:<8} {r.compile_s:6.1f} s",
+                  file=sys.stderr, flush=True)
+
+    results = compile_many(jobs, timeout_s=timeout, progress=progress)
+    if as_json:
+        print(json.dumps([r.as_dict() for r in results], indent=1, default=str))
+    else:
+        print(format_table(results))
+    bad = [r for r in results if r.status not in ("ok", "skipped")]
+    if not as_json:
+        summary = ", ".join(f"{s}={sum(r.status == s for r in results)}" for s in sorted({r.status for r in results}))
+        print(f"{len(results)} compiles ({summary}); compile-only: these prove fit, not speed")
+    return 1 if bad else 0
+
+
+def main(argv: list[str]) -> int:
+    from rpa_bench.commands._hydra import run_hydra
+
+    return run_hydra("rpa-bench compile", task, argv, extra_overrides=EXTRA_OVERRIDES)

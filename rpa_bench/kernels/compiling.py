@@ -1,0 +1,372 @@
+"""Compile a backend's kernel call for a real TPU generation on a machine without a TPU.
+
+libtpu holds the whole TPU compiler and works as a compile-only client off TPU: a
+topology from ``jax.experimental.topologies`` gives TPU devices to compile for while
+``jax.devices()`` stays CPU. The call is traced from abstract inputs placed on a topology
+device (``ShapeDtypeStruct(..., sharding=SingleDeviceSharding(dev))``), under
+``jax.default_device(dev)`` (``pltpu.get_tpu_info()`` reads the default device) with the
+kernel module's ``get_tpu_version()`` answering for the target, then lowered and compiled
+by the real Mosaic + XLA:TPU compiler. What that proves: it compiles, it fits VMEM and
+HBM, how much of each it uses. What it cannot: speed.
+
+Facts kept per compile: status (``ok`` / ``vmem_oom`` / ``hbm_oom`` / ``failed`` /
+``timeout`` / ``skipped``), compile seconds, VMEM used per Mosaic kernel (the
+``used_scoped_memory_configs`` of each custom call in ``compiled.as_text()``) against the
+generation's VMEM and the kernel's own estimate, the HBM footprint
+(``compiled.memory_analysis()``; ``cost_analysis()`` skips Mosaic calls and is not used),
+and optionally (``schedule=True``) the static bundle count per kernel from libtpu's LLO
+dumps. Compiles can run for minutes when a kernel spills: :func:`compile_many` runs each
+in a worker process with a per-compile timeout.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import functools
+import glob
+import multiprocessing
+import os
+import re
+import tempfile
+import time
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+from rpa_bench.kernels import tpu_target
+
+# Device kind -> (topology name, kwargs) of one chip (TPU7x and v4: 2 TensorCores, 2 devices).
+TOPOLOGIES = {
+    "TPU v5 lite": ("v5e:1x1", {"chips_per_host_bounds": (1, 1, 1)}),
+    "TPU v6 lite": ("v6e:1x1", {"chips_per_host_bounds": (1, 1, 1)}),
+    "TPU v5p": ("v5p:1x1x1", {"chips_per_host_bounds": (1, 1, 1)}),
+    "TPU v4": ("v4:1x1x1", {"chips_per_host_bounds": (1, 1, 1)}),
+    "TPU7x": ("tpu7x:1x1x1", {"chips_per_host_bounds": (1, 1, 1)}),
+}
+ALIASES = {"v5e": "TPU v5 lite", "v6e": "TPU v6 lite", "v5p": "TPU v5p", "v4": "TPU v4", "tpu7x": "TPU7x",
+           "v5litepod": "TPU v5 lite"}
+STATUSES = ("ok", "vmem_oom", "hbm_oom", "failed", "timeout", "skipped")
+_USED_VMEM = re.compile(r'"used_scoped_memory_configs":\[(.*?)\]')
+_SIZE = re.compile(r'"size":"?(\d+)"?')
+_CUSTOM_CALL_LINE = re.compile(r"^\s*(?:ROOT\s+)?%?(?P<name>[\w.\-]+)\s*=.*custom-call\(.*custom_call_target=\"tpu_custom_call\"")
+_BUNDLES = re.compile(r"total scheduled bundles:\s*(\d+)")
+
+
+def generation_kind(name: str) -> str:
+    """``tpu7x`` / ``v6e`` / ``TPU v6 lite`` -> the device kind; ValueError naming the allowed values."""
+    if name in TOPOLOGIES:
+        return name
+    kind = ALIASES.get(str(name).lower())
+    if kind is None:
+        raise ValueError(f"generation={name!r} unknown; allowed: {', '.join(ALIASES)} (or {', '.join(TOPOLOGIES)})")
+    return kind
+
+
+def libtpu_status() -> tuple[bool, str]:
+    """(available, reason): whether the compile-only TPU client can be used here."""
+    try:
+        import libtpu  # noqa: F401
+    except ImportError:
+        return False, "libtpu not installed (pip install libtpu==0.0.48, or make setup)"
+    return True, ""
+
+
+@functools.lru_cache(maxsize=None)
+def topology_devices(generation: str) -> tuple:
+    """The TPU devices of one chip of ``generation`` (compile targets; nothing runs on them)."""
+    from jax.experimental import topologies
+
+    name, kwargs = TOPOLOGIES[generation_kind(generation)]
+    return tuple(topologies.get_topology_desc(name, "tpu", **kwargs).devices)
+
+
+@dataclasses.dataclass(frozen=True)
+class CompileResult:
+    kernel: str  # label (kernel name, or the run entry's label)
+    generation: str  # device kind
+    case: str
+    status: str  # one of STATUSES
+    compile_s: float = 0.0  # trace + lower + compile (not kernel performance)
+    vmem_used_bytes: dict = dataclasses.field(default_factory=dict)  # Mosaic kernel -> bytes (max over cores)
+    vmem_capacity_bytes: int | None = None  # per TensorCore of the generation
+    vmem_estimate_bytes: int | None = None  # the kernel's own estimate (largest of its cases), if it has one
+    vmem_limit_bytes: int | None = None  # the scoped VMEM limit the kernel asked for
+    hbm: dict = dataclasses.field(default_factory=dict)  # memory_analysis: argument/output/alias/temp/code bytes
+    bundles: dict = dataclasses.field(default_factory=dict)  # kernel -> total scheduled bundles (schedule=True)
+    block_sizes: dict = dataclasses.field(default_factory=dict)
+    error: str | None = None
+    provenance: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def vmem_used_max_bytes(self) -> int | None:
+        return max(self.vmem_used_bytes.values()) if self.vmem_used_bytes else None
+
+    @property
+    def vmem_headroom(self) -> float | None:
+        """1 - used / capacity of the largest Mosaic kernel (None without a figure)."""
+        used = self.vmem_used_max_bytes
+        if used is None or not self.vmem_capacity_bytes:
+            return None
+        return 1.0 - used / self.vmem_capacity_bytes
+
+    def to_row(self) -> dict:
+        mib = 1 << 20
+        used = self.vmem_used_max_bytes
+        return {
+            "kernel": self.kernel, "generation": self.generation, "case": self.case, "status": self.status,
+            "compile_s": round(self.compile_s, 2),
+            "vmem_used_MiB": None if used is None else round(used / mib, 2),
+            "vmem_MiB": None if self.vmem_capacity_bytes is None else round(self.vmem_capacity_bytes / mib, 1),
+            "estimate_MiB": None if self.vmem_estimate_bytes is None else round(self.vmem_estimate_bytes / mib, 2),
+            "hbm_MiB": round(sum(self.hbm.get(k, 0) for k in ("argument_bytes", "output_bytes", "temp_bytes",
+                                                              "code_bytes")) / mib, 1) if self.hbm else None,
+            "bundles": ", ".join(f"{k}:{v}" for k, v in self.bundles.items()) or None,
+            "error": self.error or "",
+        }
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self) | {"vmem_headroom": self.vmem_headroom}
+
+
+def classify(message: str) -> str:
+    """The status of a failed compile from the compiler's message."""
+    text = message.lower()
+    if "vmem" in text and ("resource_exhausted" in text or "out of memory" in text or "oom" in text
+                           or "would exceed memory" in text):
+        return "vmem_oom"
+    if "compiletimescopedvmemoom" in text:
+        return "vmem_oom"
+    if "resource_exhausted" in text or "out of memory" in text:
+        return "hbm_oom"
+    return "failed"
+
+
+def short_error(exc: BaseException, limit: int = 400) -> str:
+    """The compiler's message, first meaningful lines, bounded (never a traceback)."""
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    keep = [ln for ln in lines if not ln.startswith(("The stack trace", "For simplicity", "---"))][:3]
+    text = f"{type(exc).__name__}: " + " | ".join(keep)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def vmem_used(compiled_text: str) -> dict[str, int]:
+    """Per Mosaic custom call in compiled HLO text: the scoped VMEM it uses (bytes)."""
+    out: dict[str, int] = {}
+    for line in compiled_text.splitlines():
+        m = _CUSTOM_CALL_LINE.match(line)
+        if not m:
+            continue
+        used = _USED_VMEM.search(line)
+        if used:
+            size = sum(int(s) for s in _SIZE.findall(used.group(1)))
+            out[m.group("name")] = max(out.get(m.group("name"), 0), size)
+    return out
+
+
+def hbm_of(compiled: Any) -> dict:
+    stats = compiled.memory_analysis()
+    if stats is None:
+        return {}
+    return {"argument_bytes": int(stats.argument_size_in_bytes), "output_bytes": int(stats.output_size_in_bytes),
+            "alias_bytes": int(stats.alias_size_in_bytes), "temp_bytes": int(stats.temp_size_in_bytes),
+            "code_bytes": int(stats.generated_code_size_in_bytes)}
+
+
+def bundles_in(dump_dir: str) -> dict[str, int]:
+    """``total scheduled bundles`` per kernel from libtpu's schedule-analysis dumps."""
+    out: dict[str, int] = {}
+    for path in glob.glob(os.path.join(dump_dir, "**", "*schedule-analysis*"), recursive=True):
+        try:
+            with open(path, errors="replace") as f:
+                m = _BUNDLES.search(f.read(4096))
+        except OSError:
+            continue
+        if m:
+            name = os.path.basename(path).split("-schedule-analysis")[0]
+            out[name] = max(out.get(name, 0), int(m.group(1)))
+    return out
+
+
+def place_on(tree: Any, sharding: Any) -> Any:
+    """Abstract arrays (ShapeDtypeStruct) placed with ``sharding``; other leaves unchanged."""
+    import jax
+
+    def one(a: Any) -> Any:
+        if isinstance(a, jax.ShapeDtypeStruct):
+            return jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding)
+        return a
+
+    return jax.tree.map(one, tree)
+
+
+def compile_for_tpu(backend: Any, model: Any, attn: Any, batch: Any, generation: str, *, case: str = "",
+                    label: str | None = None, padding: dict | None = None) -> CompileResult:
+    """Compile ``backend``'s kernel call (as ``rpa-bench lower`` lowers it) for one TensorCore of
+    ``generation``. Never raises for kernel or compiler errors: they are the result's status.
+    In-process and without a time limit: :func:`compile_many` adds both (and bundle counts)."""
+    import jax
+    from jax.sharding import SingleDeviceSharding
+
+    from rpa_bench.kernels.lowering import _for_generation, abstract_kernel_args
+
+    kind = generation_kind(generation)
+    name = label or backend.name
+    ok, reason = libtpu_status()
+    if not ok:
+        return CompileResult(name, kind, case, "skipped", error=reason)
+    provenance = {}
+    try:
+        provenance = dict(backend.provenance())
+    except Exception:  # noqa: BLE001 - provenance is informative; a compile can still be tried
+        pass
+    start = time.perf_counter()
+    capacity = int(tpu_target.tpu_info(kind).vmem_capacity_bytes)
+    meta: dict = {}
+    try:
+        dev = topology_devices(kind)[0]
+        target = _for_generation(backend, kind)
+        call = target.build(model, attn, batch, interpret=False)
+        meta = dict(call.meta or {})
+        args = place_on(abstract_kernel_args(call, batch, model, **(padding or {})), SingleDeviceSharding(dev))
+        module = target.module() if hasattr(target, "module") else None
+        with jax.default_device(dev), tpu_target.as_tpu(module, kind), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
+            lowered = jax.jit(call.kernel).trace(*args).lower()
+            compiled = lowered.compile()
+        text = compiled.as_text()
+        result = CompileResult(
+            name, kind, case, "ok", time.perf_counter() - start, vmem_used(text), capacity,
+            _estimate(target, model, meta), meta.get("vmem_limit_bytes"), hbm_of(compiled),
+            {}, _block_sizes(meta), None, provenance)
+    except Exception as exc:  # noqa: BLE001 - a failed compile is a result, not a crash
+        msg = short_error(exc)
+        result = CompileResult(name, kind, case, classify(str(exc)), time.perf_counter() - start, {}, capacity,
+                               _estimate(backend, model, meta), meta.get("vmem_limit_bytes"), {}, {},
+                               _block_sizes(meta), msg, provenance)
+    return result
+
+
+def _block_sizes(meta: dict) -> dict:
+    out = {k: list(v) for k, v in (meta.get("block_sizes") or {}).items() if v is not None}
+    return out
+
+
+def _estimate(backend: Any, model: Any, meta: dict) -> int | None:
+    """The kernel's own VMEM estimate for its largest case, where the backend offers one."""
+    fn = getattr(backend, "vmem_estimate_bytes", None)
+    if fn is None or not meta:
+        return None
+    try:
+        return fn(model, meta)
+    except Exception:  # noqa: BLE001 - an estimate is informative only
+        return None
+
+
+# ------------------------------------------------------------------ worker processes
+
+
+@dataclasses.dataclass(frozen=True)
+class CompileJob:
+    """One compile, picklable: the backend is rebuilt from its kernel config in the worker."""
+
+    kernel: dict  # kernel config (registry.kernel_config_from_dict)
+    label: str
+    model: Any
+    attn: Any
+    batch: Any
+    generation: str
+    case: str
+    schedule: bool = False
+    padding: dict | None = None
+
+
+def _run_job(job: CompileJob) -> CompileResult:
+    import rpa_bench  # noqa: F401 - libtpu defaults before JAX
+
+    from rpa_bench.kernels.registry import kernel_config_from_dict
+
+    backend = kernel_config_from_dict(job.kernel).backend()
+    return compile_for_tpu(backend, job.model, job.attn, job.batch, job.generation, case=job.case,
+                           label=job.label, padding=job.padding)
+
+
+def _worker_init(schedule_dir: str | None) -> None:
+    # libtpu reads its dump flags once, when it loads: a worker asked for bundle counts
+    # gets them in its environment before anything imports JAX.
+    if schedule_dir:
+        os.environ["LIBTPU_INIT_ARGS"] = (os.environ.get("LIBTPU_INIT_ARGS", "") + f" --xla_jf_dump_to={schedule_dir}"
+                                          " --xla_jf_dump_llo_text=true --xla_jf_dump_llo_pass_label_regex=final").strip()
+
+
+def compile_many(jobs: Sequence[CompileJob], *, timeout_s: float, progress: Any = None) -> list[CompileResult]:
+    """Each job in a worker process (one at a time, reused), killed past ``timeout_s``.
+
+    A compile that times out or kills its worker is a ``timeout`` / ``failed`` result and the
+    next job gets a fresh worker. ``progress(result)`` is called after each.
+    """
+    ok, reason = libtpu_status()
+    if not ok:
+        out = [CompileResult(j.label, generation_kind(j.generation), j.case, "skipped", error=reason) for j in jobs]
+        for r in out:
+            if progress:
+                progress(r)
+        return out
+    ctx = multiprocessing.get_context("spawn")
+    results: list[CompileResult] = []
+    pool: concurrent.futures.ProcessPoolExecutor | None = None
+    schedule_dir = None
+
+    def fresh() -> concurrent.futures.ProcessPoolExecutor:
+        return concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=_worker_init,
+                                                      initargs=(schedule_dir,))
+
+    try:
+        for job in jobs:
+            if job.schedule and schedule_dir is None:
+                schedule_dir = tempfile.mkdtemp(prefix="rpa_bench_llo_")
+                if pool is not None:
+                    _kill(pool)
+                    pool = None
+            pool = pool or fresh()
+            start = time.perf_counter()
+            fut = pool.submit(_run_job, job)
+            try:
+                res = fut.result(timeout=timeout_s)
+                if job.schedule and schedule_dir:
+                    res = dataclasses.replace(res, bundles=bundles_in(schedule_dir))
+                    for f in glob.glob(os.path.join(schedule_dir, "*")):
+                        _remove(f)
+            except concurrent.futures.TimeoutError:
+                _kill(pool)
+                pool = None
+                res = CompileResult(job.label, generation_kind(job.generation), job.case, "timeout",
+                                    time.perf_counter() - start,
+                                    error=f"compile did not finish within {timeout_s:g} s (compile.timeout_s)")
+            except Exception as exc:  # noqa: BLE001 - the worker died (e.g. killed for memory)
+                _kill(pool)
+                pool = None
+                res = CompileResult(job.label, generation_kind(job.generation), job.case, "failed",
+                                    time.perf_counter() - start, error=short_error(exc))
+            results.append(res)
+            if progress:
+                progress(res)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+    return results
+
+
+def _kill(pool: concurrent.futures.ProcessPoolExecutor) -> None:
+    for p in list(getattr(pool, "_processes", {}).values()):
+        try:
+            p.kill()
+        except Exception:  # noqa: BLE001
+            pass
+    pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _remove(path: str) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.unlink(path)
