@@ -31,5 +31,8 @@ $UV pip install --quiet -p .venv/bin/python -r requirements.lock
 # tpu-inference ships the RPA kernels; its declared dependencies (torch, vllm, libtpu, ...)
 # are not needed for the kernel modules, so it is installed without them.
 $UV pip install --quiet -p .venv/bin/python --no-deps "tpu-inference==0.32.0"
+# libtpu: the TPU compiler, used off TPU as a compile-only client (rpa-bench compile); the
+# version tpu-inference 0.32.0 and jax[tpu]==0.11.2 pin.
+$UV pip install --quiet -p .venv/bin/python "libtpu==0.0.48"
 $UV pip install --quiet -p .venv/bin/python --no-deps -e .
 echo "setup: .venv ready ($(.venv/bin/python --version))"

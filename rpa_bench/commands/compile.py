@@ -35,11 +35,14 @@ def case_batches(names: list[str]) -> dict:
     from rpa_bench.workloads.batch import RaggedBatch
 
     def serving_mixed():
-        # 224 decodes + 32 prefill chunks of 56 tokens = 2016 tokens (padded to 2048), long contexts
+        # a serving engine's mixed step: 224 decodes (contexts 512..8K) + 32 prefill chunks of
+        # 56 tokens = 2016 tokens, padded as an engine pads: 2048 tokens, 256 sequences, a page
+        # table of 128 pages per sequence (32K max model length); the page pool holds the pages used
         q = [1] * 224 + [56] * 32
-        kv = [4096 + 97 * i % 28000 for i in range(224)] + [56 + 512 * i for i in range(32)]
-        return RaggedBatch.ordered(q, kv, page_size=PAGE_SIZE), {
-            "max_num_batched_tokens": 2048, "max_num_seqs": 256, "pages_per_seq": 128}
+        kv = [512 + (397 * i) % 7680 for i in range(224)] + [56 + 256 * i for i in range(32)]
+        batch = RaggedBatch.ordered(q, kv, page_size=PAGE_SIZE)
+        return batch, {"max_num_batched_tokens": 2048, "max_num_seqs": 256, "pages_per_seq": 128,
+                       "num_pages": batch.num_pages + 1}
 
     known = {
         "lower": lambda: (lowering_batch(PAGE_SIZE, chunk_prefill_size=PAGE_SIZE), {}),

@@ -22,6 +22,7 @@ in a worker process with a per-compile timeout.
 from __future__ import annotations
 
 import concurrent.futures
+import copy
 import dataclasses
 import functools
 import glob
@@ -51,6 +52,7 @@ _USED_VMEM = re.compile(r'"used_scoped_memory_configs":\[(.*?)\]')
 _SIZE = re.compile(r'"size":"?(\d+)"?')
 _CUSTOM_CALL_LINE = re.compile(r"^\s*(?:ROOT\s+)?%?(?P<name>[\w.\-]+)\s*=.*custom-call\(.*custom_call_target=\"tpu_custom_call\"")
 _BUNDLES = re.compile(r"total scheduled bundles:\s*(\d+)")
+_DUMP_NAME = re.compile(r"^\d+-(?P<name>.+)-\d+-schedule-analysis")
 
 
 def generation_kind(name: str) -> str:
@@ -182,9 +184,9 @@ def bundles_in(dump_dir: str) -> dict[str, int]:
                 m = _BUNDLES.search(f.read(4096))
         except OSError:
             continue
-        if m:
-            name = os.path.basename(path).split("-schedule-analysis")[0]
-            out[name] = max(out.get(name, 0), int(m.group(1)))
+        name = _DUMP_NAME.match(os.path.basename(path))
+        if m and name:
+            out[name.group("name")] = max(out.get(name.group("name"), 0), int(m.group(1)))
     return out
 
 
@@ -226,6 +228,9 @@ def compile_for_tpu(backend: Any, model: Any, attn: Any, batch: Any, generation:
     try:
         dev = topology_devices(kind)[0]
         target = _for_generation(backend, kind)
+        if getattr(target, "check_vmem_estimate", False):
+            target = copy.copy(target)
+            target.check_vmem_estimate = False  # the compiler, not the estimate, decides what fits
         call = target.build(model, attn, batch, interpret=False)
         meta = dict(call.meta or {})
         args = place_on(abstract_kernel_args(call, batch, model, **(padding or {})), SingleDeviceSharding(dev))
@@ -334,7 +339,9 @@ def compile_many(jobs: Sequence[CompileJob], *, timeout_s: float, progress: Any 
             try:
                 res = fut.result(timeout=timeout_s)
                 if job.schedule and schedule_dir:
-                    res = dataclasses.replace(res, bundles=bundles_in(schedule_dir))
+                    mosaic = {k.split(".")[0] for k in res.vmem_used_bytes}  # the Mosaic kernels only
+                    res = dataclasses.replace(res, bundles={k: v for k, v in bundles_in(schedule_dir).items()
+                                                            if k.split(".")[0] in mosaic})
                     for f in glob.glob(os.path.join(schedule_dir, "*")):
                         _remove(f)
             except concurrent.futures.TimeoutError:
@@ -354,6 +361,8 @@ def compile_many(jobs: Sequence[CompileJob], *, timeout_s: float, progress: Any 
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+        if schedule_dir:
+            _remove(schedule_dir)
     return results
 
 

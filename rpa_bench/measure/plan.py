@@ -96,6 +96,7 @@ class RunPlan:
     mesh: Mapping[str, Any]
     seed: int
     max_points: int | None  # per workload; None: all
+    compile_only: str | None = None  # a TPU generation's device kind: compile for it, run nothing
 
     @property
     def run_dir(self) -> Path:
@@ -151,6 +152,14 @@ def plan_from_config(
     max_points = run.get("max_points")
     if max_points is not None and int(max_points) < 1:
         raise ValueError(f"run.max_points={max_points} must be >= 1 or null")
+    compile_only = run.get("compile_only")
+    if compile_only is not None:
+        from rpa_bench.kernels.compiling import generation_kind
+
+        try:
+            compile_only = generation_kind(str(compile_only))
+        except ValueError as exc:
+            raise ValueError(f"run.compile_only: {exc}") from None
     if not workloads:
         raise ValueError("run.workloads is empty: name at least one conf/workload entry")
     if not kernels:
@@ -179,4 +188,5 @@ def plan_from_config(
         mesh=dict(cfg.get("mesh") or {}),
         seed=int(cfg.get("seed", 0)),
         max_points=None if max_points is None else int(max_points),
+        compile_only=compile_only,
     )

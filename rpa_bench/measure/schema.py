@@ -17,7 +17,7 @@ from __future__ import annotations
 
 SCHEMA_VERSION = 1
 
-STATUSES = ("ok", "incorrect", "failed", "skipped")
+STATUSES = ("ok", "incorrect", "failed", "skipped", "compiled")
 
 # column name -> (dtype, meaning). Units are in the names.
 COLUMNS: dict[str, tuple[str, str]] = {
@@ -48,7 +48,7 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "kernel_source": ("string", "package version or source path[@ref]"),
     "kernel_commit": ("string", "git commit of the kernel source, null for a release"),
     "variant": ("string", "incl_prep | excl_prep"),
-    "status": ("string", "ok | incorrect | failed | skipped"),
+    "status": ("string", "ok | incorrect | failed | skipped | compiled (run.compile_only: compiled for a TPU, not run)"),
     "error": ("string", "error message / skip reason, null when ok"),
     "max_abs_err": ("float64", "max abs error vs reference on this batch"),
     "tolerance": ("float64", "tolerance used for the correctness gate"),
@@ -101,13 +101,25 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "figures_per": ("string", "device | chip: whose peaks mbu/mfu columns divide by. chip: the devices used make up "
                               "whole chips; device: part of a chip (one TPU7x TensorCore reaches at most 50% of "
                               "its chip's peak)"),
+    "compile_target": ("string", "run.compile_only: the TPU generation compiled for, else null"),
+    "compile_status": ("string", "run.compile_only: ok | vmem_oom | hbm_oom | failed, else null"),
+    "vmem_used_bytes": ("Int64", "run.compile_only: scoped VMEM of the largest Mosaic kernel (per TensorCore)"),
+    "vmem_capacity_bytes": ("Int64", "run.compile_only: VMEM per TensorCore of the target"),
+    "vmem_headroom": ("float64", "run.compile_only: 1 - vmem_used_bytes / vmem_capacity_bytes"),
+    "compiled_hbm_bytes": ("Int64", "run.compile_only: arguments + outputs + temps + code of the compiled program "
+                                    "(per device)"),
+    "compile_facts": ("string", "run.compile_only: JSON {vmem_used_bytes per Mosaic kernel, hbm (memory_analysis), "
+                                "block_sizes, vmem_limit_bytes}"),
     "capture_path": ("string", "profiler capture relative to the run folder, null if none"),
     "seed": ("int64", ""),
     "timestamp": ("string", "ISO-8601 UTC time of the measurement"),
 }
 
 # added to schema v1 later (multi-device accounting): an older v1 run lacks them (null)
-OPTIONAL_COLUMNS = ("modelled_load_imbalance", "per_device_hbm_bytes", "per_device_flops", "per_chip", "figures_per")
+OPTIONAL_COLUMNS = ("modelled_load_imbalance", "per_device_hbm_bytes", "per_device_flops", "per_chip", "figures_per",
+                    # offline TPU compilation (run.compile_only)
+                    "compile_target", "compile_status", "vmem_used_bytes", "vmem_capacity_bytes", "vmem_headroom",
+                    "compiled_hbm_bytes", "compile_facts")
 
 MANIFEST_KEYS = (
     "schema_version",

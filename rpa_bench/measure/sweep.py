@@ -131,6 +131,10 @@ def _roofline(plan: RunPlan, num_devices: int) -> Roofline:
     from rpa_bench.roofline.specs import get_device_spec
 
     name = str(plan.device.get("name") or "auto")
+    if plan.compile_only is not None:  # the target's datasheet (no calibration: nothing runs here)
+        from rpa_bench.roofline.specs import spec_for_device_kind
+
+        return Roofline(device=spec_for_device_kind(plan.compile_only).for_devices(num_devices), calibration=None)
     spec = get_device_spec(name, results_dir=plan.results_dir)
     n = int(plan.device.get("num_devices") or num_devices)
     if spec.vendor == "cpu" and n > 1:
@@ -160,23 +164,42 @@ def _check_every_process_in_mesh(mesh: Any) -> None:
         )
 
 
-def prepare_run(plan: RunPlan) -> PreparedRun:
-    """Everything but the measurements; raises ValueError for any config problem."""
+def _compile_targets(plan: RunPlan) -> tuple:
+    """``run.compile_only``: one chip of the target generation (compile targets), else the devices."""
     import jax
 
+    if plan.compile_only is None:
+        return tuple(jax.devices())
+    from rpa_bench.measure.compile_only import target_devices
+
+    return target_devices(plan.compile_only)
+
+
+def prepare_run(plan: RunPlan) -> PreparedRun:
+    """Everything but the measurements; raises ValueError for any config problem."""
     from rpa_bench.parallel.mesh import mesh_spec_from_config
 
-    dev = jax.devices()[0]
-    mesh = mesh_spec_from_config(dict(plan.mesh), device_kind=dev.device_kind, num_devices=len(jax.devices()))
-    _check_every_process_in_mesh(mesh)
+    devices = _compile_targets(plan)
+    dev = devices[0]
+    mesh = mesh_spec_from_config(dict(plan.mesh), device_kind=dev.device_kind, num_devices=len(devices))
+    if plan.compile_only is None:
+        _check_every_process_in_mesh(mesh)
     kernels = _resolve_kernels(plan, dev.platform)
+    if plan.compile_only is not None:
+        for slot in kernels:  # compiled for the TPU with its own defaults, never interpreted
+            slot.interpret = False
+            if slot.available and hasattr(slot.backend, "generation"):
+                slot.backend.generation = plan.compile_only
+            if slot.available and hasattr(slot.backend, "check_vmem_estimate"):
+                slot.backend.check_vmem_estimate = False  # the compiler, not the estimate, decides
     roof = _roofline(plan, mesh.num_devices)
     if mesh.num_devices > 1:  # each kernel sharded over the mesh, canonical in and out (rpa_bench.parallel)
         from rpa_bench.parallel.backend import ShardedBackend
 
         for slot in kernels:
             if slot.available:
-                slot.backend = ShardedBackend(slot.backend, mesh, device_spec=roof.device)
+                slot.backend = ShardedBackend(slot.backend, mesh, device_spec=roof.device,
+                                              devices=devices if plan.compile_only else None)
                 slot.provenance = {**slot.provenance, "mesh": mesh.label}
     workloads = _build_workloads(plan)
     unsupported = _check_limits(plan, workloads, kernels, dev.platform)
@@ -220,6 +243,9 @@ def _point_rows(prep: PreparedRun, run: record.RunColumns, entry: WorkloadEntry,
         if reason is not None:
             on_rows(simple(slot, "skipped", reason))
             continue
+        if plan.compile_only is not None:
+            on_rows(_compiled_rows(prep, run, point_cols, slot, p, attn))
+            continue
         if slot.interpret and interpret_work(p.batch, plan.model) > plan.scale.interpret_max_kv_token_heads:
             on_rows(simple(slot, "skipped", (
                 f"not checked: too large for Pallas interpret mode on {prep.platform} (sum(kv_lens) x h_kv = "
@@ -246,6 +272,34 @@ def _point_rows(prep: PreparedRun, run: record.RunColumns, entry: WorkloadEntry,
             context=lambda s=slot: call_context(s.interpret),
         )
         on_rows(rows)
+
+
+def _compiled_rows(prep: PreparedRun, run: record.RunColumns, point_cols: dict, slot: KernelSlot, p: Any,
+                   attn: Any) -> list[dict]:
+    """``run.compile_only``: both variants compiled for the target, with their facts (nothing runs)."""
+    from rpa_bench.measure.compile_only import compile_variants
+
+    plan = prep.plan
+    kcols = record.kernel_columns(slot.entry.name, slot.provenance, interpret=False)
+    try:
+        cost_cols = record.cost_columns(cost_of(p.batch, plan.model, attn, causal=p.causal))
+    except Exception as exc:  # noqa: BLE001 - the compile facts still stand
+        cost_cols = {"warnings": [f"cost model failed: {error_text(exc)}"]}
+    facts = compile_variants(slot.backend, plan.model, attn, p.batch, generation=plan.compile_only,
+                             devices=_compile_targets(plan),
+                             padding={"max_num_batched_tokens": p.max_num_batched_tokens,
+                                      "max_num_seqs": p.max_num_seqs})
+    note = (f"compile-only for {plan.compile_only}: compiled by the TPU compiler, not run; no timing, "
+            "no correctness check")
+    rows = []
+    for variant, cols in facts.items():
+        cols = dict(cols)
+        status = cols.pop("status")
+        warnings = list(cost_cols.get("warnings", [])) + [note]
+        more = {k: v for k, v in cost_cols.items() if k != "warnings"}
+        rows.append(record.row(run, point_cols, kcols, variant=variant, status=status, compile_target=plan.compile_only,
+                               warnings=warnings, **more, **cols))
+    return rows
 
 
 def kernel_provenance(prep: PreparedRun) -> dict:

@@ -10,6 +10,7 @@ import pathlib
 
 from rpa_bench import __version__
 from rpa_bench.reports import sections
+from rpa_bench.reports.compile_section import compile_banner, compile_section, is_compile_run
 from rpa_bench.reports.html import Section, render
 from rpa_bench.reports.load import LoadedRun, load_run
 from rpa_bench.reports.mesh_section import mesh_section
@@ -29,6 +30,8 @@ class ReportResult:
 
 def build_sections(run: LoadedRun, out_dir: pathlib.Path) -> list[Section]:
     """Every section in page order; charts are written to ``out_dir`` as they are built."""
+    if is_compile_run(run):  # compiled, not run: a compile report and nothing that reads as speed
+        return [compile_section(run), sections.conventions_section(run), sections.provenance_section(run)]
     return [
         paper_section(run),
         sections.roofline_section(run, out_dir),
@@ -47,6 +50,9 @@ def banners(run: LoadedRun) -> list[str]:
     if run.manifest.get("synthetic"):
         out.append("This run is synthetic (its manifest says so): values are modelled to exercise the report, "
                    "not measured.")
+    compiled = compile_banner(run)
+    if compiled:
+        out.append(compiled)
     note = sections.interpret_note(run)
     if note:
         out.append(note)
