@@ -55,9 +55,11 @@ def test_threshold_above_the_slowdown_exits_zero(runs, tmp_path):
 
 
 def test_kernels_mode_never_compares_interpret_timings(runs, tmp_path, capsys):
+    # nothing comparable: the page says why, and the exit status is 2 (no verdict), never 0
     assert cli.main(["compare", str(runs["a"]), "--kernels", "reference", "rpa_v3", "--out", str(tmp_path),
-                     "--resamples", "300"]) == 0
-    assert "not comparable: 32" in capsys.readouterr().out
+                     "--resamples", "300"]) == 2
+    captured = capsys.readouterr()
+    assert "not comparable: 32" in captured.out and "none of the 32 points is comparable" in captured.err
     html = (tmp_path / "index.html").read_text()
     assert "no point is comparable" in html
     assert not (tmp_path / "ratio.png").exists()
@@ -78,3 +80,21 @@ def test_bad_input_exits_two_with_a_clear_message(runs, tmp_path, capsys, argv, 
     argv = [a.format(tmp=tmp_path, a=runs["a"], b=runs["b"]) for a in argv]
     assert cli.main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_runs_sharing_no_point_or_with_a_corrupt_table_exit_2_with_one_line(runs, tmp_path, capsys):
+    import shutil
+
+    import pandas as pd
+
+    other = tmp_path / "other"
+    shutil.copytree(runs["b"], other)
+    df = pd.read_parquet(other / "measurements.parquet")
+    df["workload"] = "azure_conv"  # no point in common with A
+    df.to_parquet(other / "measurements.parquet")
+    assert cli.main(["compare", str(runs["a"]), str(other), "--out", str(tmp_path / "o1")]) == 2
+    err = capsys.readouterr().err
+    assert "share no workload point" in err and "Traceback" not in err and "KeyError" not in err
+    (other / "measurements.parquet").write_bytes(b"not a parquet file")
+    assert cli.main(["compare", str(runs["a"]), str(other), "--out", str(tmp_path / "o2")]) == 2
+    assert "has no readable measurements" in capsys.readouterr().err

@@ -18,10 +18,45 @@ def conf_dir() -> Path:
     return Path(str(resources.files("rpa_bench") / "_conf"))
 
 
+def group_choices(group: str) -> list[str]:
+    """The options of a config group (``conf/<group>/*.yaml``), sorted; [] when no such group."""
+    folder = conf_dir() / group
+    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+
+
+def check_group_choices(argv: list[str]) -> str | None:
+    """A one-line error for ``group=value`` naming an option that does not exist, else None.
+
+    Hydra itself accepts an unknown option of an ``optional`` group (``experiment=nosuch``
+    ran the defaults) and reports other unknown options with a traceback; checked here
+    first. Sweeps (``a,b``) and ``null`` are checked per value.
+    """
+    for arg in argv:
+        if "=" not in arg or arg.startswith("-"):
+            continue
+        key, value = arg.split("=", 1)
+        key = key.lstrip("+~")
+        if "." in key or "/" in key or not (conf_dir() / key).is_dir():
+            continue  # a field, hydra's own group, or not a group
+        choices = group_choices(key)
+        for v in value.split(","):
+            v = v.strip()
+            if v in ("null", "") or v.startswith(("choice(", "range(", "glob(")):
+                continue
+            if v not in choices:
+                return f"{key}={v!r} unknown; available: {', '.join(choices)}"
+    return None
+
+
 def run_hydra(prog: str, task: Callable[[DictConfig], int | None], argv: list[str],
               extra_overrides: tuple[str, ...] = ()) -> int:
     """Call ``task(cfg)`` through ``hydra.main`` so overrides, ``-m`` and launchers work."""
     import hydra
+
+    problem = check_group_choices(argv)
+    if problem:
+        print(f"{prog}: {problem}", file=sys.stderr)
+        return 2
 
     result: dict[str, int | None] = {}
 

@@ -4,7 +4,8 @@
     rpa-bench compare results/RUN --kernels KERNEL_A KERNEL_B
 
 Exit status: 1 when some point is significantly slower in B beyond the threshold, 0
-otherwise, 2 for bad input (not a results run, unknown kernel, no point in common).
+otherwise, 2 for bad input (not a results run, unreadable measurements, unknown kernel, no
+point in common, no comparable point).
 """
 
 from __future__ import annotations
@@ -55,6 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     for run in runs:
         for problem in run.problems:
             err(f"warning: {run.name}: {problem}")
+        if run.measurements.empty:
+            err(f"{run.name} has no readable measurements"
+                + (f" ({run.problems[-1]})" if run.problems else "") + ": nothing to compare")
+            return 2
     if args.kernels:
         run = runs[0]
         ka, kb = args.kernels
@@ -88,4 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     if s.flagged_unstable:
         err(f"warning: {s.flagged_unstable} flagged point(s) have unstable samples on a side (noisy host)")
     print(f"wrote {output.index_html}")
+    if s.num_comparable == 0:  # a verdict needs at least one comparable point: bad input for a CI job
+        reasons = result["reason"].fillna("").value_counts()
+        err(f"none of the {len(result)} points is comparable ("
+            + "; ".join(f"{n}x {r}" for r, n in reasons.head(3).items()) + ")")
+        return 2
     return s.exit_status

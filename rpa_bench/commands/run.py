@@ -40,6 +40,30 @@ def _container(node: Any) -> Any:
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) or OmegaConf.is_list(node) else node
 
 
+def _explicit_paths(node: str) -> frozenset[str]:
+    """Dotted paths below ``node`` that the command line sets (``workload.num_seqs=2`` -> num_seqs)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    out = set()
+    for o in HydraConfig.get().overrides.task:
+        key = o.split("=", 1)[0].lstrip("+~")
+        if key.startswith(node + "."):
+            out.add(key[len(node) + 1:])
+    return frozenset(out)
+
+
+def _entry_paths(item: Any, prefix: str = "") -> set[str]:
+    if not isinstance(item, dict):
+        return set()
+    out = set()
+    for k, v in item.items():
+        if k == "use" and not prefix:
+            continue
+        out.add(prefix + k)
+        out |= _entry_paths(v, prefix + k + ".")
+    return out
+
+
 def _compose_entries(group: str, entries: Any, fallback: DictConfig) -> list[dict]:
     """Each listed ``conf/<group>`` entry composed by Hydra with the run's other overrides.
 
@@ -112,7 +136,21 @@ def task(cfg: DictConfig) -> int:
         return _task(cfg)
     except ValueError as exc:  # config problems: a clear message, no traceback
         print(f"rpa-bench run: {exc}", file=sys.stderr)
+        _remove_unstarted_run_dir(cfg)
         return 2
+
+
+def _remove_unstarted_run_dir(cfg: DictConfig) -> None:
+    """A refused config leaves no folder behind: the run folder Hydra made for this call is
+    removed when it holds nothing but Hydra's own log folder (never an existing run)."""
+    import shutil
+
+    try:
+        run_dir, _ = _run_dir(cfg)
+    except Exception:  # noqa: BLE001 - nothing to clean
+        return
+    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {"hydra"}:
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def _open_store(store: Any, config: dict, prep: Any, plan: Any, run_id: str) -> None:
@@ -167,7 +205,7 @@ def _task(cfg: DictConfig) -> int:
     from hydra.core.hydra_config import HydraConfig
 
     from rpa_bench.measure import sweep
-    from rpa_bench.measure.plan import plan_from_config
+    from rpa_bench.measure.plan import Explicit, plan_from_config
     from rpa_bench.measure.record import now_utc
     from rpa_bench.measure.store import RunStore
     from rpa_bench.measure.summary import final_table
@@ -181,7 +219,17 @@ def _task(cfg: DictConfig) -> int:
     workloads = _compose_entries("workload", cfg.run.get("workloads"), cfg.workload)
     kernels = _compose_entries("kernel", cfg.run.get("kernels"), cfg.kernel)
     config["composed"] = {"workloads": workloads, "kernels": kernels}
-    plan = plan_from_config(config, workloads=workloads, kernels=kernels, experiment=str(experiment))
+    # what the command line (or a run.workloads entry) sets wins over the scale preset
+    listed = _container(cfg.run.get("workloads"))
+    if listed is not None and not any(o.lstrip("+~").startswith(("workload=", "workload."))
+                                      for o in HydraConfig.get().overrides.task):
+        per_entry = [frozenset(_entry_paths(item)) for item in listed]
+    else:
+        per_entry = [_explicit_paths("workload")]
+    explicit = Explicit(model=_explicit_paths("model"), scheduler=_explicit_paths("scheduler"),
+                        workloads=tuple(per_entry))
+    plan = plan_from_config(config, workloads=workloads, kernels=kernels, experiment=str(experiment),
+                            explicit=explicit)
     prep = sweep.prepare_run(plan)  # every check, before anything is allocated
     if prep.platform == "cpu":  # repeatable CPU timings (see rpa_bench/measure/host.py)
         from rpa_bench.measure.host import fix_mmap_threshold

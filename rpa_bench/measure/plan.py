@@ -103,11 +103,29 @@ class RunPlan:
         return self.results_dir / self.run_name
 
 
-def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict:
+def _merge(base: Mapping[str, Any], over: Mapping[str, Any], *, keep: frozenset[str] = frozenset(),
+           prefix: str = "") -> dict:
+    """``over`` merged into ``base``, except the dotted paths in ``keep`` (what the user set
+    explicitly: a preset never overrides it)."""
     out = dict(base)
     for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else v
+        path = f"{prefix}{k}"
+        if path in keep:
+            continue
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = _merge(out[k], v, keep=keep, prefix=path + ".")
+        else:
+            out[k] = v
     return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Explicit:
+    """What the user set explicitly (dotted paths below each node): scale presets leave them alone."""
+
+    model: frozenset[str] = frozenset()
+    scheduler: frozenset[str] = frozenset()
+    workloads: tuple[frozenset[str], ...] = ()  # one per workload entry, in order
 
 
 def kernel_entry(cfg: Mapping[str, Any]) -> KernelEntry:
@@ -122,12 +140,13 @@ def kernel_entry(cfg: Mapping[str, Any]) -> KernelEntry:
                        interpret=interpret, config=cfg)
 
 
-def workload_entry(cfg: Mapping[str, Any], scale: ScaleSpec) -> WorkloadEntry:
+def workload_entry(cfg: Mapping[str, Any], scale: ScaleSpec, explicit: frozenset[str] = frozenset()) -> WorkloadEntry:
     cfg = dict(cfg)
     name, kind = cfg.get("name"), cfg.get("kind")
     if not name or not kind:
         raise ValueError(f"workload: 'name' and 'kind' are required (got name={name!r}, kind={kind!r})")
-    return WorkloadEntry(name=str(name), kind=str(kind), config=_merge(cfg, scale.workload_overrides(name, kind)))
+    return WorkloadEntry(name=str(name), kind=str(kind),
+                         config=_merge(cfg, scale.workload_overrides(name, kind), keep=explicit))
 
 
 def plan_from_config(
@@ -136,10 +155,12 @@ def plan_from_config(
     workloads: list[Mapping[str, Any]],
     kernels: list[Mapping[str, Any]],
     experiment: str,
+    explicit: Explicit = Explicit(),
 ) -> RunPlan:
-    """Validate the resolved config (plain dicts) into a :class:`RunPlan`."""
+    """Validate the resolved config (plain dicts) into a :class:`RunPlan`. ``explicit``: what
+    the command line set; the scale preset fills in everything else."""
     scale = ScaleSpec.from_dict(cfg["scale"])
-    model_cfg = _merge(dict(cfg["model"]), scale.model)
+    model_cfg = _merge(dict(cfg["model"]), scale.model, keep=explicit.model)
     model_name = str(model_cfg.get("name", "model"))
     model = ModelSpec.from_dict(model_cfg)
     attn_cfg = dict(cfg.get("attention") or {})
@@ -164,7 +185,8 @@ def plan_from_config(
         raise ValueError("run.workloads is empty: name at least one conf/workload entry")
     if not kernels:
         raise ValueError("run.kernels is empty: name at least one conf/kernel entry")
-    wl = tuple(workload_entry(w, scale) for w in workloads)
+    keeps = list(explicit.workloads) + [frozenset()] * (len(workloads) - len(explicit.workloads))
+    wl = tuple(workload_entry(w, scale, keep) for w, keep in zip(workloads, keeps))
     names = [w.name for w in wl]
     if len(set(names)) != len(names):
         raise ValueError(f"run.workloads names a workload twice: {names}")
@@ -181,7 +203,7 @@ def plan_from_config(
         model_name=model_name,
         model=model,
         attention=attention,
-        scheduler=_merge(dict(cfg.get("scheduler") or {}), scale.scheduler),
+        scheduler=_merge(dict(cfg.get("scheduler") or {}), scale.scheduler, keep=explicit.scheduler),
         timing=TimingConfig.from_dict(cfg["timing"]),
         scale=scale,
         device=dict(cfg.get("device") or {}),

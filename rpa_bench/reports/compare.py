@@ -167,6 +167,9 @@ def compare_measurements(a: pd.DataFrame, b: pd.DataFrame, options: CompareOptio
     result = pd.DataFrame(rows)
     if result.empty:
         return result
+    for column in ("ratio", "reason"):  # every point one-sided: no comparison ran, the columns still exist
+        if column not in result.columns:
+            result[column] = np.nan if column == "ratio" else None
     if dup_a or dup_b:
         result.attrs["warning"] = f"duplicate points kept last: A {dup_a}, B {dup_b}"
     order = result["mark"].map({m: i for i, m in enumerate(MARK_ORDER)})
