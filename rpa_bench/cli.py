@@ -38,8 +38,12 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"rpa-bench: unknown command {name!r}; allowed: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
-    module = importlib.import_module(COMMANDS[name][0])
-    return int(module.main(rest) or 0)
+    try:
+        module = importlib.import_module(COMMANDS[name][0])
+        return int(module.main(rest) or 0)
+    except KeyboardInterrupt:  # Ctrl-C while starting up: no traceback
+        print(f"\nrpa-bench {name}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -132,12 +132,50 @@ def task(cfg: DictConfig) -> int:
     import logging
 
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU backend" is not news
+    interrupted = {"sigint": False}
+
+    def on_int(signum, frame):  # remembered, so a Ctrl-C that a library swallows still ends the run
+        interrupted["sigint"] = True
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_int)
     try:
-        return _task(cfg)
+        rc = _task(cfg)
+        if interrupted["sigint"] and rc == 0:
+            _mark_interrupted(cfg)
+            print("rpa-bench run: interrupted", file=sys.stderr)
+            return 130
+        return rc
     except ValueError as exc:  # config problems: a clear message, no traceback
         print(f"rpa-bench run: {exc}", file=sys.stderr)
         _remove_unstarted_run_dir(cfg)
         return 2
+    except KeyboardInterrupt:  # during start-up, before any point: nothing measured to keep
+        _mark_interrupted(cfg)
+        print("\nrpa-bench run: interrupted", file=sys.stderr)
+        return 130
+    except OSError as exc:  # the results folder cannot be written (read-only, disk full)
+        print(f"rpa-bench run: cannot write the run folder: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _mark_interrupted(cfg: DictConfig) -> None:
+    """The stored run (if any) says interrupted; a run folder never started is removed."""
+    from rpa_bench.measure.record import now_utc
+    from rpa_bench.measure.store import RunStore
+
+    try:
+        run_dir, _ = _run_dir(cfg)
+        store = RunStore(run_dir)
+        if store.exists():
+            if store.read_manifest().get("status") == "running":
+                store.update_manifest(status="interrupted", interrupted_utc=now_utc())
+        else:
+            _remove_unstarted_run_dir(cfg)
+    except Exception:  # noqa: BLE001 - best effort on the way out
+        pass
 
 
 def _remove_unstarted_run_dir(cfg: DictConfig) -> None:
@@ -169,10 +207,19 @@ def _open_store(store: Any, config: dict, prep: Any, plan: Any, run_id: str) -> 
                 f"{run_dir} holds a run with a different config ({', '.join(changed[:10])}); "
                 "resume with the same overrides, or choose a new run.name"
             )
+        _check_same_workloads(old, {e.name: sweep.workload_manifest(e, w, plan.max_points)
+                                    for e, w in prep.workloads}, run_dir)
         store.clean_temporaries()
+        for e, w in prep.workloads:  # tables a kill before they were written lost: rebuilt
+            if not any((run_dir / "workloads" / e.name).glob("*.parquet")):
+                sweep.write_workload_tables(store, e, w)
         store.update_manifest(status="running", resumed_utc=[*old.get("resumed_utc", []), now_utc()],
                               resumed_from_status=old.get("status"))
         print(f"rpa-bench run: resuming {run_dir} ({len(store.done_keys())} (point, kernel) pairs done)")
+        retry = sorted(store.retry_keys())
+        if retry:
+            print(f"rpa-bench run: retrying {len(retry)} (point, kernel) pair(s) that failed for an environmental "
+                  "reason: " + ", ".join(f"{w}:{p}:{k}" for w, p, k in retry[:8]) + (" ..." if len(retry) > 8 else ""))
     else:
         manifest = {
             "schema_version": schema.SCHEMA_VERSION,
@@ -193,12 +240,39 @@ def _open_store(store: Any, config: dict, prep: Any, plan: Any, run_id: str) -> 
             "mesh": prep.mesh_label,
             "processes": distributed.describe(),
         }
-        store.write_manifest(manifest)
-        for e, w in prep.workloads:
+        for e, w in prep.workloads:  # before the manifest says the run (and its tables) exist
             sweep.write_workload_tables(store, e, w)
+        store.write_manifest(manifest)
+
+
+def _check_same_workloads(old: dict, new: dict, run_dir: Path) -> None:
+    """A resume measures the same inputs: trace files (sha256) and point ids must not have changed."""
+    changes = []
+    for name, now in new.items():
+        before = (old.get("workloads") or {}).get(name)
+        if before is None:
+            changes.append(f"workload {name} is new")
+            continue
+        if (before.get("sources") or {}) != (now.get("sources") or {}):
+            changes.append(f"workload {name}'s source files changed (sha256 differs from the stored run)")
+        if before.get("point_ids") != now.get("point_ids"):
+            changes.append(f"workload {name}'s points changed ({len(before.get('point_ids') or [])} stored, "
+                           f"{len(now.get('point_ids') or [])} now)")
+    if changes:
+        raise ValueError(f"{run_dir} cannot be resumed: " + "; ".join(changes)
+                         + "; choose a new run.name to measure the new inputs")
 
 
 def _task(cfg: DictConfig) -> int:
+    held: list[Any] = []  # run stores whose lock this process holds
+    try:
+        return _task_body(cfg, held)
+    finally:
+        for store in held:
+            store.release_lock()
+
+
+def _task_body(cfg: DictConfig, held: list) -> int:
     import shutil
     import tempfile
 
@@ -241,6 +315,8 @@ def _task(cfg: DictConfig) -> int:
     decision: dict[str, Any] = {"error": None, "done": []}
     if writer:
         store = RunStore(run_dir)
+        store.acquire_lock()  # a second run with this run.name is refused (RunLockedError)
+        held.append(store)
         try:
             _open_store(store, config, prep, plan, run_id)
             decision["done"] = sorted(list(k) for k in store.done_keys())
@@ -271,6 +347,16 @@ def _task(cfg: DictConfig) -> int:
         print(f"\nrpa-bench run: interrupted; finished points are kept. Resume with the same command "
               f"and run.name={plan.run_name}", file=sys.stderr)
         return 130
+    except OSError as exc:  # a part could not be written (disk full, read-only): measured parts are kept
+        reason = f"{type(exc).__name__}: {exc}"
+        try:
+            store.update_manifest(status="failed", failed_utc=now_utc(), failure=reason)
+        except OSError:
+            pass
+        print(f"rpa-bench run: stopped: a result could not be written ({reason}); the parts already "
+              f"written are kept. Free space or fix permissions, then resume with run.name={plan.run_name}",
+              file=sys.stderr)
+        return 1
     finally:
         signal.signal(signal.SIGTERM, previous)
     store.consolidate()
@@ -308,5 +394,33 @@ def _follow(prep: Any, scratch: Any, run_id: str, done: set, run_dir: Path) -> i
     return 0
 
 
+def _writable_results_dir(argv: list[str]) -> str | None:
+    """A one-line reason when the run folder's location cannot be written (checked before Hydra
+    tries to create it), else None."""
+    import os
+
+    from rpa_bench.commands._hydra import compose
+
+    if "-m" in argv or "--multirun" in argv or any(a.startswith("-") for a in argv):
+        return None
+    try:
+        cfg = compose([a for a in argv if "=" in a])
+        results = Path(str(cfg.run.results_dir))
+    except Exception:  # noqa: BLE001 - Hydra reports config errors itself
+        return None
+    probe = results
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"run.results_dir={str(results)!r} cannot be created: {probe} is a file, not a folder"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"run.results_dir={str(results)!r} is not writable ({probe} is read-only for this user)"
+    return None
+
+
 def main(argv: list[str]) -> int:
+    problem = _writable_results_dir(argv)
+    if problem:
+        print(f"rpa-bench run: {problem}", file=sys.stderr)
+        return 2
     return run_hydra("rpa-bench run", task, argv)

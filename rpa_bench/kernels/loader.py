@@ -218,14 +218,17 @@ def _register(namespace: str, package_dir: Path) -> None:
 
 # --- sources ---------------------------------------------------------------------------
 def installed_package_dir() -> Path | None:
-    """Folder of the installed ``tpu_inference`` package (found without importing it)."""
-    module = sys.modules.get(PACKAGE)
-    if module is not None and getattr(module, "__path__", None):
-        return Path(list(module.__path__)[0])
-    spec = importlib.util.find_spec(PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
+    """Folder of the *installed* ``tpu_inference`` package (found without importing it).
+
+    Taken from the distribution's own record, never from ``sys.path``: a ``tpu_inference/``
+    folder in the working directory must not stand in for the installed release.
+    """
+    try:
+        dist = importlib.metadata.distribution(DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
         return None
-    return Path(list(spec.submodule_search_locations)[0])
+    where = Path(str(dist.locate_file(PACKAGE)))
+    return where if (where / "kernels").is_dir() else None
 
 
 def installed_version() -> str | None:
@@ -247,6 +250,15 @@ def availability(source: str | None = None) -> tuple[bool, str]:
         return True, f"{DISTRIBUTION} {installed_version()}"
     if spec.ref is None and not _package_dir(spec.path).is_dir():
         return False, f"kernel.source={source!r} holds no {PACKAGE}/ folder"
+    if spec.ref is not None:
+        try:
+            sha = _resolve_ref(spec, source)
+            toplevel = _git_toplevel(spec.path)
+            rel = os.path.relpath(_package_dir(spec.path), toplevel)
+            _git(toplevel, "cat-file", "-e", f"{sha}:{rel}")
+        except (ValueError, FileNotFoundError) as e:
+            msg = str(e).splitlines()[0] if str(e) else "git ref not found"
+            return False, msg if msg.startswith("kernel.source=") else f"kernel.source={source!r}: {msg}"
     return True, str(source)
 
 
@@ -279,7 +291,9 @@ def _export_revision(repo: Path, sha: str, package_rel: str) -> Path:
     """``git archive`` the package folder of commit ``sha`` into the cache (once)."""
     dest = cache_dir() / "revisions" / sha
     if (dest / PACKAGE).is_dir():
-        return dest
+        if _export_matches(repo, sha, package_rel, dest / PACKAGE):
+            return dest
+        shutil.rmtree(dest, ignore_errors=True)  # edited or damaged: export the commit again
     dest.parent.mkdir(parents=True, exist_ok=True)
     blob = _git(repo, "archive", "--format=tar", sha, "--", package_rel, stdout_bytes=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{sha[:12]}-", dir=dest.parent))
@@ -297,6 +311,25 @@ def _export_revision(repo: Path, sha: str, package_rel: str) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return dest
+
+
+def _git_blob_sha1(data: bytes) -> str:
+    """Git's object id of a file's bytes (``git hash-object``): sha1 of ``blob <len>\\0<data>``."""
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def _export_matches(repo: Path, sha: str, package_rel: str, package_dir: Path) -> bool:
+    """Whether a cached export holds exactly the files of commit ``sha`` (checked by git object ids)."""
+    listing = _git(repo, "ls-tree", "-r", sha, "--", package_rel)
+    want = {}
+    for line in listing.splitlines():
+        meta, _, path = line.partition("\t")
+        want[os.path.relpath(path, package_rel)] = meta.split()[2]
+    have = {}
+    for file in package_dir.rglob("*"):
+        if file.is_file():
+            have[str(file.relative_to(package_dir))] = _git_blob_sha1(file.read_bytes())
+    return have == want
 
 
 def load_source(source: str | None = None) -> LoadedSource:

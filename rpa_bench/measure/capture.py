@@ -124,6 +124,15 @@ def module_name_of(compiled: Any) -> str:
     return m.group(1)
 
 
+class CaptureNotKept(OSError):
+    """The capture was taken but could not be written to its destination (read-only folder,
+    disk full); ``space`` holds it, read, so the measurement keeps its device time."""
+
+    def __init__(self, message: str, space: Space):
+        super().__init__(message)
+        self.space = space
+
+
 def capture(
     call: Callable[[int], Any],
     num_calls: int,
@@ -149,13 +158,18 @@ def capture(
         if not found:
             raise RuntimeError(f"jax.profiler.trace wrote no xplane.pb under {tmp}")
         dest = Path(dest)
-        dest.parent.mkdir(parents=True, exist_ok=True)
         part = dest.with_name(dest.name + ".tmp")
         try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(found[-1], part)
             os.replace(part, dest)
+        except OSError as err:
+            raise CaptureNotKept(f"{type(err).__name__}: {err}", xspace.read(found[-1])) from None
         finally:
-            part.unlink(missing_ok=True)
+            try:
+                part.unlink(missing_ok=True)
+            except OSError:
+                pass
     return dest
 
 

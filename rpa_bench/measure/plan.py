@@ -128,11 +128,18 @@ class Explicit:
     workloads: tuple[frozenset[str], ...] = ()  # one per workload entry, in order
 
 
+KERNEL_ENTRY_KEYS = ("name", "source", "options", "interpret")
+
+
 def kernel_entry(cfg: Mapping[str, Any]) -> KernelEntry:
     cfg = dict(cfg)
     name = cfg.get("name")
     if not name:
         raise ValueError("kernel.name is missing (each conf/kernel/*.yaml names its backend)")
+    unknown = sorted(set(cfg) - set(KERNEL_ENTRY_KEYS))
+    if unknown:
+        raise ValueError(f"kernel entry {name}: unknown key(s) {unknown}; allowed: use, "
+                         f"{', '.join(KERNEL_ENTRY_KEYS)} (options go under options:)")
     interpret = cfg.get("interpret", "auto")
     if interpret not in INTERPRET_CHOICES:
         raise ValueError(f"kernel={name}: interpret={interpret!r}; allowed: auto, true, false")

@@ -123,17 +123,22 @@ def _time_variant(call: TimedCall, cfg: TimingConfig, *, capture_to: Path | None
         wall = time_function(call, call.args, config=cfg, donates=call.donates, clock=clock,
                              label=f"{call.variant} samples", in_order=_in_order(), agree=_agree())
         notes = list(wall.warnings)
-        device, per_device = None, None
+        device, per_device, path = None, None, None
         if cfg.capture and cfg.capture_calls > 0 and capture_to is not None:
             sets = [call.fresh_args() for _ in range(cfg.capture_calls)]
-            path = cap.capture(lambda i: call(*sets[i]), cfg.capture_calls, capture_to, hlo=cfg.capture_hlo)
-            space = xspace.read(path)
+            try:
+                path = cap.capture(lambda i: call(*sets[i]), cfg.capture_calls, capture_to, hlo=cfg.capture_hlo)
+                space = xspace.read(path)
+            except cap.CaptureNotKept as err:  # the timing stands; only the file is lost
+                path, space = None, err.space
+                notes.append(f"the profiler capture could not be kept ({err}); device time was read from it "
+                             "before it was discarded")
             per_device = per_device_timing(space, module_name=call.module_name, num_calls=cfg.capture_calls,
                                            devices=devices if devices is not None else _call_devices(call),
                                            wall_latency_us=wall.summary.median_us, kernel_regex=kernel_regex)
             device = per_device.as_step()
             notes += device.warnings
-            if not cfg.keep_captures:
+            if not cfg.keep_captures and path is not None:
                 path.unlink(missing_ok=True)
     on_device_plane = device is not None and device.available and str(device.plane).startswith("/device:")
     if device is not None and device.available and not on_device_plane:
@@ -166,7 +171,7 @@ def _time_variant(call: TimedCall, cfg: TimingConfig, *, capture_to: Path | None
     cols = record.timing_columns(
         source=source, samples_us=samples, summary=summary, wall=wall, device_samples_us=dev,
         compile_time_s=call.compile_time_s,
-        capture_path=str(capture_to) if (device is not None and cfg.keep_captures) else None,
+        capture_path=str(capture_to) if (device is not None and cfg.keep_captures and path is not None) else None,
     )
     cols["warnings"] = notes
     return cols, per_device

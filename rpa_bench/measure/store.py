@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import socket
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -33,6 +35,11 @@ PARTS = "parts"
 CAPTURES = "captures"
 WORKLOADS = "workloads"
 KEY_COLUMNS = ("workload", "point_id", "kernel")
+LOCK = ".lock"
+# Failures a resume retries: the machine's fault, not the kernel's.
+ENVIRONMENTAL_ERROR = re.compile(
+    r"^(OSError|PermissionError|FileNotFoundError|IsADirectoryError|NotADirectoryError|BlockingIOError|MemoryError)"
+    r"|No space left on device|Read-only file system|RESOURCE_EXHAUSTED: Out of memory")
 RUN_STATUSES = ("running", "complete", "interrupted", "failed")
 
 _ARROW = {"string": pa.string(), "int64": pa.int64(), "Int64": pa.int64(), "bool": pa.bool_(), "float64": pa.float64()}
@@ -160,17 +167,72 @@ class RunStore:
     def consolidate(self) -> Path:
         tables = self.part_tables()
         table = pa.concat_tables(tables) if tables else arrow_schema().empty_table()
+        table = _latest_rows(table)  # a retried (point, kernel) keeps only its latest rows
         self.root.mkdir(parents=True, exist_ok=True)
         _atomic_write(self.measurements_path, lambda p: pq.write_table(table, p))
         return self.measurements_path
 
     def done_keys(self) -> set[tuple[str, str, str]]:
-        """(workload, point_id, kernel) of every finished part."""
+        """(workload, point_id, kernel) of every finished part, except those whose latest rows
+        failed for an environmental reason (disk full, read-only folder, out of memory): a
+        resume retries them (:meth:`retry_keys`)."""
         keys: set[tuple[str, str, str]] = set()
         for t in self.part_tables():
             cols = [t.column(c).to_pylist() for c in KEY_COLUMNS]
             keys.update(zip(*cols))
-        return keys
+        return keys - self.retry_keys()
+
+    def retry_keys(self) -> set[tuple[str, str, str]]:
+        """(workload, point_id, kernel) whose latest rows failed for an environmental reason."""
+        latest: dict[tuple, list[tuple[str, str]]] = {}
+        for t in self.part_tables():
+            cols = [t.column(c).to_pylist() for c in (*KEY_COLUMNS, "status", "error")]
+            part: dict[tuple, list[tuple[str, str]]] = {}
+            for w, p, k, status, error in zip(*cols):
+                part.setdefault((w, p, k), []).append((status, error or ""))
+            latest.update(part)  # a later part of the same key replaces the earlier one
+        return {key for key, rows in latest.items()
+                if any(s == "failed" and ENVIRONMENTAL_ERROR.search(e) for s, e in rows)}
+
+    # --- one writer at a time ----------------------------------------------------------
+    @property
+    def lock_path(self) -> Path:
+        return self.root / LOCK
+
+    def acquire_lock(self) -> None:
+        """Take the run folder for this process (``.lock``: pid, host, time). Refuses, naming
+        the owner, while another live process holds it; a lock left by a dead process on
+        this host is taken over."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "since": _now()}
+        for _ in range(2):
+            try:
+                fd = os.open(self.lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                owner = self._lock_owner()
+                if owner is not None and not _stale(owner):
+                    raise RunLockedError(
+                        f"{self.root} is in use by another rpa-bench run (pid {owner.get('pid')} on "
+                        f"{owner.get('host')}, since {owner.get('since')}); wait for it, or choose another run.name"
+                        + ("" if owner.get("host") == me["host"] else
+                           f" (if that run is dead, remove {self.lock_path})"))
+                self.lock_path.unlink(missing_ok=True)  # stale: its owner is gone
+                continue
+            with os.fdopen(fd, "w") as fh:
+                json.dump(me, fh)
+            return
+        raise RunLockedError(f"{self.root}: could not take the run lock {self.lock_path}")
+
+    def release_lock(self) -> None:
+        owner = self._lock_owner()
+        if owner is not None and owner.get("pid") == os.getpid() and owner.get("host") == socket.gethostname():
+            self.lock_path.unlink(missing_ok=True)
+
+    def _lock_owner(self) -> dict | None:
+        try:
+            return json.loads(self.lock_path.read_text())
+        except (OSError, ValueError):
+            return None
 
     def clean_temporaries(self) -> int:
         """Remove temp files left by a run killed mid-write; returns how many."""
@@ -192,6 +254,38 @@ class RunStore:
         path = folder / f"{table}.parquet"
         _atomic_write(path, lambda p: frame.to_parquet(p, index=False))
         return path
+
+
+class RunLockedError(ValueError):
+    """Another live process writes this run folder."""
+
+
+def _now() -> str:
+    import datetime as _dt
+
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _stale(owner: Mapping[str, Any]) -> bool:
+    """A lock whose owner process is gone (only decidable on the same host)."""
+    if owner.get("host") != socket.gethostname():
+        return False
+    try:
+        os.kill(int(owner.get("pid")), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, TypeError, ValueError):
+        return False
+    return False
+
+
+def _latest_rows(table: pa.Table) -> pa.Table:
+    """Rows of the last part that measured each (workload, point, kernel, variant)."""
+    keys = list(zip(*(table.column(c).to_pylist() for c in (*KEY_COLUMNS, "variant"))))
+    last = {k: i for i, k in enumerate(keys)}
+    if len(last) == len(keys):
+        return table
+    return table.take(sorted(last.values()))
 
 
 def read_measurements(run_dir: str | Path) -> pd.DataFrame:

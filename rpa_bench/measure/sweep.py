@@ -65,6 +65,8 @@ def _resolve_kernels(plan: RunPlan, platform: str) -> list[KernelSlot]:
     for k in plan.kernels:
         backend = get_backend(k.name, source=k.source, options=dict(k.options) or None)
         ok, reason = backend.availability()
+        if not ok:  # a kernel the user asked for that cannot be loaded: a config error, before any point
+            raise ValueError(f"kernel={k.name} cannot be loaded: {reason}")
         if k.interpret == "auto":
             interpret = platform != "tpu" and k.name in PALLAS_BACKENDS
         else:
