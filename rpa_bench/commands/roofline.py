@@ -20,6 +20,7 @@ has kv_len = c + 1 and a prefill chunk of s tokens kv_len = c + s. Without
 from __future__ import annotations
 
 import argparse
+import math
 import json
 import sys
 
@@ -41,6 +42,11 @@ def _heads(text: str) -> tuple[int, int]:
     return q, kv
 
 
+# Bounds far beyond any real batch; they stop a typo from allocating a batch of 10^12
+# sequences (a MemoryError) before anything is computed.
+MAX_COUNT = 10_000_000
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -48,13 +54,25 @@ def _positive(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer")
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} must be >= 1")
+    if value > MAX_COUNT:
+        raise argparse.ArgumentTypeError(f"{value} is larger than {MAX_COUNT:,} (allowed: 1 .. {MAX_COUNT:,})")
+    return value
+
+
+def _latency(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number")
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number of microseconds > 0")
     return value
 
 
 def _non_negative(text: str) -> int:
     value = int(text) if text.lstrip("-").isdigit() else None
-    if value is None or value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be an integer >= 0")
+    if value is None or value < 0 or value > MAX_COUNT:
+        raise argparse.ArgumentTypeError(f"{text!r} must be an integer in 0 .. {MAX_COUNT:,}")
     return value
 
 
@@ -87,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--count", choices=COUNTS, default="executed", help="causal FLOPs: as executed or useful only")
     w.add_argument("--sliding-window", type=_positive, default=None)
     w.add_argument("--granularity", choices=GRANULARITIES, default="token", help="cached K/V bytes per token or page")
-    p.add_argument("--latency-us", type=float, default=None, help="measured latency of the call (microseconds)")
+    p.add_argument("--latency-us", type=_latency, default=None, help="measured latency of the call (microseconds)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--paper", choices=(*PAPER_TABLES, "all"), default=None,
                    help="print a paper table (or all) beside its recomputation; other flags ignored")

@@ -13,11 +13,13 @@ fewer and shorter sequences) and is recorded in the manifest and in every row.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from rpa_bench.measure.timing import TimingConfig
+from rpa_bench.typed import check_value
 from rpa_bench.workloads.model import AttentionSpec, ModelSpec
 
 INTERPRET_CHOICES = ("auto", True, False)
@@ -129,6 +131,7 @@ class Explicit:
 
 
 KERNEL_ENTRY_KEYS = ("name", "source", "options", "interpret")
+SAFE_NAME = re.compile(r"[A-Za-z0-9_.=-]{1,120}")
 
 
 def kernel_entry(cfg: Mapping[str, Any]) -> KernelEntry:
@@ -152,6 +155,9 @@ def workload_entry(cfg: Mapping[str, Any], scale: ScaleSpec, explicit: frozenset
     name, kind = cfg.get("name"), cfg.get("kind")
     if not name or not kind:
         raise ValueError(f"workload: 'name' and 'kind' are required (got name={name!r}, kind={kind!r})")
+    if not SAFE_NAME.fullmatch(str(name)) or str(name) in (".", ".."):
+        raise ValueError(f"workload.name={name!r}: a folder name under the run is made from it; allowed: "
+                         "letters, digits and . _ = - (not '.' or '..')")
     return WorkloadEntry(name=str(name), kind=str(kind),
                          config=_merge(cfg, scale.workload_overrides(name, kind), keep=explicit))
 
@@ -177,7 +183,8 @@ def plan_from_config(
         raise ValueError(f"attention: unknown field(s) {unknown}; allowed: {', '.join(sorted(allowed))}")
     attention = AttentionSpec(**attn_cfg)
     run = dict(cfg.get("run") or {})
-    max_points = run.get("max_points")
+    max_points = check_value("run", "max_points", run.get("max_points"), int | None)
+    seed = check_value("", "seed", cfg.get("seed", 0), int)
     if max_points is not None and int(max_points) < 1:
         raise ValueError(f"run.max_points={max_points} must be >= 1 or null")
     compile_only = run.get("compile_only")
@@ -215,7 +222,7 @@ def plan_from_config(
         scale=scale,
         device=dict(cfg.get("device") or {}),
         mesh=dict(cfg.get("mesh") or {}),
-        seed=int(cfg.get("seed", 0)),
+        seed=seed,
         max_points=None if max_points is None else int(max_points),
         compile_only=compile_only,
     )

@@ -148,7 +148,8 @@ def _read_step_tables(path: pathlib.Path, problems: list[str]) -> dict[str, dict
     if not root.is_dir():
         return tables
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        for file in sorted(folder.glob("*.parquet")):
+        # steps.parquet at the top; the measured sample and the points' batches under batches/
+        for file in sorted(folder.glob("*.parquet")) + sorted(folder.glob("batches/*.parquet")):
             try:
                 tables.setdefault(folder.name, {})[file.stem] = pd.read_parquet(file)
             except Exception as err:

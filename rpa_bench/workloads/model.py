@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from rpa_bench.typed import from_dict
+
 SUPPORTED_DTYPES = ("float32", "bfloat16")
 SUPPORTED_KV_DTYPES = ("float32", "bfloat16", "float8_e4m3fn", "float8_e5m2", "int8")
 
@@ -51,11 +53,7 @@ class ModelSpec:
     @classmethod
     def from_dict(cls, d: dict) -> "ModelSpec":
         """Build from a plain mapping (e.g. the ``model`` config group); unknown keys are refused."""
-        allowed = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(d) - set(allowed))
-        if unknown:
-            raise ValueError(f"model: unknown field(s) {unknown}; allowed: {', '.join(allowed)}")
-        return cls(**dict(d))
+        return from_dict(cls, d, section="model")
 
     @property
     def num_queries_per_kv(self) -> int:

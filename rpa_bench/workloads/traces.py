@@ -17,6 +17,7 @@ import hashlib
 import io
 import itertools
 import json
+import re
 from importlib import resources
 from pathlib import Path
 
@@ -131,12 +132,51 @@ def sha256_of(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _load_frame(blob: bytes, name: str, file_type: str) -> tuple[pd.DataFrame, np.ndarray, list[tuple[int, str]]]:
-    """(rows, 1-based file line of each row, [(line, reason)] of unparsable lines)."""
-    if file_type == "csv":
+_CSV_FIELDS = re.compile(r"Expected (\d+) fields in line (\d+), saw (\d+)")
+
+
+def _read_csv(blob: bytes, name: str, on_bad_row: str) -> tuple[pd.DataFrame, np.ndarray, list[tuple[int, str]]]:
+    """pandas' CSV reader, its errors said as the trace's (file, line, what is wrong)."""
+    try:
         frame = pd.read_csv(io.BytesIO(blob), skip_blank_lines=False, dtype=str, keep_default_na=False)
         return frame, np.arange(len(frame)) + 2, []
-    texts = blob.decode().splitlines()
+    except pd.errors.EmptyDataError:
+        raise ValueError(f"{name}: empty file (no header row)") from None
+    except pd.errors.ParserError as err:
+        m = _CSV_FIELDS.search(str(err))
+        if m is None:
+            raise ValueError(f"{name}: not a readable CSV file ({str(err).splitlines()[0]})") from None
+        if on_bad_row == "error":
+            raise ValueError(f"{name}: line {m.group(2)}: {m.group(3)} fields, but the header has "
+                             f"{m.group(1)} (on_bad_row=skip drops such rows)") from None
+    # on_bad_row=skip: the python engine hands each malformed line to us, to count and drop
+    broken: list[tuple[int, str]] = []
+    frame = pd.read_csv(io.BytesIO(blob), skip_blank_lines=False, dtype=str, keep_default_na=False,
+                        engine="python", on_bad_lines=lambda fields: broken.append((0, f"{len(fields)} fields")))
+    return frame, np.arange(len(frame)) + 2, broken
+
+
+def sniff_file_type(file: Path, blob: bytes) -> str:
+    """``jsonl`` for ``.jsonl`` / ``.ndjson`` / ``.json`` files or content starting with ``{``, else ``csv``."""
+    if file.suffix.lower() in (".jsonl", ".ndjson", ".json"):
+        return "jsonl"
+    head = blob[:4096].lstrip(b"\xef\xbb\xbf \t\r\n")
+    return "jsonl" if head.startswith(b"{") else "csv"
+
+
+def _load_frame(blob: bytes, name: str, file_type: str,
+                on_bad_row: str = "error") -> tuple[pd.DataFrame, np.ndarray, list[tuple[int, str]]]:
+    """(rows, 1-based file line of each row, [(line, reason)] of unparsable lines)."""
+    try:
+        blob.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{name}: not a UTF-8 text file (byte 0x{blob[err.start]:02x} at offset {err.start}); "
+                         "expected CSV or JSONL") from None
+    if file_type == "csv":
+        return _read_csv(blob, name, on_bad_row)
+    texts = blob.decode("utf-8-sig").splitlines()
+    if not any(t.strip() for t in texts):
+        raise ValueError(f"{name}: empty file (no JSON lines)")
     try:  # one parse of the whole file; per line only to locate a problem
         records = json.loads("[" + ",".join(texts) + "]")
         if len(records) == len(texts) and all(type(r) is dict for r in records):
@@ -169,7 +209,10 @@ def _arrivals(values: pd.Series, unit: str) -> tuple[np.ndarray, np.ndarray]:
         ts = pd.to_datetime(values, format="ISO8601", errors="coerce")
         bad = ts.isna().to_numpy()
         ns = ts.to_numpy(dtype="datetime64[ns]").astype(np.int64)
-        return np.where(bad, 0, ns).astype(np.float64) / 1e9, bad
+        # seconds since the first valid arrival, subtracted in integer nanoseconds: epoch
+        # seconds as float64 would lose up to 4e-7 s per arrival
+        base = int(ns[~bad][0]) if (~bad).any() else 0
+        return np.where(bad, 0, ns - base).astype(np.float64) / 1e9, bad
     num = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
     bad = ~np.isfinite(num) | (num < 0)
     scale = {"s": 1.0, "ms": 1e-3, "us": 1e-6}[unit]
@@ -205,12 +248,12 @@ def read_trace(
     if max_requests is not None and max_requests < 1:
         raise ValueError(f"max_requests={max_requests} must be >= 1 or null")
     file, name = resolve_trace_path(path)
-    file_type = file_type or ("jsonl" if file.suffix in (".jsonl", ".json") else "csv")
-    if file_type not in FILE_TYPES:
+    if file_type is not None and file_type not in FILE_TYPES:
         raise ValueError(f"file_type={file_type!r}; allowed: {', '.join(FILE_TYPES)}")
     blob = file.read_bytes()
+    file_type = file_type or sniff_file_type(file, blob)
     sha = hashlib.sha256(blob).hexdigest()
-    frame, lines, broken = _load_frame(blob, name, file_type)
+    frame, lines, broken = _load_frame(blob, name, file_type, on_bad_row)
     if broken and on_bad_row == "error":
         raise ValueError(f"{name}: line {broken[0][0]}: {broken[0][1]}")
 
@@ -245,6 +288,8 @@ def read_trace(
         for field, col, bad in problems:
             if bad[first]:
                 value = frame[columns.arrival if field == "arrival" else col].iloc[first]
+                if isinstance(value, np.generic):
+                    value = value.item()  # -5, not np.int64(-5)
                 raise ValueError(f"{name}: line {lines[first]}: field {col!r} ({field}) has bad value {value!r}")
     keep = ~bad_any
     if max_requests is not None:

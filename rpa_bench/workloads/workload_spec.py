@@ -10,6 +10,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from rpa_bench.typed import from_dict
 from rpa_bench.workloads.synthetic import RANDOM_DISTRIBUTIONS
 from rpa_bench.workloads.traces import FILE_TYPES, ON_BAD_ROW, PRESETS, ColumnMap
 
@@ -186,17 +187,9 @@ def workload_spec_from_dict(d: Mapping[str, Any]) -> WorkloadSpec:
     if kind not in SPEC_BY_KIND:
         raise ValueError(f"workload.kind={kind!r}; allowed: {', '.join(SPEC_BY_KIND)}")
     cls = SPEC_BY_KIND[kind]
-    allowed = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(d) - set(allowed))
-    if unknown:
-        raise ValueError(f"workload (kind={kind}): unknown field(s) {unknown}; allowed: {', '.join(allowed)}")
-    if "name" not in d:
+    if "name" not in d and not (set(d) - {f.name for f in dataclasses.fields(cls)}):
         raise ValueError(f"workload (kind={kind}): field 'name' is required")
     for key in ("context_lens", "seq_lens", "spec"):
         if isinstance(d.get(key), list):
             d[key] = tuple(d[key])
-    try:
-        return cls(**d)
-    except TypeError as e:  # a required field is missing
-        required = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING]
-        raise ValueError(f"workload (kind={kind}): {e}; required fields: {', '.join(required)}") from None
+    return from_dict(cls, d, section="workload")
