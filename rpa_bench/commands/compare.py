@@ -11,9 +11,11 @@ point in common, no comparable point).
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 
+from rpa_bench.measure.environment import flag_differences
 from rpa_bench.reports.compare import CompareOptions, compare_kernels, compare_measurements
 from rpa_bench.reports.compare_report import manifest_differences, write_compare
 from rpa_bench.reports.load import NotARunError, load_run
@@ -28,6 +30,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, default=0.05, help="significance level of Mann-Whitney U (default 0.05)")
     p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples for the ratio CI")
     p.add_argument("--out", default=None, help="output folder (default <run B>/compare-<run A>/)")
+    p.add_argument("--across-flags", action="store_true",
+                   help="compare runs (or rows) whose compiler/runtime flags differ; every page names the flags")
+    p.add_argument("--json", action="store_true", help="print the comparison as JSON (summary and every point)")
     return p
 
 
@@ -48,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         err(f"give two runs (A and B), or one run with --kernels; got {len(args.runs)}")
         return 2
     try:
-        options = CompareOptions(threshold=args.threshold, alpha=args.alpha, n_resamples=args.resamples)
+        options = CompareOptions(threshold=args.threshold, alpha=args.alpha, n_resamples=args.resamples,
+                                 across_flags=args.across_flags)
         runs = [load_run(r) for r in args.runs]
     except (NotARunError, ValueError) as e:
         err(str(e))
@@ -60,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
             err(f"{run.name} has no readable measurements"
                 + (f" ({run.problems[-1]})" if run.problems else "") + ": nothing to compare")
             return 2
+    flag_diffs: list[str] = []
     if args.kernels:
         run = runs[0]
         ka, kb = args.kernels
@@ -72,7 +79,11 @@ def main(argv: list[str] | None = None) -> int:
         out = args.out or run.path / f"compare-{_slug(ka)}-vs-{_slug(kb)}"
     else:
         a, b = runs
+        flag_diffs = flag_differences(a.manifest.get("flags"), b.manifest.get("flags"))
         result = compare_measurements(a.measurements, b.measurements, options)
+        if flag_diffs and not args.across_flags and not result.empty:
+            result = result.assign(mark="not comparable",
+                                   reason=f"different compiler/runtime flags: {', '.join(flag_diffs)}")
         side_a, side_b = a.name, b.name
         device = a.device if a.device == b.device else f"{a.device} (A) / {b.device} (B)"
         diffs = manifest_differences(a, b)
@@ -81,11 +92,26 @@ def main(argv: list[str] | None = None) -> int:
         err("the two sides share no workload point: nothing to compare")
         return 2
     banners = (result.attrs["warning"],) if "warning" in result.attrs else ()
+    if flag_diffs and args.across_flags:
+        banners = (*banners, f"The runs differ in compiler/runtime flags ({', '.join(flag_diffs)}): compared "
+                             "anyway (--across-flags); a difference may come from the flags, not the kernel.")
     output = write_compare(result, out, side_a=side_a, side_b=side_b, device=device, options=options,
                            differences=diffs, banners=banners)
     s = output.summary
     counts = ", ".join(f"{m}: {n}" for m, n in s.counts.items())
     geo = "n/a" if s.geomean_ratio is None else f"{s.geomean_ratio:.3f}x"
+    if args.json:
+        points = json.loads(result.drop(columns=[c for c in result.columns if c.startswith("_")])
+                            .to_json(orient="records"))
+        print(json.dumps({"a": side_a, "b": side_b, "counts": s.counts, "geomean_ratio": s.geomean_ratio,
+                          "exit_status": 2 if s.num_comparable == 0 else s.exit_status,
+                          "flag_differences": flag_diffs, "across_flags": bool(args.across_flags),
+                          "report": str(output.index_html), "points": points}, indent=1, default=str))
+        if s.num_comparable == 0:
+            err("no point is comparable" + (f" (different compiler/runtime flags: {', '.join(flag_diffs)}; "
+                                            "--across-flags compares them anyway)" if flag_diffs else ""))
+            return 2
+        return s.exit_status
     print(f"{side_b} vs {side_a}: {counts}; geometric mean B/A {geo}")
     for _, row in result[result["mark"] == "worse"].iterrows():
         print(f"  worse: {row['workload']} {row['point_id']} {row['kernel']} {row['variant']}: "
@@ -94,6 +120,10 @@ def main(argv: list[str] | None = None) -> int:
         err(f"warning: {s.flagged_unstable} flagged point(s) have unstable samples on a side (noisy host)")
     print(f"wrote {output.index_html}")
     if s.num_comparable == 0:  # a verdict needs at least one comparable point: bad input for a CI job
+        if flag_diffs and not args.across_flags:
+            err(f"the runs differ in compiler/runtime flags ({', '.join(flag_diffs)}): not comparable; "
+                "--across-flags compares them anyway")
+            return 2
         reasons = result["reason"].fillna("").value_counts()
         err(f"none of the {len(result)} points is comparable ("
             + "; ".join(f"{n}x {r}" for r, n in reasons.head(3).items()) + ")")

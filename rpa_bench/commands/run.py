@@ -228,6 +228,7 @@ def _open_store(store: Any, config: dict, prep: Any, plan: Any, run_id: str) -> 
             "command": ["rpa-bench", "run", *sys.argv[1:]],
             "config": config,
             "environment": environment.environment(),
+            "flags": environment.flags(dict(plan.timing.compiler_options)),
             "git": environment.git_state(),
             "kernels": environment.portable(sweep.kernel_provenance(prep)),
             "workloads": {e.name: sweep.workload_manifest(e, w, plan.max_points) for e, w in prep.workloads},

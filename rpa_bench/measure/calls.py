@@ -88,6 +88,7 @@ def build_timed_calls(
     context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
     clock: Clock = time.perf_counter,
     variants: tuple[str, ...] = VARIANTS,
+    compiler_options: dict | None = None,
 ) -> dict[str, TimedCall]:
     """Compile the ``variants`` (default both) for ``inputs`` (see the module docstring)."""
     import jax
@@ -120,7 +121,8 @@ def build_timed_calls(
             jitted = jax.jit(_named(f"rpa_bench_{variant}", fn), donate_argnums=donate)
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
-                compiled, seconds = compile_apart(jitted, tuple(leaves), clock=clock)
+                compiled, seconds = compile_apart(jitted, tuple(leaves), clock=clock,
+                                                  compiler_options=compiler_options)
             out[variant] = TimedCall(variant, compiled, tuple(leaves), donates, module_name_of(compiled),
                                      seconds, context)
     return out

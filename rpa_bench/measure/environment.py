@@ -38,6 +38,44 @@ def device_info() -> dict:
     }
 
 
+# Environment variables that change what the compilers emit or how the runtime runs it.
+FLAG_VARIABLES = ("XLA_FLAGS", "LIBTPU_INIT_ARGS", "TPU_LIBRARY_PATH", "NEURON_CC_FLAGS")
+# jax config values that change code generation (recorded whatever their value).
+CODEGEN_CONFIG = ("jax_enable_x64", "jax_default_matmul_precision", "jax_threefry_partitionable",
+                  "jax_use_shardy_partitioner", "jax_dynamic_shapes", "jax_numpy_rank_promotion",
+                  "jax_default_prng_impl", "jax_enable_checks", "jax_disable_jit", "jax_platforms",
+                  "jax_pallas_use_mosaic_gpu", "jax_cpu_enable_async_dispatch", "jax_exec_time_optimization_effort",
+                  "jax_memory_fitting_effort", "jax_xla_backend")
+
+
+def flags(compiler_options: dict | None = None) -> dict:
+    """Compiler and runtime flags in force: ``XLA_FLAGS``, ``LIBTPU_INIT_ARGS``, ``JAX_*``
+    variables, jax config values that affect code generation, and the per-executable compiler
+    options the run passes (``timing.compiler_options``; per kernel entry in the rows)."""
+    import os
+
+    import jax
+
+    env = {k: v for k, v in sorted(os.environ.items()) if k in FLAG_VARIABLES or k.startswith("JAX_")}
+    values = getattr(jax.config, "values", {})
+    config = {k: values[k] for k in CODEGEN_CONFIG if k in values}
+    return {"env": env, "jax_config": {k: v if isinstance(v, (str, int, float, bool)) or v is None else str(v)
+                                       for k, v in config.items()},
+            "compiler_options": dict(compiler_options or {})}
+
+
+def flag_differences(a: dict | None, b: dict | None) -> list[str]:
+    """Names of the flags that differ between two runs' recorded ``flags``, e.g. ``XLA_FLAGS``."""
+    a, b = a or {}, b or {}
+    out = []
+    for group in ("env", "jax_config", "compiler_options"):
+        ga, gb = a.get(group) or {}, b.get(group) or {}
+        for name in sorted(set(ga) | set(gb)):
+            if ga.get(name) != gb.get(name):
+                out.append(name if group != "compiler_options" else f"compiler_options.{name}")
+    return out
+
+
 def environment() -> dict:
     """Versions (python, jax, jaxlib, libtpu, tpu-inference, ...), host and devices."""
     return {

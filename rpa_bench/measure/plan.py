@@ -67,11 +67,17 @@ class ScaleSpec:
 
 @dataclasses.dataclass(frozen=True)
 class KernelEntry:
-    name: str
+    name: str  # the backend (conf/kernel name)
     source: str | None
     options: Mapping[str, Any]
     interpret: Any  # "auto" | True | False
     config: Mapping[str, Any]  # the kernel group config as composed
+    label: str = ""  # what rows call it (default: name); two entries of one backend need two labels
+    compiler_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # per executable
+
+    def __post_init__(self) -> None:
+        if not self.label:
+            object.__setattr__(self, "label", self.name)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,7 +136,7 @@ class Explicit:
     workloads: tuple[frozenset[str], ...] = ()  # one per workload entry, in order
 
 
-KERNEL_ENTRY_KEYS = ("name", "source", "options", "interpret")
+KERNEL_ENTRY_KEYS = ("name", "source", "options", "interpret", "label", "compiler_options")
 SAFE_NAME = re.compile(r"[A-Za-z0-9_.=-]{1,120}")
 
 
@@ -146,8 +152,26 @@ def kernel_entry(cfg: Mapping[str, Any]) -> KernelEntry:
     interpret = cfg.get("interpret", "auto")
     if interpret not in INTERPRET_CHOICES:
         raise ValueError(f"kernel={name}: interpret={interpret!r}; allowed: auto, true, false")
+    label = str(cfg.get("label") or name)
+    if not SAFE_NAME.fullmatch(label):
+        raise ValueError(f"kernel entry {name}: label={label!r}; allowed: letters, digits and . _ = -")
     return KernelEntry(name=str(name), source=cfg.get("source"), options=dict(cfg.get("options") or {}),
-                       interpret=interpret, config=cfg)
+                       interpret=interpret, config=cfg, label=label,
+                       compiler_options=compiler_options(cfg.get("compiler_options"), f"kernel entry {label}"))
+
+
+def compiler_options(value: Any, where: str) -> dict:
+    """Per-executable XLA compiler options (``compile(compiler_options=...)``): flag -> scalar."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{where}: compiler_options={value!r} must be a mapping of flag -> value")
+    out = {}
+    for k, v in value.items():
+        if not isinstance(v, (str, int, float, bool)):
+            raise ValueError(f"{where}: compiler_options.{k}={v!r} must be a string, number or bool")
+        out[str(k)] = v
+    return out
 
 
 def workload_entry(cfg: Mapping[str, Any], scale: ScaleSpec, explicit: frozenset[str] = frozenset()) -> WorkloadEntry:
@@ -205,9 +229,10 @@ def plan_from_config(
     if len(set(names)) != len(names):
         raise ValueError(f"run.workloads names a workload twice: {names}")
     ks = tuple(kernel_entry(k) for k in kernels)
-    knames = [k.name for k in ks]
+    knames = [k.label for k in ks]
     if len(set(knames)) != len(knames):
-        raise ValueError(f"run.kernels names a kernel twice: {knames}")
+        raise ValueError(f"run.kernels names a kernel twice: {knames}; give each entry its own label "
+                         "({use: rpa_v3, label: mine, source: ...})")
     return RunPlan(
         experiment=experiment,
         run_name=str(run.get("name")),

@@ -196,6 +196,7 @@ def measure_kernel(
     kernel_regex: str | None = None,  # None: from the call's meta (pallas_name_prefix)
     context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
     clock: Callable[[], float] = time.perf_counter,
+    compiler_options: dict | None = None,
 ) -> list[dict]:
     """Rows (one per variant) for ``backend`` on ``inputs``; never raises for kernel errors."""
     import jax
@@ -216,7 +217,7 @@ def measure_kernel(
     try:
         prepared = backend.build(model, attn, batch, interpret=interpret)
         check_only = interpret and not timing.time_interpret
-        calls = build_timed_calls(prepared, inputs, context=context, clock=clock,
+        calls = build_timed_calls(prepared, inputs, context=context, clock=clock, compiler_options=compiler_options,
                                   variants=("incl_prep",) if check_only else VARIANTS)
         check = calls["incl_prep"]
         with check.context():

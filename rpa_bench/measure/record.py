@@ -107,7 +107,12 @@ def point_columns(*, workload: str, workload_kind: str, point_id: str, batch: Ra
     }
 
 
-def kernel_columns(name: str, provenance: Mapping[str, Any], *, interpret: bool) -> dict:
+def kernel_columns(entry: Any, provenance: Mapping[str, Any], *, interpret: bool) -> dict:
+    """``entry``: a run's KernelEntry (label, backend, compiler options) or a plain name."""
+    if isinstance(entry, str):
+        name, backend, options = entry, entry, {}
+    else:
+        name, backend, options = entry.label, entry.name, dict(entry.compiler_options)
     source = provenance.get("source") or provenance.get("source_path") or provenance.get("path")
     version = provenance.get("version")
     package = provenance.get("package")
@@ -115,6 +120,8 @@ def kernel_columns(name: str, provenance: Mapping[str, Any], *, interpret: bool)
         source = f"{package}=={version}" if package and version else (version or package or "unknown")
     return {
         "kernel": name,
+        "backend": backend,
+        "compiler_options": json.dumps(options, sort_keys=True) if options else None,
         "kernel_source": str(source),
         "kernel_commit": provenance.get("commit") or provenance.get("git_commit"),
         "interpret": interpret,

@@ -44,7 +44,10 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "dtype": ("string", "query/output dtype"),
     "kv_dtype": ("string", "KV cache dtype"),
     "page_size": ("int64", ""),
-    "kernel": ("string", "backend name (rpa_v3, rpa_v2, jax_rpa, reference, ...)"),
+    "kernel": ("string", "the run's label of the kernel entry (default: its backend name)"),
+    "backend": ("string", "backend name (rpa_v3, rpa_v2, jax_rpa, reference, ...)"),
+    "compiler_options": ("string", "JSON: per-executable XLA compiler options the programs were compiled with, "
+                                   "null when none"),
     "kernel_source": ("string", "package version or source path[@ref]"),
     "kernel_commit": ("string", "git commit of the kernel source, null for a release"),
     "variant": ("string", "incl_prep | excl_prep"),
@@ -119,7 +122,9 @@ COLUMNS: dict[str, tuple[str, str]] = {
 OPTIONAL_COLUMNS = ("modelled_load_imbalance", "per_device_hbm_bytes", "per_device_flops", "per_chip", "figures_per",
                     # offline TPU compilation (run.compile_only)
                     "compile_target", "compile_status", "vmem_used_bytes", "vmem_capacity_bytes", "vmem_headroom",
-                    "compiled_hbm_bytes", "compile_facts")
+                    "compiled_hbm_bytes", "compile_facts",
+                    # kernel entries with labels, per-executable compiler options
+                    "backend", "compiler_options")
 
 MANIFEST_KEYS = (
     "schema_version",

@@ -107,7 +107,7 @@ def _check_limits(plan: RunPlan, workloads, kernels: list[KernelSlot], platform:
                     try:
                         slot.backend.validate(plan.model, dataclasses.replace(plan.attention, causal=p.causal), p.batch)
                     except ValueError as e:
-                        unsupported[(entry.name, p.point_id, slot.entry.name)] = f"not supported: {e}"
+                        unsupported[(entry.name, p.point_id, slot.entry.label)] = f"not supported: {e}"
             if platform != "cpu":
                 continue
             shape = padded_shape(p.batch, max_num_batched_tokens=p.max_num_batched_tokens, max_num_seqs=p.max_num_seqs)
@@ -232,7 +232,7 @@ def _point_rows(prep: PreparedRun, run: record.RunColumns, entry: WorkloadEntry,
     )
 
     def simple(slot: KernelSlot, status: str, error: str) -> list[dict]:
-        kcols = record.kernel_columns(slot.entry.name, slot.provenance, interpret=slot.interpret)
+        kcols = record.kernel_columns(slot.entry, slot.provenance, interpret=slot.interpret)
         return [record.row(run, point_cols, kcols, variant=v, status=status, error=error)
                 for v in ("excl_prep", "incl_prep")]
 
@@ -241,7 +241,7 @@ def _point_rows(prep: PreparedRun, run: record.RunColumns, entry: WorkloadEntry,
         if not slot.available:
             on_rows(simple(slot, "skipped", f"kernel unavailable: {slot.reason}"))
             continue
-        reason = prep.unsupported.get((entry.name, p.point_id, slot.entry.name))
+        reason = prep.unsupported.get((entry.name, p.point_id, slot.entry.label))
         if reason is not None:
             on_rows(simple(slot, "skipped", reason))
             continue
@@ -265,13 +265,14 @@ def _point_rows(prep: PreparedRun, run: record.RunColumns, entry: WorkloadEntry,
                 for s in todo[todo.index(slot):]:
                     on_rows(simple(s, "failed", err))
                 return
-        kcols = record.kernel_columns(slot.entry.name, slot.provenance, interpret=slot.interpret)
+        kcols = record.kernel_columns(slot.entry, slot.provenance, interpret=slot.interpret)
         rows = measure_kernel(
             slot.backend, interpret=slot.interpret, inputs=inputs, reference=reference, attn=attn,
             causal=p.causal, timing=plan.timing, roof=prep.roof, run=run, point_cols=point_cols,
             kernel_cols=kcols, captures_dir=store.captures_dir / _slug(entry.name), run_dir=store.root,
-            capture_stem=f"{_slug(p.point_id)}-{_slug(slot.entry.name)}",
+            capture_stem=f"{_slug(p.point_id)}-{_slug(slot.entry.label)}",
             context=lambda s=slot: call_context(s.interpret),
+            compiler_options={**plan.timing.compiler_options, **slot.entry.compiler_options},
         )
         on_rows(rows)
 
@@ -282,7 +283,7 @@ def _compiled_rows(prep: PreparedRun, run: record.RunColumns, point_cols: dict, 
     from rpa_bench.measure.compile_only import compile_variants
 
     plan = prep.plan
-    kcols = record.kernel_columns(slot.entry.name, slot.provenance, interpret=False)
+    kcols = record.kernel_columns(slot.entry, slot.provenance, interpret=False)
     try:
         cost_cols = record.cost_columns(cost_of(p.batch, plan.model, attn, causal=p.causal))
     except Exception as exc:  # noqa: BLE001 - the compile facts still stand
@@ -305,7 +306,7 @@ def _compiled_rows(prep: PreparedRun, run: record.RunColumns, point_cols: dict, 
 
 
 def kernel_provenance(prep: PreparedRun) -> dict:
-    return {s.entry.name: {**s.provenance, "available": s.available, "availability": s.reason,
+    return {s.entry.label: {**s.provenance, "backend": s.entry.name, "available": s.available, "availability": s.reason,
                            "interpret": s.interpret, "config": dict(s.entry.config)} for s in prep.kernels}
 
 
@@ -377,7 +378,7 @@ def execute(prep: PreparedRun, store: RunStore, *, run_id: str, progress: bool =
     counts: Counter = Counter()
     bar = tqdm(total=prep.num_jobs, disable=not progress, unit="job", dynamic_ncols=True, desc=plan.experiment)
     bar.update(sum(1 for e, w in prep.workloads for p in prep.points(w) for k in prep.kernels
-                   if (e.name, p.point_id, k.entry.name) in done))
+                   if (e.name, p.point_id, k.entry.label) in done))
 
     def on_rows(rows: list[dict]) -> None:
         if write:
@@ -398,7 +399,7 @@ def execute(prep: PreparedRun, store: RunStore, *, run_id: str, progress: bool =
 
     for entry, wl in prep.workloads:
         for p in prep.points(wl):
-            todo = [k for k in prep.kernels if (entry.name, p.point_id, k.entry.name) not in done]
+            todo = [k for k in prep.kernels if (entry.name, p.point_id, k.entry.label) not in done]
             if todo:
                 _point_rows(prep, run, entry, wl, p, todo, store, on_rows)
     bar.close()

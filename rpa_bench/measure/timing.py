@@ -49,6 +49,7 @@ class TimingConfig:
     capture_hlo: bool = False  # embed HLO protos in captures (larger files)
     keep_captures: bool = True  # copy xplane.pb files into the run's captures/
     time_interpret: bool = False  # time Pallas interpret-mode kernels (never performance)
+    compiler_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # every executable's
     stats: StatsConfig = StatsConfig()
 
     def __post_init__(self) -> None:
@@ -75,6 +76,7 @@ class TimingConfig:
         if unknown:
             raise ValueError(f"timing: unknown field(s) {sorted(unknown)}; allowed: {sorted(own | stats_fields)}")
         stats = dict(d.pop("stats", None) or {})
+        d["compiler_options"] = dict(d.get("compiler_options") or {})
         stats.update({k: d.pop(k) for k in list(d) if k in stats_fields})
         return cls(**d, stats=StatsConfig(**stats))
 
@@ -87,10 +89,12 @@ class WallTiming:
     warnings: tuple[str, ...]
 
 
-def compile_apart(jitted: Any, args: tuple, *, clock: Clock = time.perf_counter) -> tuple[Any, float]:
-    """Lower and compile ``jitted`` for ``args`` without executing it: (compiled, seconds)."""
+def compile_apart(jitted: Any, args: tuple, *, clock: Clock = time.perf_counter,
+                  compiler_options: Mapping[str, Any] | None = None) -> tuple[Any, float]:
+    """Lower and compile ``jitted`` for ``args`` without executing it: (compiled, seconds).
+    ``compiler_options``: per-executable XLA options (``--xla_...`` flags without dashes)."""
     t0 = clock()
-    compiled = jitted.lower(*args).compile()
+    compiled = jitted.lower(*args).compile(dict(compiler_options) if compiler_options else None)
     return compiled, clock() - t0
 
 

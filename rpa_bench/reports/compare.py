@@ -28,8 +28,9 @@ POINT_KEY = ("workload", "point_id", "variant")
 CONFIG_FIELDS = (
     "workload_hash", "phase", "num_seqs", "num_tokens", "max_kv_len", "causal", "model", "num_q_heads",
     "num_kv_heads", "head_dim", "dtype", "kv_dtype", "page_size", "device", "num_devices", "mesh",
-    "timing_source", "flops_count",
+    "timing_source", "flops_count", "compiler_options",
 )
+FLAG_FIELDS = ("compiler_options",)  # ignored with CompareOptions(across_flags=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +40,7 @@ class CompareOptions:
     confidence_level: float = 0.95
     n_resamples: int = 2000
     seed: int = 0
+    across_flags: bool = False  # compare rows whose compiler options differ (the page says which)
 
     def __post_init__(self) -> None:
         if not self.threshold > 1.0:
@@ -93,13 +95,15 @@ def unstable_sides(a: pd.Series, b: pd.Series) -> str | None:
     return "+".join(sides) or None
 
 
-def _why_not_comparable(a: pd.Series, b: pd.Series) -> str | None:
+def _why_not_comparable(a: pd.Series, b: pd.Series, options: "CompareOptions | None" = None) -> str | None:
+    options = options or CompareOptions()
     for side, row in (("A", a), ("B", b)):
         if row.get("status") != "ok":
             return f"{side} status is {row.get('status')}"
         if _flag(row.get("interpret")):
             return f"{side} ran in interpret mode (time is the interpreter's, not the kernel's)"
-    diffs = [f for f in CONFIG_FIELDS if f in a.index and f in b.index and not _same(a[f], b[f])]
+    fields = [f for f in CONFIG_FIELDS if not (options.across_flags and f in FLAG_FIELDS)]
+    diffs = [f for f in fields if f in a.index and f in b.index and not _same(a[f], b[f])]
     if diffs:
         what = "workload hash" if diffs[0] == "workload_hash" else diffs[0]
         return f"different {what}: {a[diffs[0]]} vs {b[diffs[0]]}" + (f" (+{len(diffs) - 1} more)" if len(diffs) > 1 else "")
@@ -122,7 +126,7 @@ def compare_point(a: pd.Series, b: pd.Series, options: CompareOptions) -> dict:
     """Compare one point measured on side A and side B."""
     out = {"latency_a_us": a.get("latency_us"), "latency_b_us": b.get("latency_us"), "ratio": np.nan,
            "ci_low": np.nan, "ci_high": np.nan, "p_value": np.nan, "n_a": 0, "n_b": 0, "reason": None}
-    reason = _why_not_comparable(a, b)
+    reason = _why_not_comparable(a, b, options)
     if reason is not None:
         return {**out, "mark": NOT_COMPARABLE, "reason": reason}
     sa, sb = _samples(a), _samples(b)

@@ -194,6 +194,13 @@ def provenance_section(run: LoadedRun) -> Section:
     general += flatten({key: m[key] for key in ("experiment", "scale", "mesh", "seeds") if key in m})
     general += flatten(m.get("git") or {}, "git")
     tables.append(key_value_table(general, "Run and rpa_bench revision"))
+    flags = m.get("flags")
+    if isinstance(flags, dict):
+        items = [(f"{group}.{k}", v) for group in ("env", "jax_config", "compiler_options")
+                 for k, v in (flags.get(group) or {}).items()]
+        tables.append(key_value_table(items or [("flags", "none set")],
+                                      "Compiler and runtime flags in force (XLA_FLAGS, LIBTPU_INIT_ARGS, JAX_*, "
+                                      "codegen-relevant jax config, per-executable compiler options)"))
     for key, caption in (("environment", "Environment (versions, host, platform)"),
                          ("kernels", "Kernel provenance (source, version, commit)"),
                          ("workloads", "Workloads: kinds, source files with sha256, seeds, summaries"),
