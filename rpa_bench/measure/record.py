@@ -95,6 +95,7 @@ def point_columns(*, workload: str, workload_kind: str, point_id: str, batch: Ra
         "context_len": context_len,
         "seq_len": seq_len,
         "causal": causal,
+        "sliding_window": attn.sliding_window,
         "weight": weight,
         "batch_spec": _batch_spec(batch),
         "model": model_name,

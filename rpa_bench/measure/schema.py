@@ -35,6 +35,7 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "context_len": ("Int64", "paper decode context c (kv_len - 1), else null"),
     "seq_len": ("Int64", "paper prefill sequence length s, else null"),
     "causal": ("bool", "causal mask"),
+    "sliding_window": ("Int64", "causal sliding window (keys a query sees), null for none"),
     "weight": ("float64", "share of the workload this point represents"),
     "batch_spec": ("string", "batch-spec string of the batch when short, else null"),
     "model": ("string", "model config name"),
@@ -124,7 +125,9 @@ OPTIONAL_COLUMNS = ("modelled_load_imbalance", "per_device_hbm_bytes", "per_devi
                     "compile_target", "compile_status", "vmem_used_bytes", "vmem_capacity_bytes", "vmem_headroom",
                     "compiled_hbm_bytes", "compile_facts",
                     # kernel entries with labels, per-executable compiler options
-                    "backend", "compiler_options")
+                    "backend", "compiler_options",
+                    # per-point sliding windows (sliding_window workloads)
+                    "sliding_window")
 
 MANIFEST_KEYS = (
     "schema_version",

@@ -20,6 +20,7 @@ from rpa_bench.measure import record
 from rpa_bench.measure.plan import KernelEntry, RunPlan, WorkloadEntry
 from rpa_bench.measure.point import Roofline, cost_of, error_text, measure_kernel
 from rpa_bench.measure.store import RunStore
+from rpa_bench.workloads.points import point_attention
 
 
 @dataclasses.dataclass
@@ -105,7 +106,7 @@ def _check_limits(plan: RunPlan, workloads, kernels: list[KernelSlot], platform:
             for slot in kernels:  # point-level support (e.g. no causal mask): skipped rows
                 if slot.available:
                     try:
-                        slot.backend.validate(plan.model, dataclasses.replace(plan.attention, causal=p.causal), p.batch)
+                        slot.backend.validate(plan.model, point_attention(plan.attention, p), p.batch)
                     except ValueError as e:
                         unsupported[(entry.name, p.point_id, slot.entry.label)] = f"not supported: {e}"
             if platform != "cpu":
@@ -113,7 +114,7 @@ def _check_limits(plan: RunPlan, workloads, kernels: list[KernelSlot], platform:
             shape = padded_shape(p.batch, max_num_batched_tokens=p.max_num_batched_tokens, max_num_seqs=p.max_num_seqs)
             nbytes = estimate_bytes(p.batch, plan.model, max_num_batched_tokens=shape.max_num_batched_tokens,
                                     max_num_seqs=shape.max_num_seqs, num_pages=shape.num_pages)
-            flops = cost_of(p.batch, plan.model, plan.attention, causal=p.causal).flops
+            flops = cost_of(p.batch, plan.model, point_attention(plan.attention, p), causal=p.causal).flops
             if nbytes > plan.scale.cpu_max_input_bytes or flops > plan.scale.cpu_max_call_flops:
                 problems.append(
                     f"scale={plan.scale.name} on cpu: workload {entry.name} point {p.point_id} needs "
@@ -224,7 +225,7 @@ def _point_rows(prep: PreparedRun, run: record.RunColumns, entry: WorkloadEntry,
     from rpa_bench.workloads.materialize import materialize
 
     plan = prep.plan
-    attn = dataclasses.replace(plan.attention, causal=p.causal)
+    attn = point_attention(plan.attention, p)
     point_cols = record.point_columns(
         workload=entry.name, workload_kind=getattr(wl, "kind", entry.kind), point_id=p.point_id, batch=p.batch,
         causal=p.causal, weight=p.weight, model=plan.model, model_name=plan.model_name, attn=attn,

@@ -279,3 +279,23 @@ def calibrated_roofs(calibration: Mapping | None) -> tuple[float | None, float |
         elif key.endswith("flops_per_s") and flops is None:
             flops = float(value)
     return bw, flops
+
+
+def window_chart(table: pd.DataFrame, out_path: pathlib.Path, *, workload: str, device: str) -> pathlib.Path:
+    """Latency against the sliding window per kernel/variant, the roofline bound dashed beside it."""
+    fig = Figure(figsize=(7.5, 4.2))
+    ax = fig.add_subplot(1, 1, 1)
+    for (kernel, variant), g in table.groupby(["kernel", "variant"]):
+        g = g.sort_values("window")
+        line, = ax.plot(g["window"], g["latency_us"], marker="o", label=f"{kernel} {variant} (measured)")
+        ax.plot(g["window"], g["bound_time_us"], linestyle="--", color=line.get_color(),
+                label=f"{kernel} {variant} (roofline bound)")
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{int(v)}"))
+    ax.set_yscale("log")
+    ax.set_xlabel("sliding window (keys a query sees)")
+    ax.set_ylabel("latency (us)")
+    ax.set_title(f"{workload} on {device}: latency against the window")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, out_path)

@@ -10,6 +10,7 @@ import pathlib
 
 from rpa_bench import __version__
 from rpa_bench.reports import sections
+from rpa_bench.reports.experiment_sections import sliding_window_sections, spec_verify_sections
 from rpa_bench.reports.compile_section import compile_banner, compile_section, is_compile_run
 from rpa_bench.reports.html import Section, render
 from rpa_bench.reports.load import LoadedRun, load_run
@@ -37,6 +38,8 @@ def build_sections(run: LoadedRun, out_dir: pathlib.Path) -> list[Section]:
         sections.roofline_section(run, out_dir),
         *sections.utilization_sections(run, out_dir),
         mesh_section(run),
+        *sliding_window_sections(run, out_dir),
+        *spec_verify_sections(run),
         *trace_sections(run, out_dir),
         sections.measurements_section(run),
         sections.correctness_section(run),

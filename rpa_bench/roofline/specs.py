@@ -155,6 +155,15 @@ class DeviceSpec:
         out["device_kinds"] = list(self.device_kinds)
         return out
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "DeviceSpec":
+        """The inverse of :meth:`to_dict` (e.g. a run manifest's ``device_spec``)."""
+        d = dict(d)
+        names = {f.name for f in dataclasses.fields(cls)}
+        sources = tuple(FieldSource(str(k), str(v)) for k, v in (d.pop("sources", None) or {}).items())
+        d["device_kinds"] = tuple(d.get("device_kinds") or ())
+        return cls(**{k: v for k, v in d.items() if k in names}, sources=sources)
+
 
 # --- loading ---------------------------------------------------------------------------
 def _parse(entry: dict) -> DeviceSpec:

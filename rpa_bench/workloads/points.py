@@ -13,6 +13,7 @@ import functools
 import json
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -29,7 +30,8 @@ from rpa_bench.workloads.summary import simulation_summary
 from rpa_bench.workloads.synthetic import decode_batch, prefill_batch, random_batch
 from rpa_bench.workloads.traces import read_trace
 from rpa_bench.workloads.workload_spec import (  # noqa: F401 - re-exported API
-    BatchSpecSpec, PaperDecodeSpec, PaperPrefillSpec, SyntheticSpec, TraceSpec, WorkloadSpec,
+    BatchSpecSpec, PaperDecodeSpec, PaperPrefillSpec, SlidingWindowSpec, SpecVerifySpec, SyntheticSpec, TraceSpec,
+    WorkloadSpec,
     workload_spec_from_dict,
 )
 
@@ -43,6 +45,15 @@ class WorkloadPoint:
     max_num_batched_tokens: int  # padding for materialize
     max_num_seqs: int
     meta: dict = dataclasses.field(default_factory=dict)
+    sliding_window: int | None = None  # this point's window (None: the run's attention setting)
+
+
+def point_attention(attn: Any, point: WorkloadPoint) -> Any:
+    """The run's AttentionSpec for one point: its causal flag, and its own sliding window if it has one."""
+    changes: dict[str, Any] = {"causal": point.causal}
+    if point.sliding_window is not None:
+        changes["sliding_window"] = point.sliding_window
+    return dataclasses.replace(attn, **changes)
 
 
 @dataclasses.dataclass(eq=False)
@@ -185,6 +196,25 @@ def build_workload(spec: WorkloadSpec, model: ModelSpec, scheduler: SchedulerSpe
             b = parse_batch_spec(text, page_size=spec.page_size, chunk_prefill_size=spec.chunk_prefill_size)
             pts.append((format_batch_spec(b), b, {"spec": format_batch_spec(b)}))
         points = _uniform(pts, spec.causal)
+    elif isinstance(spec, SpecVerifySpec):
+        pts = []
+        for n in spec.num_seqs:
+            for c in spec.context_lens:
+                for q in spec.query_lens:
+                    b = RaggedBatch.ordered([q] * n, [c + q] * n, page_size=spec.page_size)
+                    pts.append((f"n={n},q={q},ctx={c}", b,
+                                {"num_seqs": n, "query_len": q, "context_len": c, "spec": format_batch_spec(b)}))
+        points = _uniform(pts, spec.causal)
+    elif isinstance(spec, SlidingWindowSpec):
+        c = spec.context_len
+        if spec.phase == "decode":
+            batch = decode_batch(spec.num_seqs, c, page_size=spec.page_size)
+        else:
+            batch = prefill_batch(spec.num_seqs, c, page_size=spec.page_size)
+        w_each = 1.0 / len(spec.windows)
+        points = [WorkloadPoint(f"w={w}", batch, True, w_each, batch.num_tokens, batch.num_seqs,
+                                {"sliding_window": w, "context_len": c, "phase": spec.phase,
+                                 "num_seqs": spec.num_seqs}, sliding_window=w) for w in spec.windows]
     elif isinstance(spec, TraceSpec):
         if scheduler is None:
             raise ValueError(f"workload {spec.name} (kind=trace) needs scheduler settings; got scheduler=None")

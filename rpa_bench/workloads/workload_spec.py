@@ -70,6 +70,53 @@ class PaperPrefillSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class SpecVerifySpec:
+    """Speculative decoding's verify step: every sequence brings ``q`` tokens (the draft plus
+    one) over a long context, the mixed kernel's shape. One point per (num_seqs, q, context)."""
+
+    name: str
+    num_seqs: tuple[int, ...] = (32, 64, 128)
+    query_lens: tuple[int, ...] = (2, 4, 8)  # tokens per sequence to verify
+    context_lens: tuple[int, ...] = (2048, 8192, 32768)  # cached tokens before the verified ones
+    page_size: int = 256
+    causal: bool = True
+    kind: str = "spec_verify"
+
+    def __post_init__(self) -> None:
+        for field in ("num_seqs", "query_lens", "context_lens"):
+            object.__setattr__(self, field, _positive_ints(field, getattr(self, field)))
+        if min(self.query_lens) < 2:
+            raise ValueError(f"workload.query_lens={list(self.query_lens)}: a verify step has >= 2 tokens per "
+                             "sequence (1 is plain decode: use paper_decode)")
+        _check_page_size(self.page_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class SlidingWindowSpec:
+    """One batch at a fixed context, swept over the sliding window (full context down to
+    small windows): does the kernel's time fall with the window as the bytes and FLOPs do?"""
+
+    name: str
+    phase: str = "decode"  # decode: num_seqs x 1 token; prefill: num_seqs x context_len new tokens
+    num_seqs: int = 64
+    context_len: int = 8192
+    windows: tuple[int, ...] = (8192, 4096, 2048, 1024, 512, 256, 128)
+    page_size: int = 256
+    causal: bool = True
+    kind: str = "sliding_window"
+
+    def __post_init__(self) -> None:
+        if self.phase not in ("decode", "prefill"):
+            raise ValueError(f"workload.phase={self.phase!r}; allowed: decode, prefill")
+        if not self.causal:
+            raise ValueError("workload.causal=false: a sliding window needs the causal mask")
+        object.__setattr__(self, "windows", _positive_ints("windows", self.windows))
+        _positive_ints("num_seqs", self.num_seqs)
+        _positive_ints("context_len", self.context_len)
+        _check_page_size(self.page_size)
+
+
+@dataclasses.dataclass(frozen=True)
 class SyntheticSpec:
     """Seeded random ragged batches (see :func:`.synthetic.random_batch`)."""
 
@@ -170,10 +217,13 @@ class TraceSpec:
         return self.columns if self.columns is not None else PRESETS[self.format]
 
 
-WorkloadSpec = PaperDecodeSpec | PaperPrefillSpec | SyntheticSpec | BatchSpecSpec | TraceSpec
+WorkloadSpec = (PaperDecodeSpec | PaperPrefillSpec | SyntheticSpec | BatchSpecSpec | TraceSpec | SpecVerifySpec
+                | SlidingWindowSpec)
 SPEC_BY_KIND: dict[str, type] = {
     "paper_decode": PaperDecodeSpec,
     "paper_prefill": PaperPrefillSpec,
+    "spec_verify": SpecVerifySpec,
+    "sliding_window": SlidingWindowSpec,
     "synthetic": SyntheticSpec,
     "batch_spec": BatchSpecSpec,
     "trace": TraceSpec,
@@ -189,7 +239,7 @@ def workload_spec_from_dict(d: Mapping[str, Any]) -> WorkloadSpec:
     cls = SPEC_BY_KIND[kind]
     if "name" not in d and not (set(d) - {f.name for f in dataclasses.fields(cls)}):
         raise ValueError(f"workload (kind={kind}): field 'name' is required")
-    for key in ("context_lens", "seq_lens", "spec"):
+    for key in ("context_lens", "seq_lens", "spec", "num_seqs", "query_lens", "windows"):
         if isinstance(d.get(key), list):
             d[key] = tuple(d[key])
     return from_dict(cls, d, section="workload")
