@@ -113,6 +113,26 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return s.exit_status
     print(f"{side_b} vs {side_a}: {counts}; geometric mean B/A {geo}")
+    for name, run in ((side_a, runs[0]), (side_b, runs[-1])):
+        env = run.manifest.get("environment") or {}
+        load = env.get("load_average")
+        if load and not args.kernels:
+            print(f"  {name}: host load average at start {load[0]:.2f} (1 min), at end "
+                  f"{(run.manifest.get('load_average_end') or ['?'])[0]}")
+    if not result.empty and "spread_a" in result.columns:
+        comparable = result[result["mark"] != "not comparable"]
+        if not comparable.empty:
+            print(f"  noise: median spread (IQR/median) A {comparable['spread_a'].median():.1%}, "
+                  f"B {comparable['spread_b'].median():.1%}; "
+                  f"{int(comparable['paired'].fillna(False).astype(bool).sum())} of {len(comparable)} points paired "
+                  "(interleaved in one run)")
+    if not args.kernels and any(r.measurements.get("sample_order") is not None
+                                and r.measurements["sample_order"].notna().any() for r in runs):
+        print("  note: a run here measured its kernels interleaved: `rpa-bench compare RUN --kernels A B` on it "
+              "gives paired, drift-free evidence; prefer it to comparing two runs")
+    notes = result["note"].dropna().unique() if "note" in result.columns else []
+    for n in list(notes)[:3]:
+        err(f"note: {n}")
     for _, row in result[result["mark"] == "worse"].iterrows():
         print(f"  worse: {row['workload']} {row['point_id']} {row['kernel']} {row['variant']}: "
               f"{row['ratio']:.3f}x (CI {row['ci_low']:.3f}-{row['ci_high']:.3f}, p={row['p_value']:.2g})")

@@ -361,8 +361,10 @@ def _task_body(cfg: DictConfig, held: list) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
     store.consolidate()
+    from rpa_bench.measure.environment import load_average
+
     store.update_manifest(status="complete", completed_utc=now_utc(),
-                          wall_time_s=round(time.perf_counter() - t0, 1))
+                          wall_time_s=round(time.perf_counter() - t0, 1), load_average_end=load_average())
     df = store.read()
     print()
     print(final_table(df))

@@ -298,6 +298,10 @@ class ReferenceBackend:
 
     ``prepare`` = the KV update (new K/V written into the cache), ``kernel`` = attention
     over the updated cache. Option ``block_bytes`` bounds one step's working set.
+    Option ``extra_work`` (default 0) makes a deliberately slower kernel for A/B checks of
+    the comparison machinery: it also attends for that fraction of the batch's sequences
+    again (1.0: the whole batch twice) and keeps the result by a runtime data dependency
+    that never changes the output, so the time grows by about that fraction.
     """
 
     name = "reference"
@@ -308,9 +312,13 @@ class ReferenceBackend:
         block_bytes = int(options.pop("block_bytes", DEFAULT_BLOCK_BYTES))
         if block_bytes < 1:
             raise ValueError(f"options.block_bytes={block_bytes} must be >= 1")
+        extra = options.pop("extra_work", 0.0)
+        if isinstance(extra, bool) or not isinstance(extra, (int, float)) or not 0.0 <= extra <= 8.0:
+            raise ValueError(f"options.extra_work={extra!r} must be a number in [0, 8]")
         if options:
-            raise ValueError(f"kernel.options {sorted(options)} unknown for reference; allowed: block_bytes")
+            raise ValueError(f"kernel.options {sorted(options)} unknown for reference; allowed: block_bytes, extra_work")
         self.block_bytes = block_bytes
+        self.extra_work = float(extra)
 
     def availability(self) -> tuple[bool, str]:
         return True, "pure jax.numpy; runs on every JAX backend"
@@ -332,9 +340,20 @@ class ReferenceBackend:
             return (inputs.queries, k_cache, v_cache, inputs.kv_lens, inputs.page_indices,
                     inputs.cu_q_lens, inputs.num_seqs)
 
+        extra = self.extra_work
+
         def kernel(queries, k_cache, v_cache, kv_lens, page_indices, cu_q_lens, num_seqs):
             out = ragged_paged_attention(queries, k_cache, v_cache, kv_lens, page_indices,
                                          cu_q_lens, num_seqs, **kwargs)
+            passes, part = int(extra), extra - int(extra)
+            for i in range(passes + (1 if part > 0 else 0)):  # deliberate extra work (A/B checks only)
+                frac = 1.0 if i < passes else part
+                n = jnp.maximum(1, jnp.floor(num_seqs * frac)).astype(num_seqs.dtype)
+                # a runtime-zero offset per pass: identical passes would be merged by XLA (CSE)
+                q_i = queries + jnp.where(num_seqs[0] < 0, i + 1, 0).astype(queries.dtype)
+                again = ragged_paged_attention(q_i, k_cache, v_cache, kv_lens, page_indices, cu_q_lens, n,
+                                               **kwargs)
+                out = jnp.where(num_seqs[0] < 0, again, out)  # never true at run time; not foldable
             return out, k_cache, v_cache
 
         def finish(raw) -> KernelOutput:
@@ -342,7 +361,7 @@ class ReferenceBackend:
             return KernelOutput(output=out, k_cache=k_cache, v_cache=v_cache)
 
         return PreparedCall(prepare=prepare, kernel=kernel, finish=finish, donates=False,
-                            meta={"block_bytes": self.block_bytes})
+                            meta={"block_bytes": self.block_bytes, "extra_work": self.extra_work})
 
     def provenance(self) -> dict:
         from importlib.metadata import PackageNotFoundError, version

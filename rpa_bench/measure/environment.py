@@ -76,6 +76,16 @@ def flag_differences(a: dict | None, b: dict | None) -> list[str]:
     return out
 
 
+def load_average() -> list[float] | None:
+    """1, 5 and 15-minute host load averages (None where the OS has none)."""
+    import os
+
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
 def environment() -> dict:
     """Versions (python, jax, jaxlib, libtpu, tpu-inference, ...), host and devices."""
     return {
@@ -85,6 +95,7 @@ def environment() -> dict:
         "os": platform.platform(),
         "machine": platform.machine(),
         "host_allocator": host.applied(),
+        "load_average": load_average(),
         **device_info(),
     }
 

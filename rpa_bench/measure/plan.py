@@ -229,6 +229,9 @@ def plan_from_config(
     if len(set(names)) != len(names):
         raise ValueError(f"run.workloads names a workload twice: {names}")
     ks = tuple(kernel_entry(k) for k in kernels)
+    aa = check_value("run", "aa_check", run.get("aa_check", False), bool)
+    if aa:  # each entry twice, interleaved: the in-run A/A check of the host's noise
+        ks = ks + tuple(dataclasses.replace(k, label=f"{k.label}.aa") for k in ks)
     knames = [k.label for k in ks]
     if len(set(knames)) != len(knames):
         raise ValueError(f"run.kernels names a kernel twice: {knames}; give each entry its own label "

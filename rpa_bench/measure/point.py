@@ -33,7 +33,7 @@ from rpa_bench.measure import record, xspace
 from rpa_bench.measure.devtime import PerDeviceTiming, per_device_timing
 from rpa_bench.measure.calls import VARIANTS, TimedCall, build_timed_calls
 from rpa_bench.measure.stats import summarize
-from rpa_bench.measure.timing import TimingConfig, time_function
+from rpa_bench.measure.timing import Sampler, TimingConfig, interleave, time_function
 
 MAX_ERROR_CHARS = 2000
 
@@ -117,11 +117,13 @@ def _call_devices(call: TimedCall) -> list:
 
 def _time_variant(call: TimedCall, cfg: TimingConfig, *, capture_to: Path | None,
                   kernel_regex: str | None, clock: Callable[[], float],
-                  devices: Any = None) -> tuple[dict, PerDeviceTiming | None]:
-    """The variant's timing columns, and the per-device timing of its capture (parsed once)."""
+                  devices: Any = None, wall: Any = None) -> tuple[dict, PerDeviceTiming | None]:
+    """The variant's timing columns, and the per-device timing of its capture (parsed once).
+    ``wall``: its wall-clock timing when already taken (interleaved with other kernels)."""
     with call.context():
-        wall = time_function(call, call.args, config=cfg, donates=call.donates, clock=clock,
-                             label=f"{call.variant} samples", in_order=_in_order(), agree=_agree())
+        if wall is None:
+            wall = time_function(call, call.args, config=cfg, donates=call.donates, clock=clock,
+                                 label=f"{call.variant} samples", in_order=_in_order(), agree=_agree())
         notes = list(wall.warnings)
         device, per_device, path = None, None, None
         if cfg.capture and cfg.capture_calls > 0 and capture_to is not None:
@@ -177,54 +179,112 @@ def _time_variant(call: TimedCall, cfg: TimingConfig, *, capture_to: Path | None
     return cols, per_device
 
 
-def measure_kernel(
-    backend: Any,
-    *,
-    interpret: bool,
-    inputs: Any,
-    reference: Any,
-    attn: Any,
-    causal: bool,
-    timing: TimingConfig,
-    roof: Roofline,
-    run: record.RunColumns,
-    point_cols: dict,
-    kernel_cols: dict,
-    captures_dir: Path | None,
-    run_dir: Path | None = None,
-    capture_stem: str = "capture",
-    kernel_regex: str | None = None,  # None: from the call's meta (pallas_name_prefix)
-    context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
-    clock: Callable[[], float] = time.perf_counter,
-    compiler_options: dict | None = None,
-) -> list[dict]:
+@dataclasses.dataclass
+class KernelJob:
+    """One kernel at one point: everything its measurement needs (see :func:`measure_kernel`)."""
+
+    backend: Any
+    interpret: bool
+    inputs: Any
+    reference: Any
+    attn: Any
+    causal: bool
+    timing: TimingConfig
+    roof: Roofline
+    run: record.RunColumns
+    point_cols: dict
+    kernel_cols: dict
+    captures_dir: Path | None
+    run_dir: Path | None = None
+    capture_stem: str = "capture"
+    kernel_regex: str | None = None  # None: from the call's meta (pallas_name_prefix)
+    context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+    clock: Callable[[], float] = time.perf_counter
+    compiler_options: dict | None = None
+
+
+@dataclasses.dataclass
+class _Ready:
+    """A job built, compiled and checked correct: what its timing needs."""
+
+    job: KernelJob
+    prepared: Any
+    calls: dict
+    cost: Any
+    base_more: dict
+    gate: dict
+    kernel_regex: str | None
+
+
+def measure_kernel(backend: Any, **kwargs: Any) -> list[dict]:
     """Rows (one per variant) for ``backend`` on ``inputs``; never raises for kernel errors."""
+    return measure_job(KernelJob(backend=backend, **kwargs))
+
+
+def measure_job(job: KernelJob) -> list[dict]:
+    """:func:`measure_kernel` for a :class:`KernelJob`."""
+    ready = _prepare(job)
+    if isinstance(ready, list):
+        return ready
+    return _finish(ready, {})
+
+
+def measure_interleaved(jobs: list[KernelJob], *, order: str = "alternate", seed: int = 0) -> list[list[dict]]:
+    """Several kernels at one point, each built, compiled and checked, then timed with their
+    samples interleaved (one sample of each in every round, :func:`.timing.interleave`), so
+    drift on a shared host hits every side alike. Rows per job, as :func:`measure_kernel`."""
+    readies = [_prepare(job) for job in jobs]
+    timed = [r for r in readies if isinstance(r, _Ready)]
+    walls: dict[int, dict[str, tuple]] = {id(r): {} for r in timed}
+    if len(timed) > 1:
+        cfg = timed[0].job.timing
+        for variant in VARIANTS:
+            samplers = []
+            for r in timed:
+                call = r.calls[variant]
+                sampler = Sampler(call, call.args, config=r.job.timing, donates=call.donates, clock=r.job.clock,
+                                  label=f"{variant} samples", in_order=_in_order(), agree=_agree())
+                with call.context():
+                    sampler.calibrate()
+                samplers.append(sampler)
+            positions = interleave(samplers, cfg, clock=timed[0].job.clock, agree=_agree(), order=order, seed=seed)
+            for r, sampler, pos in zip(timed, samplers, positions):
+                walls[id(r)][variant] = (sampler.result(), pos)
+    return [r if isinstance(r, list) else _finish(r, walls[id(r)]) for r in readies]
+
+
+def _prepare(job: KernelJob) -> "_Ready | list[dict]":
+    """Build, compile and check ``job``: a :class:`_Ready`, or its final rows (failed,
+    incorrect, or checked in interpret mode and not timed)."""
     import jax
 
     from rpa_bench.kernels.checking import compare_outputs, tolerance_for
 
+    inputs, timing = job.inputs, job.timing
     batch, model = inputs.batch, inputs.model
     try:
-        cost = cost_of(batch, model, attn, causal=causal)
+        cost = cost_of(batch, model, job.attn, causal=job.causal)
         base_more = record.cost_columns(cost)
     except Exception as exc:  # noqa: BLE001 - a row with its error, never a missing row
         cost, base_more = None, {"warnings": [f"cost model failed: {error_text(exc)}"]}
 
     def rows(status: str, per_variant: dict | None = None, **more: Any) -> list[dict]:
-        return [record.row(run, point_cols, kernel_cols, variant=v, status=status,
+        return [record.row(job.run, job.point_cols, job.kernel_cols, variant=v, status=status,
                            **base_more, **more, **((per_variant or {}).get(v, {}))) for v in VARIANTS]
 
+    kernel_regex = job.kernel_regex
     try:
-        prepared = backend.build(model, attn, batch, interpret=interpret)
-        check_only = interpret and not timing.time_interpret
-        calls = build_timed_calls(prepared, inputs, context=context, clock=clock, compiler_options=compiler_options,
+        prepared = job.backend.build(model, job.attn, batch, interpret=job.interpret)
+        check_only = job.interpret and not timing.time_interpret
+        calls = build_timed_calls(prepared, inputs, context=job.context, clock=job.clock,
+                                  compiler_options=job.compiler_options,
                                   variants=("incl_prep",) if check_only else VARIANTS)
         check = calls["incl_prep"]
         with check.context():
             out = prepared.finish(check(*check.fresh_args()))
             jax.block_until_ready(out)
         tolerance = tolerance_for(model)
-        max_abs_err, ok = compare_outputs(out, reference, inputs, tolerance=tolerance)
+        max_abs_err, ok = compare_outputs(out, job.reference, inputs, tolerance=tolerance)
         del out  # a full KV cache: free it before timing
         prefix = (prepared.meta or {}).get("pallas_name_prefix")
         if kernel_regex is None and prefix:
@@ -236,7 +296,7 @@ def measure_kernel(
         return rows("incorrect", error=f"max_abs_err={max_abs_err:.3g} exceeds tolerance={tolerance:g}; not timed",
                     **gate)
     compile_cols = {v: {"compile_time_s": calls[v].compile_time_s} for v in VARIANTS if v in calls}
-    if interpret and not timing.time_interpret:
+    if job.interpret and not timing.time_interpret:
         return rows(
             "skipped", compile_cols,
             error=(f"checked ok in interpret mode (max_abs_err={max_abs_err:.2g} <= {tolerance:g}), not timed: "
@@ -244,40 +304,53 @@ def measure_kernel(
                    "(timing.time_interpret=true times them anyway)"),
             **gate,
         )
+    return _Ready(job, prepared, calls, cost, base_more, gate, kernel_regex)
+
+
+def _finish(ready: _Ready, walls: dict) -> list[dict]:
+    """Time (unless ``walls`` holds a variant's interleaved samples), capture, and make the rows."""
+    job, prepared, calls, cost = ready.job, ready.prepared, ready.calls, ready.cost
+    base_more, gate, kernel_regex, timing = ready.base_more, ready.gate, ready.kernel_regex, job.timing
     out_rows = []
     for variant in VARIANTS:
         try:
             capture_to = None
-            if captures_dir is not None:
-                capture_to = Path(captures_dir) / f"{capture_stem}-{variant}.xplane.pb"
+            if job.captures_dir is not None:
+                capture_to = Path(job.captures_dir) / f"{job.capture_stem}-{variant}.xplane.pb"
             sharded = prepared.plan is not None
+            wall, order = walls.get(variant, (None, None))
             cols, per_device = _time_variant(calls[variant], timing, capture_to=capture_to,
                                              kernel_regex=kernel_regex if variant == "excl_prep" else None,
-                                             clock=clock, devices=_local(prepared.devices) if sharded else None)
+                                             clock=job.clock, devices=_local(prepared.devices) if sharded else None,
+                                             wall=wall)
+            if order is not None:
+                cols["sample_order"] = list(order)
+                cols["warnings"].insert(0, "samples interleaved with the other kernels of this point "
+                                           f"({timing.interleave_order} order); wall_samples_us are paired by index")
             if sharded:  # per-device times, load imbalance (rpa_bench.parallel)
                 from rpa_bench.parallel.columns import row_updates
 
                 mesh_cols, notes = row_updates(
-                    backend, prepared.plan, attn, timing_source=cols["timing_source"], per_device=per_device,
+                    job.backend, prepared.plan, job.attn, timing_source=cols["timing_source"], per_device=per_device,
                     module_name=calls[variant].module_name, num_calls=timing.capture_calls,
-                    wall_latency_us=cols["wall_latency_us"], device_spec=roof.device, kernel_regex=kernel_regex,
-                    kernel_only=variant == "excl_prep", ckv=cost_ckv(causal))
+                    wall_latency_us=cols["wall_latency_us"], device_spec=job.roof.device, kernel_regex=kernel_regex,
+                    kernel_only=variant == "excl_prep", ckv=cost_ckv(job.causal))
                 cols.update(mesh_cols)
                 cols["warnings"] += [n for n in notes if n not in cols["warnings"]]
-            if cols["capture_path"] and run_dir is not None:
-                cols["capture_path"] = str(Path(cols["capture_path"]).relative_to(run_dir))
-            if interpret:
+            if cols["capture_path"] and job.run_dir is not None:
+                cols["capture_path"] = str(Path(cols["capture_path"]).relative_to(job.run_dir))
+            if job.interpret:
                 cols["warnings"].insert(0, "Pallas interpret mode: this timing is NOT kernel performance")
             if cost is not None:
-                mcols, notes = metrics_of(cost, cols["latency_us"], roof)
+                mcols, notes = metrics_of(cost, cols["latency_us"], job.roof)
                 cols.update(mcols)
                 cols["warnings"] += notes
             cols["warnings"] = list(base_more.get("warnings", [])) + cols["warnings"]
             more = {k: v for k, v in base_more.items() if k != "warnings"}
-            out_rows.append(record.row(run, point_cols, kernel_cols, variant=variant, status="ok",
+            out_rows.append(record.row(job.run, job.point_cols, job.kernel_cols, variant=variant, status="ok",
                                        **more, **gate, **cols))
         except Exception as exc:  # noqa: BLE001
-            out_rows.append(record.row(run, point_cols, kernel_cols, variant=variant, status="failed",
-                                       **base_more, **gate, **compile_cols[variant], error=error_text(exc)))
+            out_rows.append(record.row(job.run, job.point_cols, job.kernel_cols, variant=variant, status="failed",
+                                       **base_more, **gate, compile_time_s=calls[variant].compile_time_s,
+                                       error=error_text(exc)))
     return out_rows
-

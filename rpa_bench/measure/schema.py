@@ -62,6 +62,8 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "loops_per_sample": ("int64", "kernel calls per timed sample (loop calibration)"),
     "samples_us": ("object", "list[float]: raw per-call latency samples (us) of the timing source"),
     "wall_samples_us": ("object", "list[float]: raw per-call wall-clock samples (us)"),
+    "sample_order": ("object", "list[float] or null: interleaved runs: each wall sample's position in the point's "
+                               "sampling sequence (sample i of every kernel entry comes from round i: paired)"),
     "device_samples_us": ("object", "list[float] or null: per-call device time samples from the profiler"),
     "latency_us": ("float64", "median per-call latency of the timing source"),
     "latency_iqr_us": ("float64", "interquartile range"),
@@ -127,7 +129,9 @@ OPTIONAL_COLUMNS = ("modelled_load_imbalance", "per_device_hbm_bytes", "per_devi
                     # kernel entries with labels, per-executable compiler options
                     "backend", "compiler_options",
                     # per-point sliding windows (sliding_window workloads)
-                    "sliding_window")
+                    "sliding_window",
+                    # interleaved sampling of several kernel entries (timing.interleave)
+                    "sample_order")
 
 MANIFEST_KEYS = (
     "schema_version",

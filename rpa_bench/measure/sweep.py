@@ -18,7 +18,7 @@ from typing import Any
 
 from rpa_bench.measure import record
 from rpa_bench.measure.plan import KernelEntry, RunPlan, WorkloadEntry
-from rpa_bench.measure.point import Roofline, cost_of, error_text, measure_kernel
+from rpa_bench.measure.point import KernelJob, Roofline, cost_of, error_text, measure_interleaved, measure_job
 from rpa_bench.measure.store import RunStore
 from rpa_bench.workloads.points import point_attention
 
@@ -238,6 +238,7 @@ def _point_rows(prep: PreparedRun, run: record.RunColumns, entry: WorkloadEntry,
                 for v in ("excl_prep", "incl_prep")]
 
     inputs = reference = None
+    group: list[KernelJob] = []
     for slot in todo:
         if not slot.available:
             on_rows(simple(slot, "skipped", f"kernel unavailable: {slot.reason}"))
@@ -267,15 +268,31 @@ def _point_rows(prep: PreparedRun, run: record.RunColumns, entry: WorkloadEntry,
                     on_rows(simple(s, "failed", err))
                 return
         kcols = record.kernel_columns(slot.entry, slot.provenance, interpret=slot.interpret)
-        rows = measure_kernel(
-            slot.backend, interpret=slot.interpret, inputs=inputs, reference=reference, attn=attn,
+        job = KernelJob(
+            backend=slot.backend, interpret=slot.interpret, inputs=inputs, reference=reference, attn=attn,
             causal=p.causal, timing=plan.timing, roof=prep.roof, run=run, point_cols=point_cols,
             kernel_cols=kcols, captures_dir=store.captures_dir / _slug(entry.name), run_dir=store.root,
             capture_stem=f"{_slug(p.point_id)}-{_slug(slot.entry.label)}",
             context=lambda s=slot: call_context(s.interpret),
             compiler_options={**plan.timing.compiler_options, **slot.entry.compiler_options},
         )
-        on_rows(rows)
+        timed = not slot.interpret or plan.timing.time_interpret
+        if timed and _interleaving(prep):
+            group.append(job)  # timed together below, samples interleaved
+        else:
+            on_rows(measure_job(job))
+    if group:
+        if len(group) == 1:
+            on_rows(measure_job(group[0]))
+        else:
+            for rows in measure_interleaved(group, order=plan.timing.interleave_order, seed=plan.seed):
+                on_rows(rows)
+
+
+def _interleaving(prep: PreparedRun) -> bool:
+    """Interleave the samples of a point's timed kernels (timing.interleave; auto: several entries)."""
+    mode = prep.plan.timing.interleave
+    return bool(mode) if mode != "auto" else len(prep.kernels) > 1
 
 
 def _compiled_rows(prep: PreparedRun, run: record.RunColumns, point_cols: dict, slot: KernelSlot, p: Any,

@@ -28,6 +28,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import numpy as np
+
 from rpa_bench.measure.stats import SampleSummary, StatsConfig, summarize
 
 Clock = Callable[[], float]  # seconds, monotonic
@@ -50,6 +52,10 @@ class TimingConfig:
     keep_captures: bool = True  # copy xplane.pb files into the run's captures/
     time_interpret: bool = False  # time Pallas interpret-mode kernels (never performance)
     compiler_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # every executable's
+    # several kernel entries at a point: take their samples in alternating rounds (auto:
+    # when the run has more than one kernel entry), so drift hits every side alike
+    interleave: Any = "auto"  # auto | true | false
+    interleave_order: str = "alternate"  # alternate (ABAB, BABA, ...) | random (seeded shuffle per round)
     stats: StatsConfig = StatsConfig()
 
     def __post_init__(self) -> None:
@@ -59,6 +65,10 @@ class TimingConfig:
         for name in ("num_samples", "min_samples", "max_loops_per_sample", "max_copy_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"timing.{name}={getattr(self, name)} must be >= 1")
+        if self.interleave not in ("auto", True, False):
+            raise ValueError(f"timing.interleave={self.interleave!r}; allowed: auto, true, false")
+        if self.interleave_order not in ("alternate", "random"):
+            raise ValueError(f"timing.interleave_order={self.interleave_order!r}; allowed: alternate, random")
         if self.min_samples > self.num_samples:
             raise ValueError(f"timing.min_samples={self.min_samples} must be <= timing.num_samples={self.num_samples}")
         if self.min_sample_s < 0 or self.max_total_s <= 0:
@@ -116,6 +126,79 @@ def _default_block(x: Any) -> Any:
     return jax.block_until_ready(x)
 
 
+class Sampler:
+    """The protocol above for one function, in steps: :meth:`calibrate` (warm-up and loop
+    calibration), then :meth:`take` one sample at a time, then :meth:`result`. Several
+    samplers can be interleaved (:func:`interleave`) so drift hits every side alike."""
+
+    def __init__(self, fn: Callable[..., Any], args: tuple, *, config: TimingConfig, donates: bool = False,
+                 clock: Clock = time.perf_counter, block: Callable[[Any], Any] = _default_block,
+                 copy: Callable[[tuple], tuple] = _default_copy, label: str = "samples", in_order: bool = False,
+                 agree: Callable[[Any], Any] = lambda value: value) -> None:
+        self.fn, self.args, self.config, self.donates = fn, args, config, donates
+        self.clock, self.block, self.copy, self.label = clock, block, copy, label
+        self.in_order, self.agree = in_order, agree
+        self.warnings: list[str] = []
+        self.samples: list[float] = []
+        self.loops = 1
+        self.loop_cap = config.max_loops_per_sample
+        if donates:
+            per_set = max(1, _nbytes(args))
+            copy_cap = max(1, config.max_copy_bytes // per_set)
+            if copy_cap < self.loop_cap:
+                self.loop_cap = copy_cap
+
+    def _arg_sets(self, n: int) -> list[tuple]:
+        if not self.donates:
+            return [self.args] * n
+        sets = [self.copy(self.args) for _ in range(n)]
+        self.block(sets)  # copies finish before the clock starts
+        return sets
+
+    def _sample(self, n: int) -> float:
+        sets = self._arg_sets(n)
+        t0 = self.clock()
+        if self.in_order:
+            out = None
+            for a in sets:
+                out = self.fn(*a)
+            self.block(out)
+        else:
+            self.block([self.fn(*a) for a in sets])
+        return self.clock() - t0
+
+    def calibrate(self) -> None:
+        """Warm-up calls, then calls per sample grown until a sample lasts ``min_sample_s``."""
+        config = self.config
+        for _ in range(config.warmup_calls):
+            self.block(self.fn(*self._arg_sets(1)[0]))
+        loops, cap = 1, self.loop_cap
+        elapsed = self.agree(self._sample(loops))
+        while elapsed < config.min_sample_s and loops < cap:
+            grow = config.min_sample_s / elapsed * 1.2 if elapsed > 0 else 10.0
+            loops = min(cap, max(loops * 2, math.ceil(loops * grow)))
+            elapsed = self.agree(self._sample(loops))
+        if elapsed < config.min_sample_s and loops >= cap:
+            why = "timing.max_copy_bytes (fresh copies of donated inputs)" if cap < config.max_loops_per_sample \
+                else "timing.max_loops_per_sample"
+            self.warnings.append(
+                f"a sample of {loops} calls lasts {elapsed * 1e6:.1f} us < timing.min_sample_s="
+                f"{config.min_sample_s * 1e6:.0f} us; loops capped by {why}: wall-clock samples are "
+                "near the timer's resolution, prefer the profiler's device time"
+            )
+        self.loops = loops
+
+    def take(self) -> float:
+        """One sample: per-call microseconds."""
+        value = self._sample(self.loops) / self.loops * 1e6
+        self.samples.append(value)
+        return value
+
+    def result(self) -> WallTiming:
+        summary = summarize(self.samples, self.config.stats, label=self.label)
+        return WallTiming(self.loops, tuple(self.samples), summary, tuple(self.warnings) + summary.warnings)
+
+
 def time_function(
     fn: Callable[..., Any],
     args: tuple,
@@ -139,60 +222,56 @@ def time_function(
     passes through it; a multi-host run gives the writer's value to every process
     (``parallel.distributed.from_writer``) so all of them run the same calls.
     """
-    warnings: list[str] = []
-    loop_cap = config.max_loops_per_sample
-    if donates:
-        per_set = max(1, _nbytes(args))
-        copy_cap = max(1, config.max_copy_bytes // per_set)
-        if copy_cap < loop_cap:
-            loop_cap = copy_cap
+    sampler = Sampler(fn, args, config=config, donates=donates, clock=clock, block=block, copy=copy, label=label,
+                      in_order=in_order, agree=agree)
+    sampler.calibrate()
+    _sample_rounds([sampler], config, clock=clock, agree=agree)
+    return sampler.result()
 
-    def arg_sets(n: int) -> list[tuple]:
-        if not donates:
-            return [args] * n
-        sets = [copy(args) for _ in range(n)]
-        block(sets)  # copies finish before the clock starts
-        return sets
 
-    def sample(n: int) -> float:
-        sets = arg_sets(n)
-        t0 = clock()
-        if in_order:
-            out = None
-            for a in sets:
-                out = fn(*a)
-            block(out)
-        else:
-            block([fn(*a) for a in sets])
-        return clock() - t0
-
-    for _ in range(config.warmup_calls):
-        block(fn(*arg_sets(1)[0]))
-
-    loops = 1
-    elapsed = agree(sample(loops))
-    while elapsed < config.min_sample_s and loops < loop_cap:
-        grow = config.min_sample_s / elapsed * 1.2 if elapsed > 0 else 10.0
-        loops = min(loop_cap, max(loops * 2, math.ceil(loops * grow)))
-        elapsed = agree(sample(loops))
-    if elapsed < config.min_sample_s and loops >= loop_cap:
-        why = "timing.max_copy_bytes (fresh copies of donated inputs)" if loop_cap < config.max_loops_per_sample \
-            else "timing.max_loops_per_sample"
-        warnings.append(
-            f"a sample of {loops} calls lasts {elapsed * 1e6:.1f} us < timing.min_sample_s="
-            f"{config.min_sample_s * 1e6:.0f} us; loops capped by {why}: wall-clock samples are "
-            "near the timer's resolution, prefer the profiler's device time"
-        )
-
-    samples: list[float] = []
-    t_start = clock()
+def _sample_rounds(samplers: list[Sampler], config: TimingConfig, *, clock: Clock,
+                   agree: Callable[[Any], Any], order: Callable[[int], list[int]] | None = None) -> list[list[int]]:
+    """Rounds of one sample per sampler (``order(round)``: the samplers' order in that round)
+    until ``num_samples``, or past ``min_samples`` once ``max_total_s`` is spent. Returns
+    each sampler's position in the global sequence per sample (the interleaving order)."""
+    positions: list[list[int]] = [[] for _ in samplers]
+    t_start, seq = clock(), 0
     for i in range(config.num_samples):
-        samples.append(sample(loops) / loops * 1e6)
-        if i + 1 >= config.min_samples and agree(clock() - t_start > config.max_total_s):
-            warnings.append(
-                f"only {len(samples)} of timing.num_samples={config.num_samples} samples fit in "
-                f"timing.max_total_s={config.max_total_s:g}; raise it for a tighter CI"
-            )
+        for j in (order(i) if order else range(len(samplers))):
+            samplers[j].take()
+            positions[j].append(seq)
+            seq += 1
+        if i + 1 >= config.min_samples and agree(clock() - t_start > config.max_total_s * len(samplers)):
+            for s in samplers:
+                s.warnings.append(
+                    f"only {i + 1} of timing.num_samples={config.num_samples} samples fit in "
+                    f"timing.max_total_s={config.max_total_s:g}; raise it for a tighter CI")
             break
-    summary = summarize(samples, config.stats, label=label)
-    return WallTiming(loops, tuple(samples), summary, tuple(warnings) + summary.warnings)
+    return positions
+
+
+INTERLEAVE_ORDERS = ("alternate", "random")
+
+
+def interleave(samplers: list[Sampler], config: TimingConfig, *, clock: Clock = time.perf_counter,
+               agree: Callable[[Any], Any] = lambda value: value, order: str = "alternate",
+               seed: int = 0) -> list[list[int]]:
+    """Samples of several calibrated samplers taken in rounds, one per sampler per round:
+    ``alternate`` (round i starts at sampler i mod n, the order rotated, and every other
+    rotation reversed: AB, BA, AB, ... for two; each sampler takes each position equally
+    often, so no side always runs first, last or after the same neighbour) or ``random``
+    (each round's order shuffled, seeded). Sample ``i`` of every sampler comes
+    from round ``i``: the samples are paired by index. Returns each sample's position in the
+    global sequence (stored with the rows)."""
+    if order not in INTERLEAVE_ORDERS:
+        raise ValueError(f"timing.interleave_order={order!r}; allowed: {', '.join(INTERLEAVE_ORDERS)}")
+    n = len(samplers)
+    rng = np.random.default_rng(seed)
+
+    def round_order(i: int) -> list[int]:
+        if order == "random":
+            return [int(j) for j in rng.permutation(n)]
+        rotated = [(j + i // 2) % n for j in range(n)]
+        return rotated if i % 2 == 0 else rotated[::-1]
+
+    return _sample_rounds(samplers, config, clock=clock, agree=agree, order=round_order)

@@ -229,7 +229,7 @@ def ratio_chart(result: pd.DataFrame, out_path: pathlib.Path, *, device: str, si
     rows = result[result["mark"] != "not comparable"].dropna(subset=["ratio"])
     if rows.empty:
         return None
-    colors = {"improved": "#2ca02c", "worse": "#d62728", "not significant": "#7f7f7f"}
+    colors = {"improved": "#2ca02c", "worse": "#d62728", "not significant": "#7f7f7f", "unreliable": "#ff7f0e"}
     labels = [f"{w} {p} {k} {v}" for w, p, k, v in zip(rows["workload"], rows["point_id"], rows["kernel"], rows["variant"])]
     y = np.arange(len(rows))
     ratio = rows["ratio"].to_numpy(float)

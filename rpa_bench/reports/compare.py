@@ -1,12 +1,25 @@
 """Revision comparison: a pure function of two sets of stored measurements.
 
 Per workload point: ratio B/A of the median latency with a bootstrap confidence
-interval, a two-sided Mann-Whitney U test on the raw samples, and a mark:
+interval, a significance test, and a mark. Two kinds of evidence:
 
-- ``worse`` / ``improved``: the ratio is beyond the threshold (default 1.1x), the test
-  is significant at ``alpha`` and the ratio's confidence interval excludes 1 (two pieces
-  of evidence, as asv asks for non-overlapping intervals and a significant test);
-- ``not significant``: otherwise;
+- **paired** (both sides measured in one run with interleaved samples, ``sample_order``):
+  the wall-clock samples are paired by round; the ratio's CI is a bootstrap over pairs and
+  the test is Wilcoxon's signed-rank test on the per-pair log ratios. Drift between
+  rounds hits both sides alike, so a shared noisy host cannot fake a difference.
+- **unpaired** (two runs): the raw samples of each side, a bootstrap over each, and a
+  two-sided Mann-Whitney U test.
+
+Marks:
+- ``worse`` / ``improved``: the test is significant at ``alpha`` and the ratio's CI lies
+  wholly beyond the threshold band (low > threshold, or high < 1/threshold): the noise
+  floor is the threshold, not 1;
+- ``unreliable`` (two runs only): a difference that would count, but side A's own spread
+  (IQR / median) is wider than the threshold band: the host was too noisy to say (paired
+  evidence carries its noise in the CI over pairs);
+- ``not significant``: otherwise, including settings too small for the test to ever reach
+  ``alpha`` (say 3 samples per side), which is said in the row's ``note`` with the sample
+  count needed;
 - ``not comparable``: the points differ in workload hash or config, either side ran in
   interpret mode (its time is the interpreter's, not the kernel's), either status is not
   ok, samples are missing, or the point exists on one side only.
@@ -22,7 +35,8 @@ import pandas as pd
 from scipy import stats
 
 WORSE, IMPROVED, NOT_SIGNIFICANT, NOT_COMPARABLE = "worse", "improved", "not significant", "not comparable"
-MARK_ORDER = (WORSE, IMPROVED, NOT_SIGNIFICANT, NOT_COMPARABLE)
+UNRELIABLE = "unreliable"
+MARK_ORDER = (WORSE, IMPROVED, UNRELIABLE, NOT_SIGNIFICANT, NOT_COMPARABLE)
 POINT_KEY = ("workload", "point_id", "variant")
 # Fields that must agree for two measurements to be comparable (beyond the workload hash).
 CONFIG_FIELDS = (
@@ -112,37 +126,96 @@ def _why_not_comparable(a: pd.Series, b: pd.Series, options: "CompareOptions | N
     return None
 
 
-def _ratio_ci(a: np.ndarray, b: np.ndarray, options: CompareOptions) -> tuple[float, float]:
+def _ratio_ci(a: np.ndarray, b: np.ndarray, options: CompareOptions, *, paired: bool = False) -> tuple[float, float]:
     def stat(bs, as_, axis=-1):
         return np.median(bs, axis=axis) / np.median(as_, axis=axis)
 
-    res = stats.bootstrap((b, a), stat, vectorized=True, paired=False, method="percentile",
+    res = stats.bootstrap((b, a), stat, vectorized=True, paired=paired, method="percentile",
                           confidence_level=options.confidence_level, n_resamples=options.n_resamples,
                           rng=np.random.default_rng(options.seed))
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
+def min_p_value(n_a: int, n_b: int, *, paired: bool) -> float:
+    """The smallest two-sided p the test can give: Wilcoxon signed-rank over ``n`` pairs
+    2 / 2^n; Mann-Whitney U 2 / C(n_a + n_b, n_a) (all of one side below the other)."""
+    if paired:
+        return min(1.0, 2.0 / 2.0 ** n_a)
+    return min(1.0, 2.0 / math.comb(n_a + n_b, n_a))
+
+
+def samples_needed(alpha: float, *, paired: bool) -> int:
+    """Fewest samples per side (pairs) with which the test can reach ``alpha``."""
+    n = 2
+    while min_p_value(n, n, paired=paired) >= alpha:
+        n += 1
+    return n
+
+
+def _pairs(a: pd.Series, b: pd.Series) -> tuple[np.ndarray, np.ndarray] | None:
+    """Interleaved wall samples of one run, paired by round; None when the rows are not paired."""
+    oa, ob = a.get("sample_order"), b.get("sample_order")
+    if oa is None or ob is None or isinstance(oa, float) or isinstance(ob, float):
+        return None
+    if a.get("run_id") != b.get("run_id") or len(oa) != len(ob) or len(oa) < 2:
+        return None
+    wa = np.asarray(a.get("wall_samples_us"), dtype=float).ravel()
+    wb = np.asarray(b.get("wall_samples_us"), dtype=float).ravel()
+    if len(wa) != len(oa) or len(wb) != len(ob) or not (np.all(wa > 0) and np.all(wb > 0)):
+        return None
+    return wa, wb
+
+
+def spread(samples: np.ndarray) -> float:
+    """IQR / median of a side's samples (its own noise)."""
+    q1, q3 = np.percentile(samples, [25, 75])
+    return float((q3 - q1) / np.median(samples))
+
+
 def compare_point(a: pd.Series, b: pd.Series, options: CompareOptions) -> dict:
-    """Compare one point measured on side A and side B."""
+    """Compare one point measured on side A and side B (paired when interleaved in one run)."""
     out = {"latency_a_us": a.get("latency_us"), "latency_b_us": b.get("latency_us"), "ratio": np.nan,
-           "ci_low": np.nan, "ci_high": np.nan, "p_value": np.nan, "n_a": 0, "n_b": 0, "reason": None}
+           "ci_low": np.nan, "ci_high": np.nan, "p_value": np.nan, "n_a": 0, "n_b": 0, "reason": None,
+           "paired": False, "spread_a": np.nan, "spread_b": np.nan, "note": None}
     reason = _why_not_comparable(a, b, options)
     if reason is not None:
         return {**out, "mark": NOT_COMPARABLE, "reason": reason}
-    sa, sb = _samples(a), _samples(b)
+    pairs = _pairs(a, b)
+    paired = pairs is not None
+    sa, sb = pairs if paired else (_samples(a), _samples(b))
     ratio = float(np.median(sb) / np.median(sa))
-    low, high = _ratio_ci(sa, sb, options)
-    p = float(stats.mannwhitneyu(sb, sa, alternative="two-sided").pvalue)
+    low, high = _ratio_ci(sa, sb, options, paired=paired)
+    if paired:
+        diff = np.log(sb) - np.log(sa)
+        p = 1.0 if np.allclose(diff, 0.0) else float(stats.wilcoxon(diff, alternative="two-sided").pvalue)
+    else:
+        p = float(stats.mannwhitneyu(sb, sa, alternative="two-sided").pvalue)
+    note = None
+    floor = min_p_value(len(sa), len(sb), paired=paired)
+    if floor >= options.alpha:
+        need = samples_needed(options.alpha, paired=paired)
+        note = (f"with {len(sa)} {'pairs' if paired else 'samples per side'} the "
+                f"{'Wilcoxon signed-rank' if paired else 'Mann-Whitney'} test cannot go below p={floor:.3g} >= "
+                f"alpha={options.alpha:g}: no verdict is possible; use timing.num_samples >= {need}")
     significant = p < options.alpha
-    if significant and ratio > options.threshold and low > 1.0:
+    spread_a, spread_b = spread(sa), spread(sb)
+    if significant and low > options.threshold:
         mark = WORSE
-    elif significant and ratio < 1.0 / options.threshold and high < 1.0:
+    elif significant and high < 1.0 / options.threshold:
         mark = IMPROVED
     else:
         mark = NOT_SIGNIFICANT
+    # two runs: side A's own spread wider than the band means the host's noise alone could
+    # make the difference (paired evidence already carries its noise in the CI over pairs)
+    if not paired and mark in (WORSE, IMPROVED) and spread_a > options.threshold - 1.0:
+        mark = UNRELIABLE
+        note = (f"side A's own spread (IQR/median {spread_a:.1%}) exceeds the threshold band "
+                f"({options.threshold - 1.0:.0%}): the host was too noisy to call this; measure A and B "
+                "interleaved in one run")
     return {**out, "latency_a_us": float(np.median(sa)), "latency_b_us": float(np.median(sb)), "ratio": ratio,
             "ci_low": low, "ci_high": high, "p_value": p, "n_a": len(sa), "n_b": len(sb), "mark": mark,
-            "unstable": unstable_sides(a, b)}
+            "unstable": unstable_sides(a, b), "paired": paired, "spread_a": spread_a, "spread_b": spread_b,
+            "note": note}
 
 
 def compare_measurements(a: pd.DataFrame, b: pd.DataFrame, options: CompareOptions = CompareOptions(),

@@ -38,6 +38,10 @@ def manifest_differences(a: LoadedRun, b: LoadedRun) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["field", "a", "b"])
 
 
+def fmt_pct_fraction(value) -> str:
+    return "\u2014" if value is None or pd.isna(value) else f"{100 * float(value):.1f} %"
+
+
 def _fmt_p(value) -> str:
     return "\u2014" if pd.isna(value) else (f"{value:.2g}" if value >= 1e-3 else f"{value:.1e}")
 
@@ -81,12 +85,17 @@ def write_compare(
             Column("latency_a_us", "A median (us)", fmt_num, numeric=True),
             Column("latency_b_us", "B median (us)", fmt_num, numeric=True),
             Column("ratio", "B/A (x)", fmt_num, numeric=True), Column("ci", "95% CI of B/A", css=lambda _: "nowrap"),
-            Column("p_value", "Mann-Whitney p", _fmt_p, numeric=True),
+            Column("p_value", "p (paired: Wilcoxon; else Mann-Whitney)", _fmt_p, numeric=True),
+            Column("paired", "paired (interleaved)"),
             Column("n_a", "n A", fmt_num, numeric=True), Column("n_b", "n B", fmt_num, numeric=True),
+            Column("spread_a", "A spread (IQR/median)", fmt_pct_fraction, numeric=True),
+            Column("spread_b", "B spread (IQR/median)", fmt_pct_fraction, numeric=True),
             Column("unstable", "unstable samples"),
+            Column("note", "note"),
             Column("reason", "why not comparable"),
-        ], "Every point (worse first); not comparable: different workload hash or config, interpret mode, "
-           "a status other than ok, or measured on one side only")
+        ], "Every point (worse first); worse/improved need a significant test and a CI wholly beyond the "
+           "threshold band; unreliable: A's own spread is wider than that band; not comparable: different "
+           "workload hash, config or compiler flags, interpret mode, a status other than ok, or one side only")
         sections.append(Section("points", "Points", tables=(table,)))
     if differences is not None and not differences.empty:
         sections.append(Section("provenance", "What differs between A and B", tables=(table_from_frame(

@@ -1,0 +1,136 @@
+"""``rpa-bench history``: a kernel across tpu-inference commits, one stored result per revision.
+
+    rpa-bench history --repo ~/tpu-inference --revisions v0.31.0..main --every 5 \\
+        -- experiment=paper_decode scale=cpu_smoke
+    rpa-bench history --repo ~/tpu-inference --revisions GOOD..BAD --steps -- experiment=paper_decode
+
+For each revision: ``rpa-bench run`` with the overrides after ``--`` and
+``kernel=<--kernel> kernel.source=<repo>@<sha>`` (every point checked against the reference;
+timed where the device allows: on CPU the RPA kernels are checked in interpret mode only),
+then the kernel compiled for ``--generations`` (libtpu compile-only: does it still compile
+and fit VMEM?). Results live under ``<--out>/<machine>/<sha>/``; a stored revision is never
+recomputed, so a history is resumed or extended by running it again. The page
+``<--out>/<machine>/index.html`` has one chart per series (latency per point, VMEM per
+generation) against the commits, the steps and status changes marked, and a table of the
+events with the commit that introduced each. ``--steps`` bisects between a good first and a
+bad last revision instead of measuring every commit. Exit: 0, 1 when a regression was
+found, 2 on bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from rpa_bench.kernels import compiling
+from rpa_bench.measure import history as hist
+from rpa_bench.workloads.model import AttentionSpec, ModelSpec
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="rpa-bench history", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="Overrides for `rpa-bench run` follow `--`.")
+    p.add_argument("--repo", required=True, help="a tpu-inference git checkout")
+    p.add_argument("--revisions", required=True, help="A..B (A is the baseline) or a comma-separated list of refs")
+    p.add_argument("--every", type=int, default=1, help="every N-th commit of a range (endpoints kept)")
+    p.add_argument("--steps", action="store_true", help="bisect: the first revision that differs from the first")
+    p.add_argument("--kernel", default="rpa_v3", choices=("rpa_v3", "rpa_v2"), help="kernel family (default rpa_v3)")
+    p.add_argument("--generations", default="tpu7x", help="comma-separated TPU generations to compile for ('' none)")
+    p.add_argument("--cases", default="decode_8x1k", help="compile cases (see rpa-bench compile)")
+    p.add_argument("--compile-timeout", type=float, default=300.0, help="seconds per compile")
+    p.add_argument("--threshold", type=float, default=1.1, help="latency ratio that counts as a step (default 1.1)")
+    p.add_argument("--out", default="results/history", help="history folder (default results/history)")
+    return p
+
+
+def _evaluate(rev: hist.Revision, repo: Path, args, overrides: list[str], folder: Path) -> hist.RevisionResult:
+    from rpa_bench import cli
+    from rpa_bench.commands.compile import case_batches
+    from rpa_bench.commands._hydra import compose
+
+    stored = hist.load_result(folder, rev)
+    if stored is not None:
+        print(f"  {rev.short} {rev.subject[:60]}: stored, not recomputed")
+        return stored
+    folder.mkdir(parents=True, exist_ok=True)
+    source = f"{repo}@{rev.sha}"
+    print(f"  {rev.short} {rev.subject[:60]}: run + compile", flush=True)
+    rc = cli.main(["run", *overrides, f"kernel={args.kernel}", f"kernel.source={source}",
+                   f"run.results_dir={folder}", "run.name=run", "run.progress=false"])
+    if rc not in (0,):
+        (folder / "revision.json").write_text(json.dumps({"status": "failed", "run_exit": rc, "sha": rev.sha}))
+        raise RuntimeError(f"rpa-bench run for {rev.short} exited {rc}")
+    compiles = []
+    gens = [g for g in args.generations.split(",") if g.strip()]
+    if gens:
+        cfg = compose(overrides)
+        model = ModelSpec.from_dict(dict(cfg.model))
+        cases = case_batches([c.strip() for c in args.cases.split(",") if c.strip()])
+        jobs = [compiling.CompileJob({"name": args.kernel, "source": source}, args.kernel, model, AttentionSpec(),
+                                     batch, compiling.generation_kind(g.strip()), case, False, padding)
+                for g in gens for case, (batch, padding) in cases.items()]
+        compiles = [r.as_dict() for r in compiling.compile_many(jobs, timeout_s=args.compile_timeout)]
+    (folder / "revision.json").write_text(json.dumps(
+        {"status": "complete", "sha": rev.sha, "date": rev.date, "subject": rev.subject, "compiles": compiles},
+        indent=1, default=str))
+    return hist.load_result(folder, rev)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(argv or [])
+    overrides: list[str] = []
+    if "--" in argv:
+        i = argv.index("--")
+        argv, overrides = argv[:i], argv[i + 1:]
+    try:
+        args = parser().parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    err = lambda m: print(f"rpa-bench history: {m}", file=sys.stderr)  # noqa: E731
+    try:
+        repo = hist.git_toplevel(Path(args.repo).expanduser().resolve())
+        revs = hist.revisions(repo, args.revisions, every=args.every)
+        for g in [g for g in args.generations.split(",") if g.strip()]:
+            compiling.generation_kind(g.strip())
+        if not args.threshold > 1.0:
+            raise ValueError(f"--threshold={args.threshold} must be > 1")
+    except (ValueError, FileNotFoundError) as e:
+        err(str(e))
+        return 2
+    root = Path(args.out) / hist.machine_name()
+    print(f"history of {args.kernel} in {repo}: {len(revs)} revisions -> {root}")
+
+    def folder(rev: hist.Revision) -> Path:
+        return root / rev.sha
+
+    try:
+        if args.steps:
+            first = _evaluate(revs[0], repo, args, overrides, folder(revs[0]))
+
+            def is_bad(rev: hist.Revision) -> bool:
+                res = _evaluate(rev, repo, args, overrides, folder(rev))
+                return bool(hist.find_events([first, res], threshold=args.threshold))
+
+            found = hist.bisect(revs, is_bad)
+            results = [hist.load_result(folder(r), r) for r in revs]
+            results = [r for r in results if r is not None]
+            print(f"first revision that differs from {revs[0].short}: "
+                  + (f"{found.short} {found.subject}" if found else "none (or the last one does not differ)"))
+        else:
+            results = [_evaluate(r, repo, args, overrides, folder(r)) for r in revs]
+    except RuntimeError as e:
+        err(str(e))
+        return 1
+    events = hist.find_events(results, threshold=args.threshold)
+    from rpa_bench.reports.history_report import write_history
+
+    page = write_history(results, events, root, kernel=args.kernel, repo=str(repo))
+    (root / "events.json").write_text(json.dumps([e.as_dict() for e in events], indent=1, default=str))
+    for e in events:
+        print(f"  {e.direction:<11} {e.kind:<12} {e.series}: {e.before} -> {e.after} at {e.revision.short} "
+              f"({e.revision.subject[:60]})")
+    print(f"{len(events)} events over {len(results)} revisions; wrote {page}")
+    return 1 if any(e.direction == "regression" for e in events) else 0

@@ -1,0 +1,99 @@
+"""rpa-bench history over a small git repository built from the installed tpu-inference v3
+kernel: a default block size changed, correctness broken, compilation broken (VMEM) — each
+event found at its commit."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from rpa_bench import cli
+from rpa_bench.kernels import compiling, loader
+from rpa_bench.measure import history as hist
+
+V3 = Path("kernels") / "ragged_paged_attention" / "v3"
+TINY = ["workload=batch_spec", "workload.spec=[2q1s40_q24]", "workload.page_size=16", "model.num_q_heads=4",
+        "model.num_kv_heads=2", "scale=cpu_smoke", "timing=quick", "timing.capture=false"]
+
+
+def _commit(repo: Path, message: str) -> str:
+    git = ["git", "-C", str(repo), "-c", "user.email=t@example.com", "-c", "user.name=t"]
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", message], check=True)
+    return subprocess.run([*git, "rev-parse", "HEAD"], check=True, capture_output=True, text=True).stdout.strip()
+
+
+def _edit(repo: Path, old: str, new: str) -> None:
+    path = repo / "tpu_inference" / V3 / "kernel.py"
+    text = path.read_text()
+    assert old in text, old
+    path.write_text(text.replace(old, new, 1))
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    installed = loader.installed_package_dir()
+    if installed is None:
+        pytest.skip("tpu-inference is not installed")
+    repo = tmp_path_factory.mktemp("tpu-inference")
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    pkg = repo / "tpu_inference"
+    for rel in (Path("kernels") / "__init__.py", Path("kernels") / "ragged_paged_attention" / "__init__.py"):
+        (pkg / rel).parent.mkdir(parents=True, exist_ok=True)
+        src = installed / rel
+        (pkg / rel).write_text(src.read_text() if src.is_file() else "")
+    (pkg / "__init__.py").write_text("")
+    (pkg / V3).mkdir(parents=True, exist_ok=True)
+    for name in ("__init__.py", "kernel.py", "util.py"):
+        src = installed / V3 / name
+        (pkg / V3 / name).write_text(src.read_text() if src.is_file() else "")
+    shas = {"base": _commit(repo, "base: v3 as released")}
+    _edit(repo, "min_bkv_sz_to_peak = (16 * 1024 * 1024", "min_bkv_sz_to_peak = (256 * 1024")
+    shas["blocks"] = _commit(repo, "smaller default decode KV block")
+    _edit(repo, "s_scale = sm_scale\n", "s_scale = sm_scale * 1.5\n")
+    shas["wrong"] = _commit(repo, "scale the logits (breaks correctness)")
+    _edit(repo, "s_scale = sm_scale * 1.5\n", "s_scale = sm_scale\n")
+    _edit(repo, "(2, bkv_sz, bkv_stride, *kv_cache.shape[3:])", "(96, bkv_sz, bkv_stride, *kv_cache.shape[3:])")
+    shas["vmem"] = _commit(repo, "fix the scale; deeper KV buffering (no longer fits VMEM)")
+    return repo, shas
+
+
+@pytest.mark.skipif(not compiling.libtpu_status()[0], reason="libtpu not installed")
+def test_history_finds_each_event_at_its_commit(repo, tmp_path, capsys):
+    path, shas = repo
+    out = tmp_path / "history"
+    argv = ["history", "--repo", str(path), "--revisions", f"{shas['base']}..{shas['vmem']}", "--generations",
+            "tpu7x", "--cases", "decode_8x1k", "--out", str(out), "--", *TINY]
+    assert cli.main(argv) == 1  # regressions found
+    events = json.loads(next(out.glob("*/events.json")).read_text())
+    by = {(e["kind"], e["direction"]): e["commit"] for e in events}
+    assert by[("VMEM step", "improvement")] == shas["blocks"][:10]  # the smaller default block
+    assert by[("correctness", "regression")] == shas["wrong"][:10]
+    assert by[("correctness", "improvement")] == shas["vmem"][:10]
+    assert by[("compile", "regression")] == shas["vmem"][:10]
+    assert any(e["after"] == "vmem_oom" for e in events if e["kind"] == "compile")
+    page = next(out.glob("*/index.html")).read_text()
+    assert shas["wrong"][:10] in page and "Regressions, improvements and breakages" in page
+    capsys.readouterr()
+    # stored revisions are never recomputed
+    assert cli.main(argv) == 1
+    assert capsys.readouterr().out.count("stored, not recomputed") == 4
+
+
+def test_change_points_find_a_step_and_ignore_jitter():
+    flat = [100.0, 101.0, 99.5, 100.4, 100.2, 99.9]
+    assert hist.change_points(flat, threshold=1.1, sigma=1.0) == []
+    step = [100.0, 101.0, 99.5, 131.0, 130.2, 129.9]
+    assert hist.change_points(step, threshold=1.1, sigma=1.0) == [3]
+    assert hist.change_points([3.6e6, 7.9e5, 7.9e5], threshold=1.0 + 1e-9) == [1]  # deterministic: any change
+    revs = [hist.Revision(str(i) * 40, "2026-01-01", f"c{i}") for i in range(6)]
+    assert hist.bisect(revs, lambda r: int(r.sha[0]) >= 4).sha == revs[4].sha
+
+
+def test_bad_history_input_is_refused(tmp_path, capsys):
+    assert cli.main(["history", "--repo", str(tmp_path), "--revisions", "a..b"]) == 2
+    assert "rpa-bench history:" in capsys.readouterr().err
