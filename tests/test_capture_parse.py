@@ -130,3 +130,17 @@ def test_clock_scaling_multiplies_tpu_durations():
     res = cap.parse(jax.profiler.ProfileData.from_text_proto(text), module_name="jit_rpa_bench_excl_prep", num_calls=2)
     assert res.per_call_us == pytest.approx((200.0, 110.0))
     assert any("time_scale_multiplier" in w for w in res.warnings)
+
+
+def test_captures_are_stored_as_sessions_xprof_itself_discovers(tmp_path, capsys):
+    from rpa_bench import cli
+    from rpa_bench.commands.xprof import sessions
+
+    f = jax.jit(rpa_bench_kernel)
+    y = jnp.ones((16, 16), jnp.float32)
+    for variant in ("excl_prep", "incl_prep"):
+        cap.capture(lambda i: f(y), 1, cap.session_path(tmp_path / "captures", f"w.ctx=1.reference.{variant}"))
+    assert sessions(tmp_path / "captures") == ["w.ctx=1.reference.excl_prep", "w.ctx=1.reference.incl_prep"]
+    assert cli.main(["xprof", str(tmp_path), "--list"]) == 0
+    assert "xprof --logdir" in capsys.readouterr().out
+    assert cli.main(["xprof", str(tmp_path / "nope"), "--list"]) == 2

@@ -265,21 +265,27 @@ def _check_same_workloads(old: dict, new: dict, run_dir: Path) -> None:
 
 
 def _task(cfg: DictConfig) -> int:
+    from rpa_bench.measure.phases import Account, scope, since_import
+
     held: list[Any] = []  # run stores whose lock this process holds
+    account = Account()
+    account.add("start-up", since_import())  # imports, Hydra, config: until the run's first work
     try:
-        return _task_body(cfg, held)
+        with scope(account):
+            return _task_body(cfg, held, account)
     finally:
         for store in held:
             store.release_lock()
 
 
-def _task_body(cfg: DictConfig, held: list) -> int:
+def _task_body(cfg: DictConfig, held: list, account: Any) -> int:
     import shutil
     import tempfile
 
     from hydra.core.hydra_config import HydraConfig
 
     from rpa_bench.measure import sweep
+    from rpa_bench.measure.phases import phase
     from rpa_bench.measure.plan import Explicit, plan_from_config
     from rpa_bench.measure.record import now_utc
     from rpa_bench.measure.store import RunStore
@@ -305,7 +311,8 @@ def _task_body(cfg: DictConfig, held: list) -> int:
                         workloads=tuple(per_entry))
     plan = plan_from_config(config, workloads=workloads, kernels=kernels, experiment=str(experiment),
                             explicit=explicit)
-    prep = sweep.prepare_run(plan)  # every check, before anything is allocated
+    with phase("workload build"):
+        prep = sweep.prepare_run(plan)  # every check, before anything is allocated
     if prep.platform == "cpu":  # repeatable CPU timings (see rpa_bench/measure/host.py)
         from rpa_bench.measure.host import fix_mmap_threshold
 
@@ -362,15 +369,23 @@ def _task_body(cfg: DictConfig, held: list) -> int:
         signal.signal(signal.SIGTERM, previous)
     store.consolidate()
     from rpa_bench.measure.environment import load_average
+    from rpa_bench.measure.phases import one_line, overhead_ratio, since_import
 
+    wall = since_import()
+    seconds = account.as_dict()
+    seconds["other"] = round(max(0.0, wall - account.total()), 4)
+    ratio = overhead_ratio(seconds, wall)
     store.update_manifest(status="complete", completed_utc=now_utc(),
-                          wall_time_s=round(time.perf_counter() - t0, 1), load_average_end=load_average())
+                          wall_time_s=round(time.perf_counter() - t0, 1), load_average_end=load_average(),
+                          phases=seconds, process_wall_s=round(wall, 3),
+                          overhead_ratio=None if ratio is None else round(ratio, 3))
     df = store.read()
     print()
     print(final_table(df))
     counts = df.groupby("status").size().to_dict()
     print(f"\n{len(df)} rows ({', '.join(f'{k}={v}' for k, v in sorted(counts.items()))}) in "
           f"{time.perf_counter() - t0:.0f} s; timings marked [interpret] are not kernel performance.")
+    print(one_line(seconds, wall))
     print(f"results: {run_dir}")
     if cfg.run.get("report"):
         from rpa_bench.commands import report

@@ -124,6 +124,19 @@ def module_name_of(compiled: Any) -> str:
     return m.group(1)
 
 
+PROFILE_DIR = ("plugins", "profile")  # where xprof and TensorBoard look for sessions under a logdir
+
+
+def session_path(captures_root: Path, session: str) -> Path:
+    """Where a capture is stored so that xprof / TensorBoard list it as a session:
+    ``<captures_root>/plugins/profile/<session>/<host>.xplane.pb`` (``xprof --logdir
+    <captures_root>``; ``rpa-bench xprof RUN`` starts it)."""
+    import socket
+
+    host = "".join(c if c.isalnum() or c in "-_." else "_" for c in socket.gethostname()) or "host"
+    return Path(captures_root).joinpath(*PROFILE_DIR, session, f"{host}.xplane.pb")
+
+
 class CaptureNotKept(OSError):
     """The capture was taken but could not be written to its destination (read-only folder,
     disk full); ``space`` holds it, read, so the measurement keeps its device time."""

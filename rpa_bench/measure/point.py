@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import re
 import statistics
 import time
@@ -31,6 +32,7 @@ from typing import Any
 from rpa_bench.measure import capture as cap
 from rpa_bench.measure import record, xspace
 from rpa_bench.measure.devtime import PerDeviceTiming, per_device_timing
+from rpa_bench.measure.phases import Account, phase, scope
 from rpa_bench.measure.calls import VARIANTS, TimedCall, build_timed_calls
 from rpa_bench.measure.stats import summarize
 from rpa_bench.measure.timing import Sampler, TimingConfig, interleave, time_function
@@ -129,15 +131,18 @@ def _time_variant(call: TimedCall, cfg: TimingConfig, *, capture_to: Path | None
         if cfg.capture and cfg.capture_calls > 0 and capture_to is not None:
             sets = [call.fresh_args() for _ in range(cfg.capture_calls)]
             try:
-                path = cap.capture(lambda i: call(*sets[i]), cfg.capture_calls, capture_to, hlo=cfg.capture_hlo)
-                space = xspace.read(path)
+                with phase("capture"):
+                    path = cap.capture(lambda i: call(*sets[i]), cfg.capture_calls, capture_to, hlo=cfg.capture_hlo)
+                with phase("capture parse"):
+                    space = xspace.read(path)
             except cap.CaptureNotKept as err:  # the timing stands; only the file is lost
                 path, space = None, err.space
                 notes.append(f"the profiler capture could not be kept ({err}); device time was read from it "
                              "before it was discarded")
-            per_device = per_device_timing(space, module_name=call.module_name, num_calls=cfg.capture_calls,
-                                           devices=devices if devices is not None else _call_devices(call),
-                                           wall_latency_us=wall.summary.median_us, kernel_regex=kernel_regex)
+            with phase("capture parse"):
+                per_device = per_device_timing(space, module_name=call.module_name, num_calls=cfg.capture_calls,
+                                               devices=devices if devices is not None else _call_devices(call),
+                                               wall_latency_us=wall.summary.median_us, kernel_regex=kernel_regex)
             device = per_device.as_step()
             notes += device.warnings
             if not cfg.keep_captures and path is not None:
@@ -155,7 +160,8 @@ def _time_variant(call: TimedCall, cfg: TimingConfig, *, capture_to: Path | None
         elif call.variant == "excl_prep" and kernel_regex:
             notes.append(f"excl_prep: no op matched the kernel regex {kernel_regex!r}; the whole module's time "
                          "is used (the kernel call plus any glue XLA added)")
-        summary = summarize(per_call, cfg.stats, label="device samples")
+        with phase("statistics"):
+            summary = summarize(per_call, cfg.stats, label="device samples")
         notes += [w for w in summary.warnings if w not in notes]
         source, samples, dev = "device", per_call, per_call
         if device.span_per_call_us is not None:
@@ -214,6 +220,7 @@ class _Ready:
     base_more: dict
     gate: dict
     kernel_regex: str | None
+    account: Account | None = None  # the (point, kernel)'s shared phases
 
 
 def measure_kernel(backend: Any, **kwargs: Any) -> list[dict]:
@@ -227,6 +234,15 @@ def measure_job(job: KernelJob) -> list[dict]:
     if isinstance(ready, list):
         return ready
     return _finish(ready, {})
+
+
+def _with_phases(rows: list[dict], job_account: Account, variant_accounts: dict[str, Account]) -> list[dict]:
+    """Each row's ``phase_seconds``: its variant's own phases, and the (point, kernel)'s shared ones."""
+    for row in rows:
+        acc = variant_accounts.get(row.get("variant"))
+        row["phase_seconds"] = json.dumps({"variant": acc.as_dict() if acc else {},
+                                           "kernel": job_account.as_dict()}, sort_keys=True)
+    return rows
 
 
 def measure_interleaved(jobs: list[KernelJob], *, order: str = "alternate", seed: int = 0) -> list[list[dict]]:
@@ -256,6 +272,16 @@ def measure_interleaved(jobs: list[KernelJob], *, order: str = "alternate", seed
 def _prepare(job: KernelJob) -> "_Ready | list[dict]":
     """Build, compile and check ``job``: a :class:`_Ready`, or its final rows (failed,
     incorrect, or checked in interpret mode and not timed)."""
+    account = Account()
+    with scope(account):
+        out = _prepare_in_scope(job)
+    if isinstance(out, list):
+        return _with_phases(out, account, {})
+    out.account = account
+    return out
+
+
+def _prepare_in_scope(job: KernelJob) -> "_Ready | list[dict]":
     import jax
 
     from rpa_bench.kernels.checking import compare_outputs, tolerance_for
@@ -274,17 +300,19 @@ def _prepare(job: KernelJob) -> "_Ready | list[dict]":
 
     kernel_regex = job.kernel_regex
     try:
-        prepared = job.backend.build(model, job.attn, batch, interpret=job.interpret)
-        check_only = job.interpret and not timing.time_interpret
-        calls = build_timed_calls(prepared, inputs, context=job.context, clock=job.clock,
-                                  compiler_options=job.compiler_options,
-                                  variants=("incl_prep",) if check_only else VARIANTS)
-        check = calls["incl_prep"]
-        with check.context():
-            out = prepared.finish(check(*check.fresh_args()))
-            jax.block_until_ready(out)
-        tolerance = tolerance_for(model)
-        max_abs_err, ok = compare_outputs(out, job.reference, inputs, tolerance=tolerance)
+        with phase("compile"):
+            prepared = job.backend.build(model, job.attn, batch, interpret=job.interpret)
+            check_only = job.interpret and not timing.time_interpret
+            calls = build_timed_calls(prepared, inputs, context=job.context, clock=job.clock,
+                                      compiler_options=job.compiler_options,
+                                      variants=("incl_prep",) if check_only else VARIANTS)
+        with phase("check"):
+            check = calls["incl_prep"]
+            with check.context():
+                out = prepared.finish(check(*check.fresh_args()))
+                jax.block_until_ready(out)
+            tolerance = tolerance_for(model)
+            max_abs_err, ok = compare_outputs(out, job.reference, inputs, tolerance=tolerance)
         del out  # a full KV cache: free it before timing
         prefix = (prepared.meta or {}).get("pallas_name_prefix")
         if kernel_regex is None and prefix:
@@ -309,48 +337,54 @@ def _prepare(job: KernelJob) -> "_Ready | list[dict]":
 
 def _finish(ready: _Ready, walls: dict) -> list[dict]:
     """Time (unless ``walls`` holds a variant's interleaved samples), capture, and make the rows."""
+    out_rows = []
+    accounts = {v: Account() for v in VARIANTS}
+    for variant in VARIANTS:
+        with scope(accounts[variant]):
+            out_rows.append(_finish_variant(ready, walls, variant))
+    return _with_phases(out_rows, ready.account or Account(), accounts)
+
+
+def _finish_variant(ready: _Ready, walls: dict, variant: str) -> dict:
     job, prepared, calls, cost = ready.job, ready.prepared, ready.calls, ready.cost
     base_more, gate, kernel_regex, timing = ready.base_more, ready.gate, ready.kernel_regex, job.timing
-    out_rows = []
-    for variant in VARIANTS:
-        try:
-            capture_to = None
-            if job.captures_dir is not None:
-                capture_to = Path(job.captures_dir) / f"{job.capture_stem}-{variant}.xplane.pb"
-            sharded = prepared.plan is not None
-            wall, order = walls.get(variant, (None, None))
-            cols, per_device = _time_variant(calls[variant], timing, capture_to=capture_to,
-                                             kernel_regex=kernel_regex if variant == "excl_prep" else None,
-                                             clock=job.clock, devices=_local(prepared.devices) if sharded else None,
-                                             wall=wall)
-            if order is not None:
-                cols["sample_order"] = list(order)
-                cols["warnings"].insert(0, "samples interleaved with the other kernels of this point "
-                                           f"({timing.interleave_order} order); wall_samples_us are paired by index")
-            if sharded:  # per-device times, load imbalance (rpa_bench.parallel)
-                from rpa_bench.parallel.columns import row_updates
+    try:
+        capture_to = None
+        if job.captures_dir is not None:
+            capture_to = cap.session_path(Path(job.captures_dir), f"{job.capture_stem}.{variant}")
+        sharded = prepared.plan is not None
+        wall, order = walls.get(variant, (None, None))
+        cols, per_device = _time_variant(calls[variant], timing, capture_to=capture_to,
+                                         kernel_regex=kernel_regex if variant == "excl_prep" else None,
+                                         clock=job.clock, devices=_local(prepared.devices) if sharded else None,
+                                         wall=wall)
+        if order is not None:
+            cols["sample_order"] = list(order)
+            cols["warnings"].insert(0, "samples interleaved with the other kernels of this point "
+                                       f"({timing.interleave_order} order); wall_samples_us are paired by index")
+        if sharded:  # per-device times, load imbalance (rpa_bench.parallel)
+            from rpa_bench.parallel.columns import row_updates
 
-                mesh_cols, notes = row_updates(
-                    job.backend, prepared.plan, job.attn, timing_source=cols["timing_source"], per_device=per_device,
-                    module_name=calls[variant].module_name, num_calls=timing.capture_calls,
-                    wall_latency_us=cols["wall_latency_us"], device_spec=job.roof.device, kernel_regex=kernel_regex,
-                    kernel_only=variant == "excl_prep", ckv=cost_ckv(job.causal))
-                cols.update(mesh_cols)
-                cols["warnings"] += [n for n in notes if n not in cols["warnings"]]
-            if cols["capture_path"] and job.run_dir is not None:
-                cols["capture_path"] = str(Path(cols["capture_path"]).relative_to(job.run_dir))
-            if job.interpret:
-                cols["warnings"].insert(0, "Pallas interpret mode: this timing is NOT kernel performance")
-            if cost is not None:
-                mcols, notes = metrics_of(cost, cols["latency_us"], job.roof)
-                cols.update(mcols)
-                cols["warnings"] += notes
-            cols["warnings"] = list(base_more.get("warnings", [])) + cols["warnings"]
-            more = {k: v for k, v in base_more.items() if k != "warnings"}
-            out_rows.append(record.row(job.run, job.point_cols, job.kernel_cols, variant=variant, status="ok",
-                                       **more, **gate, **cols))
-        except Exception as exc:  # noqa: BLE001
-            out_rows.append(record.row(job.run, job.point_cols, job.kernel_cols, variant=variant, status="failed",
-                                       **base_more, **gate, compile_time_s=calls[variant].compile_time_s,
-                                       error=error_text(exc)))
-    return out_rows
+            mesh_cols, notes = row_updates(
+                job.backend, prepared.plan, job.attn, timing_source=cols["timing_source"], per_device=per_device,
+                module_name=calls[variant].module_name, num_calls=timing.capture_calls,
+                wall_latency_us=cols["wall_latency_us"], device_spec=job.roof.device, kernel_regex=kernel_regex,
+                kernel_only=variant == "excl_prep", ckv=cost_ckv(job.causal))
+            cols.update(mesh_cols)
+            cols["warnings"] += [n for n in notes if n not in cols["warnings"]]
+        if cols["capture_path"] and job.run_dir is not None:
+            cols["capture_path"] = str(Path(cols["capture_path"]).relative_to(job.run_dir))
+        if job.interpret:
+            cols["warnings"].insert(0, "Pallas interpret mode: this timing is NOT kernel performance")
+        if cost is not None:
+            mcols, notes = metrics_of(cost, cols["latency_us"], job.roof)
+            cols.update(mcols)
+            cols["warnings"] += notes
+        cols["warnings"] = list(base_more.get("warnings", [])) + cols["warnings"]
+        more = {k: v for k, v in base_more.items() if k != "warnings"}
+        return record.row(job.run, job.point_cols, job.kernel_cols, variant=variant, status="ok",
+                          **more, **gate, **cols)
+    except Exception as exc:  # noqa: BLE001
+        return record.row(job.run, job.point_cols, job.kernel_cols, variant=variant, status="failed",
+                          **base_more, **gate, compile_time_s=calls[variant].compile_time_s,
+                          error=error_text(exc))

@@ -116,6 +116,10 @@ COLUMNS: dict[str, tuple[str, str]] = {
                                     "(per device)"),
     "compile_facts": ("string", "run.compile_only: JSON {vmem_used_bytes per Mosaic kernel, hbm (memory_analysis), "
                                 "block_sizes, vmem_limit_bytes}"),
+    "phase_seconds": ("string", "JSON: wall seconds per phase spent on this row: {variant: its own (warm-up, "
+                                "calibration, timed samples, capture, capture parse, statistics), kernel: the "
+                                "(point, kernel)'s shared ones (compile of both variants, check), the same on both "
+                                "rows}; the run's totals are in the manifest's phases"),
     "capture_path": ("string", "profiler capture relative to the run folder, null if none"),
     "seed": ("int64", ""),
     "timestamp": ("string", "ISO-8601 UTC time of the measurement"),
@@ -131,7 +135,9 @@ OPTIONAL_COLUMNS = ("modelled_load_imbalance", "per_device_hbm_bytes", "per_devi
                     # per-point sliding windows (sliding_window workloads)
                     "sliding_window",
                     # interleaved sampling of several kernel entries (timing.interleave)
-                    "sample_order")
+                    "sample_order",
+                    # per-phase wall time (where a run's time goes)
+                    "phase_seconds")
 
 MANIFEST_KEYS = (
     "schema_version",

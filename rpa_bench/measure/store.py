@@ -27,6 +27,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from rpa_bench.measure.phases import phase
 from rpa_bench.measure.schema import COLUMNS, MANIFEST_KEYS, STATUSES
 
 MANIFEST = "manifest.json"
@@ -151,6 +152,10 @@ class RunStore:
         """Write one part (atomically) and refresh ``measurements.parquet``."""
         if not rows:
             raise ValueError("append() needs at least one row")
+        with phase("store write"):
+            return self._append(rows)
+
+    def _append(self, rows: Sequence[Mapping[str, Any]]) -> Path:
         table = rows_table(rows)
         self.parts_dir.mkdir(parents=True, exist_ok=True)
         n = len(list(self.parts_dir.glob("*.parquet")))

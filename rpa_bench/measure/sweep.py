@@ -19,6 +19,7 @@ from typing import Any
 from rpa_bench.measure import record
 from rpa_bench.measure.plan import KernelEntry, RunPlan, WorkloadEntry
 from rpa_bench.measure.point import KernelJob, Roofline, cost_of, error_text, measure_interleaved, measure_job
+from rpa_bench.measure.phases import phase
 from rpa_bench.measure.store import RunStore
 from rpa_bench.workloads.points import point_attention
 
@@ -258,10 +259,13 @@ def _point_rows(prep: PreparedRun, run: record.RunColumns, entry: WorkloadEntry,
             continue
         if inputs is None:
             try:
-                inputs = materialize(p.batch, plan.model, max_num_batched_tokens=p.max_num_batched_tokens,
-                                     max_num_seqs=p.max_num_seqs, seed=plan.seed, poison=True,
-                                     device=jax.local_devices()[0])  # the same data on every host
-                reference = jax.block_until_ready(reference_attention(inputs, attn))
+                with phase("materialise"):
+                    inputs = materialize(p.batch, plan.model, max_num_batched_tokens=p.max_num_batched_tokens,
+                                         max_num_seqs=p.max_num_seqs, seed=plan.seed, poison=True,
+                                         device=jax.local_devices()[0])  # the same data on every host
+                    jax.block_until_ready(inputs.k_cache)
+                with phase("reference"):
+                    reference = jax.block_until_ready(reference_attention(inputs, attn))
             except Exception as exc:  # noqa: BLE001 - every kernel of the point gets the error
                 err = f"materialise/reference failed: {error_text(exc)}"
                 for s in todo[todo.index(slot):]:
@@ -271,8 +275,8 @@ def _point_rows(prep: PreparedRun, run: record.RunColumns, entry: WorkloadEntry,
         job = KernelJob(
             backend=slot.backend, interpret=slot.interpret, inputs=inputs, reference=reference, attn=attn,
             causal=p.causal, timing=plan.timing, roof=prep.roof, run=run, point_cols=point_cols,
-            kernel_cols=kcols, captures_dir=store.captures_dir / _slug(entry.name), run_dir=store.root,
-            capture_stem=f"{_slug(p.point_id)}-{_slug(slot.entry.label)}",
+            kernel_cols=kcols, captures_dir=store.captures_dir, run_dir=store.root,
+            capture_stem=f"{_slug(entry.name)}.{_slug(p.point_id)}.{_slug(slot.entry.label)}",
             context=lambda s=slot: call_context(s.interpret),
             compiler_options={**plan.timing.compiler_options, **slot.entry.compiler_options},
         )
@@ -306,10 +310,11 @@ def _compiled_rows(prep: PreparedRun, run: record.RunColumns, point_cols: dict, 
         cost_cols = record.cost_columns(cost_of(p.batch, plan.model, attn, causal=p.causal))
     except Exception as exc:  # noqa: BLE001 - the compile facts still stand
         cost_cols = {"warnings": [f"cost model failed: {error_text(exc)}"]}
-    facts = compile_variants(slot.backend, plan.model, attn, p.batch, generation=plan.compile_only,
-                             devices=_compile_targets(plan),
-                             padding={"max_num_batched_tokens": p.max_num_batched_tokens,
-                                      "max_num_seqs": p.max_num_seqs})
+    with phase("compile"):
+        facts = compile_variants(slot.backend, plan.model, attn, p.batch, generation=plan.compile_only,
+                                 devices=_compile_targets(plan),
+                                 padding={"max_num_batched_tokens": p.max_num_batched_tokens,
+                                          "max_num_seqs": p.max_num_seqs})
     note = (f"compile-only for {plan.compile_only}: compiled by the TPU compiler, not run; no timing, "
             "no correctness check")
     rows = []

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from rpa_bench.measure.phases import phase
 from rpa_bench.measure.stats import SampleSummary, StatsConfig, summarize
 
 Clock = Callable[[], float]  # seconds, monotonic
@@ -170,14 +171,16 @@ class Sampler:
     def calibrate(self) -> None:
         """Warm-up calls, then calls per sample grown until a sample lasts ``min_sample_s``."""
         config = self.config
-        for _ in range(config.warmup_calls):
-            self.block(self.fn(*self._arg_sets(1)[0]))
-        loops, cap = 1, self.loop_cap
-        elapsed = self.agree(self._sample(loops))
-        while elapsed < config.min_sample_s and loops < cap:
-            grow = config.min_sample_s / elapsed * 1.2 if elapsed > 0 else 10.0
-            loops = min(cap, max(loops * 2, math.ceil(loops * grow)))
+        with phase("warm-up"):
+            for _ in range(config.warmup_calls):
+                self.block(self.fn(*self._arg_sets(1)[0]))
+        with phase("calibration"):
+            loops, cap = 1, self.loop_cap
             elapsed = self.agree(self._sample(loops))
+            while elapsed < config.min_sample_s and loops < cap:
+                grow = config.min_sample_s / elapsed * 1.2 if elapsed > 0 else 10.0
+                loops = min(cap, max(loops * 2, math.ceil(loops * grow)))
+                elapsed = self.agree(self._sample(loops))
         if elapsed < config.min_sample_s and loops >= cap:
             why = "timing.max_copy_bytes (fresh copies of donated inputs)" if cap < config.max_loops_per_sample \
                 else "timing.max_loops_per_sample"
@@ -190,12 +193,14 @@ class Sampler:
 
     def take(self) -> float:
         """One sample: per-call microseconds."""
-        value = self._sample(self.loops) / self.loops * 1e6
+        with phase("timed samples"):
+            value = self._sample(self.loops) / self.loops * 1e6
         self.samples.append(value)
         return value
 
     def result(self) -> WallTiming:
-        summary = summarize(self.samples, self.config.stats, label=self.label)
+        with phase("statistics"):
+            summary = summarize(self.samples, self.config.stats, label=self.label)
         return WallTiming(self.loops, tuple(self.samples), summary, tuple(self.warnings) + summary.warnings)
 
 

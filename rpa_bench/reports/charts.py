@@ -299,3 +299,19 @@ def window_chart(table: pd.DataFrame, out_path: pathlib.Path, *, workload: str, 
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
     return _save(fig, out_path)
+
+
+def phase_chart(seconds: Mapping[str, float], out_path: pathlib.Path, *, title: str) -> pathlib.Path:
+    """One horizontal bar per phase of a run's wall time."""
+    items = [(k, float(v)) for k, v in seconds.items() if float(v) > 0]
+    fig = Figure(figsize=(7.0, 0.32 * max(4, len(items)) + 1.0))
+    ax = fig.add_subplot(1, 1, 1)
+    names = [k for k, _ in items][::-1]
+    values = [v for _, v in items][::-1]
+    measured = {"compile", "warm-up", "timed samples"}
+    ax.barh(names, values, color=["#2ca02c" if n in measured else "#7f7f7f" for n in names])
+    for y, v in enumerate(values):
+        ax.text(v, y, f" {v:.1f}", va="center", fontsize=8)
+    ax.set_xlabel("wall seconds (green: the measured work)")
+    ax.set_title(title, fontsize=10)
+    return _save(fig, out_path)

@@ -43,6 +43,7 @@ def build_sections(run: LoadedRun, out_dir: pathlib.Path) -> list[Section]:
         *trace_sections(run, out_dir),
         sections.measurements_section(run),
         sections.correctness_section(run),
+        sections.phases_section(run, out_dir),
         sections.conventions_section(run),
         sections.provenance_section(run),
     ]

@@ -162,6 +162,22 @@ FLOPS_COUNTS = {
 }
 
 
+def phases_section(run: LoadedRun, out_dir: pathlib.Path) -> Section:
+    """Where the run's wall time went (the manifest's per-phase account)."""
+    seconds = run.manifest.get("phases")
+    if not isinstance(seconds, dict) or not seconds:
+        return Section("phases", "Where the run's time went", omitted="the run recorded no per-phase account")
+    wall = run.manifest.get("process_wall_s")
+    ratio = run.manifest.get("overhead_ratio")
+    title = f"{run.name}: {wall:.1f} s of wall time" if isinstance(wall, (int, float)) else run.name
+    path = charts.phase_chart(seconds, out_dir / "phases.png", title=title)
+    note = (f"Overhead: (wall - start-up) / (compile + warm-up + timed samples) = {ratio:.2f}x."
+            if isinstance(ratio, (int, float)) else "")
+    return Section("phases", "Where the run's time went", images=(Image(path.name, "time per phase"),),
+                   notes=(note,) if note else (),
+                   intro="Wall seconds per phase; the timing.* settings trade these (fewer samples, no capture, ...).")
+
+
 def conventions_section(run: LoadedRun) -> Section:
     frame = run.measurements
     def values(col):

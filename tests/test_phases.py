@@ -1,0 +1,52 @@
+"""The per-phase time account: exclusive nesting, scopes, the run's manifest and rows."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pandas as pd
+
+from rpa_bench import cli
+from rpa_bench.measure.phases import MEASURED_WORK, Account, one_line, overhead_ratio, phase, scope
+
+
+def test_nested_phases_are_exclusive_and_counted_in_every_scope():
+    outer, inner = Account(), Account()
+    with scope(outer):
+        with phase("compile"):
+            time.sleep(0.02)
+            with scope(inner), phase("check"):
+                time.sleep(0.03)
+    assert outer.seconds["check"] >= 0.03 and 0.02 <= outer.seconds["compile"] < 0.03 + 0.02
+    assert set(inner.seconds) == {"check"}
+    with phase("nowhere"):  # outside any scope: nothing recorded, nothing raised
+        pass
+    assert "nowhere" not in outer.seconds
+
+
+def test_overhead_ratio_and_line():
+    secs = {"start-up": 4.0, "compile": 2.0, "warm-up": 0.5, "timed samples": 1.5, "capture": 3.0}
+    assert overhead_ratio(secs, wall_s=12.0) == (12.0 - 4.0) / 4.0
+    assert "overhead 2.00x" in one_line(secs, 12.0)
+    assert set(MEASURED_WORK) == {"compile", "warm-up", "timed samples"}
+
+
+def test_a_run_accounts_for_its_time_by_phase(tmp_path, capsys):
+    rc = cli.main(["run", "experiment=paper_decode", "scale=cpu_smoke", "timing=quick", "run.kernels=[reference]",
+                   "run.max_points=1", "run.progress=false", f"run.results_dir={tmp_path}", "run.name=p"])
+    assert rc == 0
+    assert "overhead" in capsys.readouterr().out
+    m = json.loads((tmp_path / "p" / "manifest.json").read_text())
+    phases = m["phases"]
+    for name in ("start-up", "workload build", "materialise", "reference", "compile", "check", "warm-up",
+                 "timed samples", "capture", "capture parse", "statistics", "store write", "other"):
+        assert name in phases, name
+    assert abs(sum(phases.values()) - m["process_wall_s"]) < 0.05 * m["process_wall_s"] + 0.1
+    assert m["overhead_ratio"] > 1.0
+    df = pd.read_parquet(tmp_path / "p" / "measurements.parquet")
+    per_row = [json.loads(v) for v in df.phase_seconds]
+    assert all(r["variant"]["timed samples"] > 0 and r["kernel"]["compile"] > 0 for r in per_row)
+    assert cli.main(["report", str(tmp_path / "p")]) == 0
+    assert "Where the run&#39;s time went" in (tmp_path / "p" / "report" / "index.html").read_text() or \
+        "Where the run's time went" in (tmp_path / "p" / "report" / "index.html").read_text()
