@@ -267,9 +267,14 @@ def _check_same_workloads(old: dict, new: dict, run_dir: Path) -> None:
 def _task(cfg: DictConfig) -> int:
     from rpa_bench.measure.phases import Account, scope, since_import
 
+    import jax
+
+    from rpa_bench.measure import point, store, summary, sweep  # noqa: F401 - imported here: start-up
+
+    jax.devices()  # backend initialisation: start-up, paid once per process
     held: list[Any] = []  # run stores whose lock this process holds
     account = Account()
-    account.add("start-up", since_import())  # imports, Hydra, config: until the run's first work
+    account.add("start-up", since_import())  # imports, Hydra, config, JAX init: until the run's first work
     try:
         with scope(account):
             return _task_body(cfg, held, account)
