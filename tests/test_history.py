@@ -62,6 +62,7 @@ def repo(tmp_path_factory):
     return repo, shas
 
 
+@pytest.mark.slow  # four revisions, each checked in interpret mode and compiled for TPU7x (~90 s)
 @pytest.mark.skipif(not compiling.libtpu_status()[0], reason="libtpu not installed")
 def test_history_finds_each_event_at_its_commit(repo, tmp_path, capsys):
     path, shas = repo

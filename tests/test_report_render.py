@@ -31,13 +31,14 @@ def _html(run_path) -> str:
 def test_report_writes_page_and_every_chart(full_run):
     html = _html(full_run)
     srcs = re.findall(r'<img src="([^"]+)"', html)
-    assert sorted(srcs) == ["mbu_decode.png", "mfu_prefill.png", "roofline.png", "steps_azure_conv_sample.png"]
+    assert sorted(srcs) == ["mbu_decode.png", "mfu_prefill.png", "phases.png", "roofline.png",
+                            "steps_azure_conv_sample.png"]
     for src in srcs:  # relative links to real, non-empty PNGs
         with Image.open(full_run / "report" / src) as im:
             assert im.format == "PNG" and min(im.size) > 200
     for title in ("The paper side by side", "Roofline", "Decode: MBU vs context length",
                   "Prefill: MFU vs sequence length", "Trace workload: azure_conv_sample", "Correctness statuses",
-                  "Metric conventions", "Environment and provenance"):
+                  "Metric conventions", "Environment and provenance", "Where the run&#39;s time went"):
         assert f"<h2>{title}</h2>" in html
     assert not re.search(r'(src|href)="(https?:|/)', html)  # self-contained: relative links only
 

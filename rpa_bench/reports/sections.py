@@ -169,7 +169,9 @@ def phases_section(run: LoadedRun, out_dir: pathlib.Path) -> Section:
         return Section("phases", "Where the run's time went", omitted="the run recorded no per-phase account")
     wall = run.manifest.get("process_wall_s")
     ratio = run.manifest.get("overhead_ratio")
-    title = f"{run.name}: {wall:.1f} s of wall time" if isinstance(wall, (int, float)) else run.name
+    kernels = ", ".join(sorted({str(k) for k in run.measurements["kernel"].dropna()})) or "no kernel"
+    title = f"{run.name} on {run.device} with {kernels}" + (
+        f": {wall:.1f} s of wall time" if isinstance(wall, (int, float)) else "")
     path = charts.phase_chart(seconds, out_dir / "phases.png", title=title)
     note = (f"Overhead: (wall - start-up) / (compile + warm-up + timed samples) = {ratio:.2f}x."
             if isinstance(ratio, (int, float)) else "")
