@@ -65,3 +65,21 @@ def test_a_half_written_part_from_a_killed_run_is_ignored_and_cleaned(tmp_path):
     assert store.done_keys() == {("paper_decode", "ctx=1", "reference")}
     assert store.clean_temporaries() == 1
     assert len(read_measurements(store.root)) == 1
+
+
+def test_every_column_carries_its_description_in_the_parquet_schema_and_the_docs(tmp_path):
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+
+    from rpa_bench.measure.schema import COLUMNS
+    from rpa_bench.measure.store import RunStore
+
+    store = RunStore(tmp_path / "r")
+    store.append([{"run_id": "r", "workload": "w", "point_id": "p", "kernel": "k", "variant": "excl_prep",
+                   "status": "ok"}])
+    schema = pq.read_schema(tmp_path / "r" / "measurements.parquet")
+    docs = (Path(__file__).parents[1] / "docs" / "columns.md").read_text()
+    for name, (_, meaning) in COLUMNS.items():
+        assert meaning and schema.field(name).metadata[b"description"].decode() == meaning
+        assert f"| `{name}`" in docs and meaning.replace("|", "/") in docs

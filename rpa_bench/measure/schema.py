@@ -36,15 +36,17 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "seq_len": ("Int64", "paper prefill sequence length s, else null"),
     "causal": ("bool", "causal mask"),
     "sliding_window": ("Int64", "causal sliding window (keys a query sees), null for none"),
-    "weight": ("float64", "share of the workload this point represents"),
+    "weight": ("float64", "share of the workload this point represents: 1/points for a sweep (each point "
+                          "equal), the sampled step's share of the simulated trace time for traces; time-weighted "
+                          "trace metrics use weight x latency"),
     "batch_spec": ("string", "batch-spec string of the batch when short, else null"),
     "model": ("string", "model config name"),
-    "num_q_heads": ("int64", ""),
-    "num_kv_heads": ("int64", ""),
-    "head_dim": ("int64", ""),
+    "num_q_heads": ("int64", "query heads of the model (per device shard)"),
+    "num_kv_heads": ("int64", "KV heads of the model (per device shard)"),
+    "head_dim": ("int64", "head dimension"),
     "dtype": ("string", "query/output dtype"),
     "kv_dtype": ("string", "KV cache dtype"),
-    "page_size": ("int64", ""),
+    "page_size": ("int64", "tokens per KV-cache page"),
     "kernel": ("string", "the run's label of the kernel entry (default: its backend name)"),
     "backend": ("string", "backend name (rpa_v3, rpa_v2, jax_rpa, reference, ...)"),
     "compiler_options": ("string", "JSON: per-executable XLA compiler options the programs were compiled with, "
@@ -79,7 +81,7 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "convention": ("string", "paper | si: the convention of throughput/MBU/MFU"),
     "throughput_gb_per_s": ("float64", "bytes / 1e9 / s"),
     "throughput_gib_per_s": ("float64", "bytes / 2**30 / s"),
-    "tflops": ("float64", "flops / 1e12 / s"),
+    "tflops": ("float64", "a rate: flops / 1e12 / latency (TFLOP/s), not a count"),
     "mbu_pct": ("float64", "memory-bandwidth utilisation (decode, mixed), convention above"),
     "mfu_pct": ("float64", "FLOP utilisation (prefill, mixed), convention above"),
     "mbu_si_pct": ("float64", "MBU in the si convention against the datasheet"),
@@ -121,7 +123,7 @@ COLUMNS: dict[str, tuple[str, str]] = {
                                 "(point, kernel)'s shared ones (compile of both variants, check), the same on both "
                                 "rows}; the run's totals are in the manifest's phases"),
     "capture_path": ("string", "profiler capture relative to the run folder, null if none"),
-    "seed": ("int64", ""),
+    "seed": ("int64", "the run's seed (inputs are generated from it)"),
     "timestamp": ("string", "ISO-8601 UTC time of the measurement"),
 }
 

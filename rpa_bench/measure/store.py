@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from rpa_bench.measure.phases import phase
-from rpa_bench.measure.schema import COLUMNS, MANIFEST_KEYS, STATUSES
+from rpa_bench.measure.schema import COLUMNS, MANIFEST_KEYS, SCHEMA_VERSION, STATUSES
 
 MANIFEST = "manifest.json"
 MEASUREMENTS = "measurements.parquet"
@@ -49,13 +49,14 @@ _ARROW = {"string": pa.string(), "int64": pa.int64(), "Int64": pa.int64(), "bool
 def arrow_schema() -> pa.Schema:
     """The parquet schema of ``measurements.parquet`` (list columns: floats; warnings: strings)."""
     fields = []
-    for name, (dtype, _) in COLUMNS.items():
+    for name, (dtype, meaning) in COLUMNS.items():
         if dtype == "object":
             typ = pa.list_(pa.string()) if name == "warnings" else pa.list_(pa.float64())
         else:
             typ = _ARROW[dtype]
-        fields.append(pa.field(name, typ, nullable=True))
-    return pa.schema(fields)
+        # each column says what it is: pyarrow.parquet.read_schema(path).field(name).metadata
+        fields.append(pa.field(name, typ, nullable=True, metadata={"description": meaning or name}))
+    return pa.schema(fields, metadata={"rpa_bench.schema_version": str(SCHEMA_VERSION)})
 
 
 def normalize_row(row: Mapping[str, Any]) -> dict:
