@@ -34,6 +34,7 @@ def build_sections(run: LoadedRun, out_dir: pathlib.Path) -> list[Section]:
     if is_compile_run(run):  # compiled, not run: a compile report and nothing that reads as speed
         return [compile_section(run), sections.conventions_section(run), sections.provenance_section(run)]
     return [
+        sections.summary_section(run),
         paper_section(run),
         sections.roofline_section(run, out_dir),
         *sections.utilization_sections(run, out_dir),

@@ -242,3 +242,66 @@ def provenance_section(run: LoadedRun) -> Section:
             "Per kernel, from the measurement rows"))
     return Section("provenance", "Environment and provenance", tables=tuple(tables))
 
+
+
+def _mbu_ci(row) -> str:
+    lat, lo, hi, m = row["latency_us"], row["latency_ci_low_us"], row["latency_ci_high_us"], row["value"]
+    if pd.isna(lo) or pd.isna(hi) or not lat:
+        return f"{m:.1f}%"
+    return f"{m:.1f}% (CI {m * lat / hi:.1f}-{m * lat / lo:.1f})"
+
+
+def summary_section(run: LoadedRun) -> Section:
+    """One screen first: what ran, the headline numbers, what failed and why, in words a reviewer can paste."""
+    frame = run.measurements
+    if frame.empty:
+        return Section("summary", "Summary", omitted="the run holds no measurements")
+    m = run.manifest
+    interp = frame["interpret"].fillna(False).astype(bool)
+    kernels = []
+    for k, g in frame.groupby("kernel"):
+        mode = "interpret mode (checked only)" if interp[g.index].all() else "timed"
+        kernels.append(f"{k} ({mode})")
+    workloads = ", ".join(sorted(set(frame["workload"].dropna())))
+    scale = (m.get("scale") or {}).get("name") or (", ".join(sorted(set(frame["scale"].dropna()))) or "?")
+    counts = frame["status"].value_counts().to_dict()
+    lines = [f"Ran on {run.device} ({m.get('environment', {}).get('device_kind', '?')}): "
+             f"{', '.join(kernels)} over {workloads}, scale {scale}; {len(frame)} rows: "
+             + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + "."]
+    speed = charts.speed_rows(frame)
+    rows = []
+    for (kernel, variant), g in speed.groupby(["kernel", "variant"]):
+        for phase_name, col, what in (("decode", "mbu_pct", "best MBU"), ("prefill", "mfu_pct", "best MFU")):
+            sub = g[(g["phase"] == phase_name) & g[col].notna()]
+            if sub.empty:
+                continue
+            best = sub.loc[sub[col].idxmax()].copy()
+            best["value"] = best[col]
+            rows.append({"kernel": kernel, "variant": variant, "metric": what, "value": _mbu_ci(best),
+                         "point": f"{best['workload']} {best['point_id']}", "latency_us": best["latency_us"],
+                         "timing": best["timing_source"]})
+    tables = []
+    if rows:
+        tables.append(table_from_frame(pd.DataFrame(rows), [
+            Column("kernel", "kernel"), Column("variant", "variant"), Column("metric", "headline"),
+            Column("value", "value (95% CI)"), Column("point", "at point"),
+            Column("latency_us", "median latency (us)", fmt_num, numeric=True), Column("timing", "timing")],
+            "Headline numbers (paper convention; the CI follows from the latency's)"))
+    else:
+        lines.append("No measurement was timed outside interpret mode, so there is no speed to headline: "
+                     "the RPA kernels off TPU are checked for correctness only.")
+    bad = frame[frame["status"].isin(["failed", "incorrect"])]
+    if len(bad):
+        reasons = bad["error"].fillna("").str.slice(0, 90).value_counts().head(3)
+        lines.append(f"{len(bad)} rows failed or were incorrect: "
+                     + "; ".join(f"{n}x {r}" for r, n in reasons.items()) + ".")
+    else:
+        lines.append("Nothing failed; every timed kernel matched the reference on the same batch.")
+    warned = {}
+    for w in frame["warnings"].dropna():
+        for text in (w if isinstance(w, list) else []):
+            key = str(text)[:70]
+            warned[key] = warned.get(key, 0) + 1
+    common = sorted(warned.items(), key=lambda kv: -kv[1])[:3]
+    notes = tuple(f"{n} rows: {t}..." for t, n in common)
+    return Section("summary", "Summary", intro=" ".join(lines), tables=tuple(tables), notes=notes)
