@@ -194,3 +194,32 @@ def test_an_edited_revision_cache_is_exported_again(tmp_path, monkeypatch):
     assert (again / "tpu_inference" / "kernels" / "k.py").read_text() == "X = 1\n"
     ok, reason = loader.availability(f"{repo}@nosuchref")
     assert not ok and "nosuchref" in reason
+
+
+def test_the_report_reads_a_traces_measured_steps_table_and_flags_corrupt_batches(tmp_path):
+    from rpa_bench.reports.load import load_run
+    from rpa_bench.reports.synthetic import SyntheticRunSpec, write_synthetic_run
+
+    run = write_synthetic_run(tmp_path / "run", SyntheticRunSpec(include_trace=False))
+    batches = run / "workloads" / "azure" / "batches"
+    batches.mkdir(parents=True)
+    pd.DataFrame({"step": [3, 9], "time_weight": [0.6, 0.4]}).to_parquet(batches / "sample.parquet")
+    (batches / "points.parquet").write_bytes(b"not parquet")
+    loaded = load_run(run)
+    assert list(loaded.step_tables["azure"]["sample"]["step"]) == [3, 9]
+    assert any("batches/points.parquet could not be read" in p for p in loaded.problems)
+
+
+def test_ctrl_c_during_start_up_ends_with_130_and_no_traceback(tmp_path):
+    import signal
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "rpa_bench.cli", "run", "experiment=paper_decode",
+                             "scale=cpu_smoke", f"run.results_dir={tmp_path}", "run.name=i"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(2.5)  # importing JAX / composing the config
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, (out, err)
+    assert "Traceback" not in err and "interrupted" in err

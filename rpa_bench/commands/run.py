@@ -132,11 +132,16 @@ def task(cfg: DictConfig) -> int:
     import logging
 
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU backend" is not news
-    interrupted = {"sigint": False}
+    interrupted = _SIGINT
+    interrupted.update(sigint=False, armed=False)
 
-    def on_int(signum, frame):  # remembered, so a Ctrl-C that a library swallows still ends the run
+    def on_int(signum, frame):
+        # Remembered, so a Ctrl-C that a library swallows still ends the run. Raised only once
+        # the sweep runs: during start-up an exception raised inside a native module's import
+        # (jaxlib's nanobind) aborts the whole process, so start-up checks the flag at safe points.
         interrupted["sigint"] = True
-        raise KeyboardInterrupt
+        if interrupted["armed"]:
+            raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGINT, on_int)
     try:
@@ -159,6 +164,18 @@ def task(cfg: DictConfig) -> int:
         return 1
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+_SIGINT = {"sigint": False, "armed": False}
+
+
+def _checkpoint(*, arm: bool = False) -> None:
+    """A safe point of start-up: raise the Ctrl-C that arrived meanwhile; ``arm``: from here on
+    Ctrl-C raises at once (the sweep keeps every finished point)."""
+    if _SIGINT["sigint"]:
+        raise KeyboardInterrupt
+    if arm:
+        _SIGINT["armed"] = True
 
 
 def _mark_interrupted(cfg: DictConfig) -> None:
@@ -272,6 +289,7 @@ def _task(cfg: DictConfig) -> int:
     from rpa_bench.measure import point, store, summary, sweep  # noqa: F401 - imported here: start-up
 
     jax.devices()  # backend initialisation: start-up, paid once per process
+    _checkpoint()
     held: list[Any] = []  # run stores whose lock this process holds
     account = Account()
     account.add("start-up", since_import())  # imports, Hydra, config, JAX init: until the run's first work
@@ -318,6 +336,7 @@ def _task_body(cfg: DictConfig, held: list, account: Any) -> int:
                             explicit=explicit)
     with phase("workload build"):
         prep = sweep.prepare_run(plan)  # every check, before anything is allocated
+    _checkpoint()
     if prep.platform == "cpu":  # repeatable CPU timings (see rpa_bench/measure/host.py)
         from rpa_bench.measure.host import fix_mmap_threshold
 
@@ -353,6 +372,7 @@ def _task_body(cfg: DictConfig, held: list, account: Any) -> int:
 
     previous = signal.signal(signal.SIGTERM, on_term)
     try:
+        _checkpoint(arm=True)
         sweep.execute(prep, store, run_id=run_id, progress=bool(cfg.run.get("progress", True)),
                       should_stop=lambda: stop["requested"], done={tuple(k) for k in decision["done"]})
     except KeyboardInterrupt:
@@ -409,6 +429,7 @@ def _follow(prep: Any, scratch: Any, run_id: str, done: set, run_dir: Path) -> i
     from rpa_bench.parallel import distributed
 
     try:
+        _checkpoint(arm=True)
         counts = sweep.execute(prep, scratch, run_id=run_id, progress=False, write=False, done=done)
     except KeyboardInterrupt:
         return 130
