@@ -74,6 +74,12 @@ def test_paper_flag_reproduces_tables_4_6_8(capsys):
     out = _json(capsys, ["--paper", "all"])
     rows = [r for r in out["rows"] if r["table"] in ("table4", "table6", "table8")]
     assert len(rows) == 42 and all(r["within_rounding"] for r in rows)
+    assert out["reproduced"] == 42 and out["checked"] == 42
     assert cli_main(["roofline", "--paper", "table8"]) == 0
     text = capsys.readouterr().out
-    assert "table8" in text and "table4" not in text and "bound_time_us" in text
+    assert "== Table 8: prefill, causal" in text and "Table 4" not in text and "bound us" in text
+    assert "14/14 reproduced" in text and text.rstrip().endswith("reproduced: 14/14 printed values within the "
+                                                                  "latency's rounding")
+    assert cli_main(["roofline", "--paper", "table12"]) == 0
+    text = capsys.readouterr().out
+    assert "not a utilisation (*)" in text and "(*) wo_flash_attention: the ablation leaves out" in text

@@ -11,6 +11,7 @@ import re
 
 import pandas as pd
 
+from rpa_bench.measure.phases import PHASES
 from rpa_bench.measure.schema import COLUMNS, STATUSES
 from rpa_bench.reports import charts
 from rpa_bench.reports.html import Column, Image, Section, flatten, fmt_num, fmt_pct, key_value_table, table_from_frame
@@ -172,7 +173,9 @@ def phases_section(run: LoadedRun, out_dir: pathlib.Path) -> Section:
     kernels = ", ".join(sorted({str(k) for k in run.measurements["kernel"].dropna()})) or "no kernel"
     title = f"{run.name} on {run.device} with {kernels}" + (
         f": {wall:.1f} s of wall time" if isinstance(wall, (int, float)) else "")
-    path = charts.phase_chart(seconds, out_dir / "phases.png", title=title)
+    order = [*PHASES, "other"]
+    ordered_seconds = {k: seconds[k] for k in sorted(seconds, key=lambda k: order.index(k) if k in order else 99)}
+    path = charts.phase_chart(ordered_seconds, out_dir / "phases.png", title=title)
     note = (f"Overhead: (wall - start-up) / (compile + warm-up + timed samples) = {ratio:.2f}x."
             if isinstance(ratio, (int, float)) else "")
     return Section("phases", "Where the run's time went", images=(Image(path.name, "time per phase"),),
