@@ -7,6 +7,7 @@ Hydra commands (check, lower, simulate, run, calibrate) take Hydra overrides
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 COMMANDS = {
@@ -26,13 +27,34 @@ COMMANDS = {
 
 
 def usage() -> str:
-    lines = ["usage: rpa-bench <command> [args...]", "", "commands:"]
+    lines = ["usage: rpa-bench <command> [args...]     (rpa-bench <command> --help: its options and examples)", "",
+             "Roofline benchmarking of Ragged Paged Attention: measure kernels on the paper's sweeps and real",
+             "serving traces, check them against a reference, compile them for TPU generations, and report.", "",
+             "commands:"]
     lines += [f"  {name:<10} {desc}" for name, (_, desc) in COMMANDS.items()]
+    lines += ["", "examples:",
+              "  rpa-bench run experiment=paper_decode scale=cpu_smoke    # a CPU-sized pass of Table 4",
+              "  rpa-bench report results/<run>                           # HTML + PNG",
+              "  rpa-bench compare results/<run> --kernels base mine      # paired A/B of two revisions",
+              "  rpa-bench compile kernel=rpa_v3 compile.generations=[tpu7x]",
+              "  rpa-bench roofline --paper all                           # the paper's tables recomputed"]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    name = argv[0] if argv else ""
+    try:
+        return _dispatch(argv)
+    except KeyboardInterrupt:  # Ctrl-C while starting up: no traceback
+        print(f"\nrpa-bench {name}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # output piped into `head` and closed: not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _dispatch(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
         return 0
@@ -40,12 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"rpa-bench: unknown command {name!r}; allowed: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
-    try:
-        module = importlib.import_module(COMMANDS[name][0])
-        return int(module.main(rest) or 0)
-    except KeyboardInterrupt:  # Ctrl-C while starting up: no traceback
-        print(f"\nrpa-bench {name}: interrupted", file=sys.stderr)
-        return 130
+    module = importlib.import_module(COMMANDS[name][0])
+    return int(module.main(rest) or 0)
 
 
 if __name__ == "__main__":

@@ -48,11 +48,47 @@ def check_group_choices(argv: list[str]) -> str | None:
     return None
 
 
+GROUP_HELP = {
+    "experiment": "a paper table or trace study as overrides (sets workloads, kernels, mesh)",
+    "model": "attention shape: heads, head_dim, dtypes (per device shard)",
+    "kernel": "the kernel when one is measured (run.kernels lists several)",
+    "workload": "the batches: paper sweeps, batch-spec strings, synthetic, serving traces",
+    "scheduler": "continuous-batching simulation of traces (token budget, pages, sampling)",
+    "device": "whose peaks MBU/MFU divide by (auto: the attached device)",
+    "timing": "the timing protocol (samples, warm-up, capture, interleaving, compiler options)",
+    "mesh": "how a call is split over devices (data, model axes)",
+    "scale": "full (the paper's shapes) or cpu_smoke (reduced, runs on a CPU)",
+    "lower": "rpa-bench lower: generations and batch shape",
+    "compile": "rpa-bench compile: generations, cases, timeout",
+}
+
+
+def help_text(prog: str, doc: str | None) -> str:
+    """A tool's help: what the command does (its docstring), then the config groups with a
+    line each and their options, then how to see the whole resolved config."""
+    lines = [f"usage: {prog} [group=option ...] [key=value ...] [-m sweep]", ""]
+    if doc:
+        lines += [doc.strip(), ""]
+    lines.append("config groups (group=option):")
+    for group in sorted(GROUP_HELP):
+        options = group_choices(group)
+        if options:
+            lines.append(f"  {group:<11} {GROUP_HELP[group]}")
+            lines.append(f"  {'':<11} options: {', '.join(options)}")
+    lines += ["", "any field: key=value (e.g. timing.num_samples=20, run.name=mine); the resolved config:",
+              f"  {prog} <overrides> --cfg job        (Hydra; --info for search paths)",
+              "docs: README.md, docs/running.md (protocol, store), docs/columns.md (stored columns)"]
+    return "\n".join(lines)
+
+
 def run_hydra(prog: str, task: Callable[[DictConfig], int | None], argv: list[str],
-              extra_overrides: tuple[str, ...] = ()) -> int:
+              extra_overrides: tuple[str, ...] = (), doc: str | None = None) -> int:
     """Call ``task(cfg)`` through ``hydra.main`` so overrides, ``-m`` and launchers work."""
     import hydra
 
+    if argv and argv[0] in ("-h", "--help"):
+        print(help_text(prog, doc))
+        return 0
     problem = check_group_choices(argv)
     if problem:
         print(f"{prog}: {problem}", file=sys.stderr)

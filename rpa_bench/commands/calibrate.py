@@ -130,4 +130,4 @@ def task(cfg: DictConfig) -> int:
 def main(argv: list[str] | None = None) -> int:
     return run_hydra("rpa-bench calibrate", task, list(argv or []),
                      extra_overrides=("hydra.output_subdir=null", "hydra/job_logging=disabled",
-                                      "hydra/hydra_logging=disabled", "hydra.run.dir=."))
+                                      "hydra/hydra_logging=disabled", "hydra.run.dir=."), doc=__doc__)

@@ -39,7 +39,7 @@ COLUMNS = (("kernel", 10), ("case", 16), ("dtype", 23), ("max_abs_err", 11), ("t
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_hydra("rpa-bench check", task, list(argv or []), extra_overrides=NO_OUTPUT)
+    return run_hydra("rpa-bench check", task, list(argv or []), extra_overrides=NO_OUTPUT, doc=__doc__)
 
 
 def model_spec(cfg_model: DictConfig) -> ModelSpec:

@@ -72,4 +72,4 @@ def task(cfg: DictConfig) -> int:
 def main(argv: list[str]) -> int:
     from rpa_bench.commands._hydra import run_hydra
 
-    return run_hydra("rpa-bench lower", task, argv, extra_overrides=EXTRA_OVERRIDES)
+    return run_hydra("rpa-bench lower", task, argv, extra_overrides=EXTRA_OVERRIDES, doc=__doc__)

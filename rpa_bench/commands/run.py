@@ -467,4 +467,4 @@ def main(argv: list[str]) -> int:
     if problem:
         print(f"rpa-bench run: {problem}", file=sys.stderr)
         return 2
-    return run_hydra("rpa-bench run", task, argv)
+    return run_hydra("rpa-bench run", task, argv, doc=__doc__)

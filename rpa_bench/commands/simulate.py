@@ -89,4 +89,4 @@ def task(cfg: DictConfig) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_hydra("rpa-bench simulate", task, list(argv or []), extra_overrides=EXTRA_OVERRIDES)
+    return run_hydra("rpa-bench simulate", task, list(argv or []), extra_overrides=EXTRA_OVERRIDES, doc=__doc__)
