@@ -25,3 +25,25 @@ def test_command_help_reads_like_a_tools_help(command, capsys):
     assert out.startswith(f"usage: rpa-bench {command}") and "powered by Hydra" not in out
     assert "config groups (group=option):" in out and "experiment " in out and "options: " in out
     assert len(out.splitlines()) < 80
+
+
+def test_run_and_check_print_json_for_machines(tmp_path, capsys):
+    import json
+
+    from rpa_bench import cli as _cli
+
+    rc = _cli.main(["run", "experiment=paper_decode", "scale=cpu_smoke", "timing=quick", "run.kernels=[reference]",
+                    "run.max_points=1", "run.progress=false", f"run.results_dir={tmp_path}", "run.name=j", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0 and out["status_counts"] == {"ok": 2} and len(out["timed"]) == 2 and out["overhead_ratio"] > 0
+
+
+@pytest.mark.slow  # every check case (~40 s)
+def test_check_prints_json_records(capsys):
+    import json
+
+    from rpa_bench import cli as _cli
+
+    rc = _cli.main(["check", "kernel=reference", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0 and out["counts"]["ok"] > 0 and all(r["kernel"] == "reference" for r in out["records"])

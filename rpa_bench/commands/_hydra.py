@@ -48,6 +48,8 @@ def check_group_choices(argv: list[str]) -> str | None:
     return None
 
 
+JSON_OUTPUT = False  # set by run_hydra from a --json flag (not a Hydra override)
+
 GROUP_HELP = {
     "experiment": "a paper table or trace study as overrides (sets workloads, kernels, mesh)",
     "model": "attention shape: heads, head_dim, dtypes (per device shard)",
@@ -75,7 +77,8 @@ def help_text(prog: str, doc: str | None) -> str:
         if options:
             lines.append(f"  {group:<11} {GROUP_HELP[group]}")
             lines.append(f"  {'':<11} options: {', '.join(options)}")
-    lines += ["", "any field: key=value (e.g. timing.num_samples=20, run.name=mine); the resolved config:",
+    lines += ["", "--json: print JSON for machines (run: the summary at the end; check: every record)",
+              "any field: key=value (e.g. timing.num_samples=20, run.name=mine); the resolved config:",
               f"  {prog} <overrides> --cfg job        (Hydra; --info for search paths)",
               "docs: README.md, docs/running.md (protocol, store), docs/columns.md (stored columns)"]
     return "\n".join(lines)
@@ -89,6 +92,9 @@ def run_hydra(prog: str, task: Callable[[DictConfig], int | None], argv: list[st
     if argv and argv[0] in ("-h", "--help"):
         print(help_text(prog, doc))
         return 0
+    global JSON_OUTPUT
+    JSON_OUTPUT = "--json" in argv  # machine output instead of tables (run: summary, check: records)
+    argv = [a for a in argv if a != "--json"]
     problem = check_group_choices(argv)
     if problem:
         print(f"{prog}: {problem}", file=sys.stderr)

@@ -154,12 +154,23 @@ def task(cfg: DictConfig) -> int:
     except ValueError as e:
         print(f"rpa-bench check: {e}", file=sys.stderr)
         return 2
+    from rpa_bench.commands import _hydra
+
     cases = check_cases(model, attention=attn, seed=int(cfg.seed))
-    print(describe(model, cases, platform))
-    print(_row(tuple(name for name, _ in COLUMNS)), flush=True)
-    records = run_checks(kernels, cases, platform=platform)
+    as_json = _hydra.JSON_OUTPUT
+    if not as_json:
+        print(describe(model, cases, platform))
+        print(_row(tuple(name for name, _ in COLUMNS)), flush=True)
+    records = run_checks(kernels, cases, platform=platform, on_record=(lambda r: None) if as_json else print_record)
     counts = {s: sum(r.status == s for r in records) for s in ("ok", "incorrect", "failed", "skipped")}
-    print(", ".join(f"{n} {s}" for s, n in counts.items()))
+    if as_json:
+        import dataclasses
+        import json
+
+        print(json.dumps({"platform": platform, "counts": counts,
+                          "records": [dataclasses.asdict(r) for r in records]}, indent=1, default=str))
+    else:
+        print(", ".join(f"{n} {s}" for s, n in counts.items()))
     if not summary_ok(records):
         wrong = sorted({r.kernel for r in records if not r.passed})
         print(f"rpa-bench check: kernel(s) {', '.join(wrong)} disagree with the reference or fail", file=sys.stderr)

@@ -405,9 +405,21 @@ def _task_body(cfg: DictConfig, held: list, account: Any) -> int:
                           phases=seconds, process_wall_s=round(wall, 3),
                           overhead_ratio=None if ratio is None else round(ratio, 3))
     df = store.read()
+    counts = df.groupby("status").size().to_dict()
+    from rpa_bench.commands import _hydra
+
+    if _hydra.JSON_OUTPUT:
+        import json
+
+        ok = df[(df["status"] == "ok") & ~df["interpret"].fillna(False).astype(bool)]
+        print(json.dumps({"results": str(run_dir), "rows": len(df), "status_counts": counts,
+                          "wall_s": round(wall, 1), "phases": seconds, "overhead_ratio": ratio,
+                          "timed": json.loads(ok[["workload", "point_id", "kernel", "variant", "latency_us",
+                                                  "timing_source", "mbu_pct", "mfu_pct"]].to_json(orient="records"))},
+                         indent=1, default=str))
+        return 0
     print()
     print(final_table(df))
-    counts = df.groupby("status").size().to_dict()
     print(f"\n{len(df)} rows ({', '.join(f'{k}={v}' for k, v in sorted(counts.items()))}) in "
           f"{time.perf_counter() - t0:.0f} s; timings marked [interpret] are not kernel performance.")
     print(one_line(seconds, wall))

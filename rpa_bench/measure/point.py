@@ -342,7 +342,23 @@ def _finish(ready: _Ready, walls: dict) -> list[dict]:
     for variant in VARIANTS:
         with scope(accounts[variant]):
             out_rows.append(_finish_variant(ready, walls, variant))
+    _check_incl_not_below_excl(out_rows)
     return _with_phases(out_rows, ready.account or Account(), accounts)
+
+
+def _check_incl_not_below_excl(rows: list[dict]) -> None:
+    """incl_prep does everything excl_prep does and more: faster beyond the CIs is a measurement problem."""
+    by = {r.get("variant"): r for r in rows if r.get("status") == "ok"}
+    excl, incl = by.get("excl_prep"), by.get("incl_prep")
+    if not excl or not incl:
+        return
+    hi, lo = incl.get("latency_ci_high_us"), excl.get("latency_ci_low_us")
+    if hi is not None and lo is not None and hi < lo:
+        note = (f"incl_prep ({incl['latency_us']:.1f} us, CI high {hi:.1f}) is faster than excl_prep "
+                f"({excl['latency_us']:.1f} us, CI low {lo:.1f}) beyond noise although it does more work: "
+                "a measurement artefact (host noise, caches, dispatch); do not read the difference as prep cost")
+        for r in (excl, incl):
+            r["warnings"] = [*(r.get("warnings") or []), note]
 
 
 def _finish_variant(ready: _Ready, walls: dict, variant: str) -> dict:
