@@ -84,3 +84,15 @@ def test_non_results_folder_is_refused_with_exit_two(tmp_path, capsys):
 def test_report_usage_error_exits_two(capsys):
     assert cli.main(["report"]) == 2
     assert "usage: rpa-bench report" in capsys.readouterr().err
+
+
+def test_a_sweep_folder_is_reported_as_one_page_with_the_swept_values_as_columns(tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+    for value in ("3", "5"):
+        write_synthetic_run(sweep / f"kernel=reference,timing.num_samples={value}",
+                            SyntheticRunSpec(include_trace=False))
+    assert cli.main(["report", str(sweep)]) == 0
+    assert "(2 jobs)" in capsys.readouterr().out
+    html = (sweep / "report" / "index.html").read_text()
+    assert "timing.num_samples" in html and "Measurements of every job" in html
+    assert (sweep / "kernel=reference,timing.num_samples=3" / "report" / "index.html").is_file()

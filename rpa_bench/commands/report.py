@@ -28,6 +28,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run = load_run(args.run)
     except NotARunError as err:
+        from pathlib import Path
+
+        from rpa_bench.reports.sweep_report import sweep_jobs, write_sweep_report
+
+        folder = Path(args.run)
+        if folder.is_dir() and sweep_jobs(folder):  # a sweep: every job's report and one page for all
+            page = write_sweep_report(folder)
+            print(f"wrote {page} ({len(sweep_jobs(folder))} jobs)")
+            return 0
         print(f"rpa-bench report: {err}", file=sys.stderr)
         return 2
     result = write_report(run, args.out)

@@ -373,7 +373,12 @@ def _task_body(cfg: DictConfig, held: list, account: Any) -> int:
     previous = signal.signal(signal.SIGTERM, on_term)
     try:
         _checkpoint(arm=True)
-        sweep.execute(prep, store, run_id=run_id, progress=bool(cfg.run.get("progress", True)),
+        from hydra.types import RunMode
+
+        # a sweep's jobs may run in parallel processes: their bars would overwrite each other,
+        # so each job prints its summary when it ends instead
+        multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+        sweep.execute(prep, store, run_id=run_id, progress=bool(cfg.run.get("progress", True)) and not multirun,
                       should_stop=lambda: stop["requested"], done={tuple(k) for k in decision["done"]})
     except KeyboardInterrupt:
         store.update_manifest(status="interrupted", interrupted_utc=now_utc())
