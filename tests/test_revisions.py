@@ -19,12 +19,12 @@ FAST = ["scale=cpu_smoke", "timing=quick", "timing.capture=false", "run.progress
 
 @pytest.fixture(scope="module")
 def abc_run(tmp_path_factory):
-    """A, its twin A2 and a deliberately slower B (four times the attention work), interleaved."""
+    """A, its twin A2 and a deliberately slower B (eight times the attention work), interleaved."""
     tmp = tmp_path_factory.mktemp("revisions")
     rc = cli.main(["run", "experiment=paper_decode", "workload.context_lens=[1024]", *FAST, "timing.num_samples=10",
                    "timing.min_samples=10", f"run.results_dir={tmp}", "run.name=abc",
                    "run.kernels=[{use: reference, label: A}, {use: reference, label: A2},"
-                   " {use: reference, label: B, options: {extra_work: 3.0}}]"])
+                   " {use: reference, label: B, options: {extra_work: 7.0}}]"])
     assert rc == 0
     return tmp / "abc"
 
