@@ -142,3 +142,14 @@ def test_paper_rows_are_shown_even_when_no_length_matches(tmp_path):
     paper = [s for s in write_report(run).sections if s.id == "paper"][0]
     assert len(paper.tables) == 1  # decode only: the run measured no prefill experiment
     assert any("256 are not in the paper's sweep" in n for n in paper.notes)
+
+
+def test_provenance_shows_the_workload_values_actually_used(tmp_path):
+    import json
+
+    run = write_synthetic_run(tmp_path / "run", SyntheticRunSpec(include_trace=False))
+    m = json.loads((run / "manifest.json").read_text())
+    m["workloads"] = {"paper_decode": {"kind": "paper_decode", "config": {"num_seqs": 8, "context_lens": [256, 1024]}}}
+    (run / "manifest.json").write_text(json.dumps(m))
+    html = write_report(run).index_html.read_text()
+    assert "Workloads as measured" in html and "paper_decode.num_seqs" in html

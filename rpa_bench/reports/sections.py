@@ -227,10 +227,15 @@ def provenance_section(run: LoadedRun) -> Section:
                          ("workloads", "Workloads: kinds, source files with sha256, seeds, summaries"),
                          ("device_spec", "Device spec used for the roofline (with sources)"),
                          ("calibration", "Calibration used (measured ceilings)"),
-                         ("config", "Resolved config")):
+                         ("config", "Config as given (before the scale preset; the values used are below)")):
         value = m.get(key)
         if value:
             tables.append(key_value_table(flatten(value), caption))
+    used = {name: w.get("config") for name, w in (m.get("workloads") or {}).items()
+            if isinstance(w, dict) and isinstance(w.get("config"), dict)}
+    if used:
+        tables.append(key_value_table(flatten(used), "Workloads as measured (after the scale preset and the "
+                                                     "command line: the values actually used)"))
     frame = run.measurements
     if not frame.empty:
         per_kernel = frame.groupby("kernel", dropna=False).agg(
