@@ -74,7 +74,8 @@ def measurements_section(run: LoadedRun) -> Section:
             "no measurement has status ok outside interpret mode, so this run has no speed to show"))
     rows = ordered(rows)
     rows = rows.assign(ci=[f"{fmt_num(lo)} \u2013 {fmt_num(hi)}" for lo, hi in
-                           zip(rows["latency_ci_low_us"], rows["latency_ci_high_us"])])
+                           zip(rows["latency_ci_low_us"], rows["latency_ci_high_us"])],
+                       session=[_session(p) for p in rows["capture_path"]])
     table = table_from_frame(rows, [
         Column("workload", "workload"), Column("point_id", "point"), Column("phase", "phase"),
         Column("kernel", "kernel"), Column("variant", "variant"), Column("timing_source", "timing"),
@@ -83,10 +84,23 @@ def measurements_section(run: LoadedRun) -> Section:
         Column("mbu_si_pct", "MBU SI (%)", fmt_pct, numeric=True), Column("mfu_si_pct", "MFU SI (%)", fmt_pct, numeric=True),
         Column("bound_time_us", "roofline bound (us)", fmt_num, numeric=True),
         Column("roofline_efficiency_pct", "bound / latency (%)", fmt_pct, numeric=True),
-        Column("bound_by", "bound by"), Column("above_roof", "above roof"), Column("warnings", "warnings"),
+        Column("bound_by", "bound by"), Column("above_roof", "above roof"),
+        Column("session", "xprof session"), Column("warnings", "warnings"),
     ], f"Median per-call latency and utilisation on {run.device}; MBU/MFU columns use the convention in "
        "'Metric conventions' (SI columns are always SI)")
-    return Section("measurements", "Measured speed", tables=(table,))
+    notes = ()
+    if rows["session"].astype(bool).any():
+        notes = (f"Each measurement's profiler capture is an xprof session: `rpa-bench xprof {run.path}` starts "
+                 "xprof on the run; pick the row's session under Runs, then the trace viewer.",)
+    return Section("measurements", "Measured speed", tables=(table,), notes=notes)
+
+
+def _session(capture_path) -> str:
+    """The xprof session of a stored capture path (captures/plugins/profile/<session>/<host>.xplane.pb)."""
+    parts = str(capture_path or "").split("/")
+    if len(parts) >= 2 and "profile" in parts:
+        return parts[-2]
+    return ""
 
 
 def _matrix_unit_cap(run: LoadedRun) -> float | None:
