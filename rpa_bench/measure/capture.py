@@ -438,9 +438,7 @@ def parse(path_or_data: Any, *, module_name: str, num_calls: int | None,
     kernel_re = re.compile(kernel_regex) if kernel_regex else None
     windows = call_windows(space)
     notes: list[str] = []
-    if space.ignored_planes:
-        pass  # not devices: never candidates (listed by `rpa-bench capture`)
-    devices = space.device_planes
+    devices = space.device_planes  # TPU/GPU planes only: /device:CUSTOM:* and the like are never candidates
     if not devices:
         t = host_timing(space, module_name, kernel_re=kernel_re, windows=windows)
         if t is None or not t.executions:
