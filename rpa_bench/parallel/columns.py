@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rpa_bench.measure.devtime import PerDeviceTiming
 from rpa_bench.parallel.accounting import MeshAccounting
 from rpa_bench.parallel.backend import mesh_accounting
+
+if TYPE_CHECKING:  # a type only: parallel never imports measure (measure drives parallel)
+    from rpa_bench.measure.devtime import PerDeviceTiming
 
 
 @dataclasses.dataclass(frozen=True)

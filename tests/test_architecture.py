@@ -1,0 +1,64 @@
+"""The package dependency graph: imports point the way data flows (no new package cycles)."""
+
+from __future__ import annotations
+
+import ast
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).parents[1] / "rpa_bench"
+# Known and tracked: roofline's cost model takes workloads' batch/model types, while the
+# scheduler's step-time model (workloads) looks device peaks up in roofline's specs.
+KNOWN_CYCLES = {("roofline", "workloads")}
+
+
+def _runtime_imports(tree: ast.AST):
+    """Imports that run (those under ``if TYPE_CHECKING:`` do not)."""
+    skip = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            skip |= {id(n) for n in ast.walk(node)}
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)) and id(node) not in skip:
+            yield from ([a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""])
+
+
+def package_graph() -> dict[str, set[str]]:
+    edges: dict[str, set[str]] = defaultdict(set)
+    for f in ROOT.rglob("*.py"):
+        parts = f.relative_to(ROOT).parts
+        pkg = parts[0] if len(parts) > 1 else parts[0].removesuffix(".py")
+        for mod in _runtime_imports(ast.parse(f.read_text())):
+            if mod.startswith("rpa_bench."):
+                target = mod.split(".")[1]
+                if target != pkg:
+                    edges[pkg].add(target)
+    return edges
+
+
+def _cycles(edges: dict[str, set[str]]) -> set[tuple[str, ...]]:
+    """Every package cycle, as the sorted tuple of its packages (DFS over the package graph)."""
+    found = set()
+
+    def walk(start: str, node: str, path: list[str]) -> None:
+        for nxt in edges.get(node, ()):
+            if nxt == start:
+                found.add(tuple(sorted(path)))
+            elif nxt not in path and nxt > start:
+                walk(start, nxt, [*path, nxt])
+
+    for start in list(edges):
+        walk(start, start, [start])
+    return found
+
+
+def test_no_package_cycles_beyond_the_known_one():
+    cycles = _cycles(package_graph())
+    assert cycles <= KNOWN_CYCLES, f"new package cycles: {sorted(cycles - KNOWN_CYCLES)}"
+
+
+def test_measure_drives_parallel_and_reports_never_import_kernels_or_the_timer():
+    g = package_graph()
+    assert "measure" not in g["parallel"]
+    assert "kernels" not in g["reports"] and "parallel" not in g["reports"]
+    assert "kernels" not in g["roofline"]
