@@ -132,7 +132,10 @@ def test_multirun_with_joblib_gives_each_job_its_own_run_folder(tmp_path):
             "seed=0,1", f"run.results_dir={tmp_path}", "run.name=sweep"]
     done = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
-    for job in ("0", "1"):
-        manifest = json.loads((tmp_path / "sweep" / job / "manifest.json").read_text())
-        assert manifest["status"] == "complete" and manifest["run_id"] == f"sweep/{job}"
-        assert manifest["config"]["seed"] == int(job)
+    jobs = sorted(p for p in (tmp_path / "sweep").iterdir() if (p / "manifest.json").is_file())
+    assert len(jobs) == 2  # each job's folder is named after its overrides (shortened with a hash when long)
+    for seed, job in enumerate(sorted(jobs, key=lambda p: "seed=1" in p.name)):
+        assert f"seed={seed}" in job.name and len(job.name) <= 120
+        manifest = json.loads((job / "manifest.json").read_text())
+        assert manifest["status"] == "complete" and manifest["run_id"] == f"sweep/{job.name}"
+        assert manifest["config"]["seed"] == seed

@@ -7,7 +7,25 @@ from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+
+MAX_JOB_DIR = 120  # characters of a sweep job's folder name (a path component has 255 bytes)
+
+
+def job_dir(override_dirname: str, num: int) -> str:
+    """A sweep job's folder: its overrides (Hydra's override_dirname), shortened with a hash
+    when too long for a file name, and the job number when there are none."""
+    import hashlib
+
+    name = str(override_dirname) or f"job{num}"
+    if len(name) <= MAX_JOB_DIR:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return f"{name[:MAX_JOB_DIR - 10]}~{digest}"
+
+
+if not OmegaConf.has_resolver("rpa_bench_job_dir"):  # used by conf/config.yaml's hydra.sweep.subdir
+    OmegaConf.register_new_resolver("rpa_bench_job_dir", job_dir)
 
 
 def conf_dir() -> Path:

@@ -284,11 +284,8 @@ def _check_same_workloads(old: dict, new: dict, run_dir: Path) -> None:
 def _task(cfg: DictConfig) -> int:
     from rpa_bench.measure.phases import Account, scope, since_import
 
-    import jax
-
     from rpa_bench.measure import point, store, summary, sweep  # noqa: F401 - imported here: start-up
 
-    jax.devices()  # backend initialisation: start-up, paid once per process
     _checkpoint()
     held: list[Any] = []  # run stores whose lock this process holds
     account = Account()
@@ -319,6 +316,11 @@ def _task_body(cfg: DictConfig, held: list, account: Any) -> int:
     config = _container(cfg)
     # multi-host: join the other processes before the first JAX device use (no-op when disabled)
     distributed.initialize(distributed.DistributedConfig.from_config(config.get("distributed")))
+    import jax
+
+    with phase("start-up"):
+        jax.devices()  # backend initialisation: start-up, paid once per process
+    _checkpoint()
     experiment = HydraConfig.get().runtime.choices.get("experiment") or "adhoc"
     workloads = _compose_entries("workload", cfg.run.get("workloads"), cfg.workload)
     kernels = _compose_entries("kernel", cfg.run.get("kernels"), cfg.kernel)
