@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import sys
 from collections.abc import Callable
 from importlib import resources
@@ -15,8 +16,6 @@ MAX_JOB_DIR = 120  # characters of a sweep job's folder name (a path component h
 def job_dir(override_dirname: str, num: int) -> str:
     """A sweep job's folder: its overrides (Hydra's override_dirname), shortened with a hash
     when too long for a file name, and the job number when there are none."""
-    import hashlib
-
     name = str(override_dirname) or f"job{num}"
     if len(name) <= MAX_JOB_DIR:
         return name

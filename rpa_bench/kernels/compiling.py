@@ -29,6 +29,7 @@ import glob
 import multiprocessing
 import os
 import re
+import shutil
 import tempfile
 import time
 import warnings
@@ -121,8 +122,7 @@ class CompileResult:
             "vmem_used_MiB": None if used is None else round(used / mib, 2),
             "vmem_MiB": None if self.vmem_capacity_bytes is None else round(self.vmem_capacity_bytes / mib, 1),
             "estimate_MiB": None if self.vmem_estimate_bytes is None else round(self.vmem_estimate_bytes / mib, 2),
-            "hbm_MiB": round(sum(self.hbm.get(k, 0) for k in ("argument_bytes", "output_bytes", "temp_bytes",
-                                                              "code_bytes")) / mib, 1) if self.hbm else None,
+            "hbm_MiB": round(hbm_footprint_bytes(self.hbm) / mib, 1) if self.hbm else None,
             "bundles": ", ".join(f"{k}:{v}" for k, v in self.bundles.items()) or None,
             "error": self.error or "",
         }
@@ -173,6 +173,11 @@ def hbm_of(compiled: Any) -> dict:
     return {"argument_bytes": int(stats.argument_size_in_bytes), "output_bytes": int(stats.output_size_in_bytes),
             "alias_bytes": int(stats.alias_size_in_bytes), "temp_bytes": int(stats.temp_size_in_bytes),
             "code_bytes": int(stats.generated_code_size_in_bytes)}
+
+
+def hbm_footprint_bytes(hbm: dict) -> int:
+    """Arguments + outputs + temporaries + code of a compiled program (from :func:`hbm_of`)."""
+    return int(sum(hbm.get(k, 0) for k in ("argument_bytes", "output_bytes", "temp_bytes", "code_bytes")))
 
 
 def bundles_in(dump_dir: str) -> dict[str, int]:
@@ -376,6 +381,4 @@ def _kill(pool: concurrent.futures.ProcessPoolExecutor) -> None:
 
 
 def _remove(path: str) -> None:
-    import shutil
-
     shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.unlink(path)

@@ -39,6 +39,7 @@ import glob
 import os
 import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -131,8 +132,6 @@ def session_path(captures_root: Path, session: str) -> Path:
     """Where a capture is stored so that xprof / TensorBoard list it as a session:
     ``<captures_root>/plugins/profile/<session>/<host>.xplane.pb`` (``xprof --logdir
     <captures_root>``; ``rpa-bench xprof RUN`` starts it)."""
-    import socket
-
     host = "".join(c if c.isalnum() or c in "-_." else "_" for c in socket.gethostname()) or "host"
     return Path(captures_root).joinpath(*PROFILE_DIR, session, f"{host}.xplane.pb")
 
@@ -384,6 +383,12 @@ def plane_timing(space: Space, plane: Plane, module: str, *, kernel_re: re.Patte
     return _gpu_timing(space, plane, module, kernel_re, windows, host_corr)
 
 
+def missing_on(space: Space, plane: Plane, module: str) -> str:
+    """Why ``plane`` gives no time for ``module``, naming the planes that do hold it."""
+    others = [p.label for p in space.device_planes if p is not plane and plane_timing(space, p, module) is not None]
+    return f"{plane.name} holds no events of {module}" + (f" (it ran on {others})" if others else "")
+
+
 def call_windows(space: Space) -> list[tuple[float, float]] | None:
     """The suite's call annotations, or None when the capture has none (not one of ours)."""
     return space.annotations() or None
@@ -452,10 +457,7 @@ def parse(path_or_data: Any, *, module_name: str, num_calls: int | None,
                                  f"{[p.name for p in devices]}); timing_source=wall")
         t = plane_timing(space, plane, module_name, kernel_re=kernel_re, windows=windows)
         if t is None:
-            others = [p.label for p in devices if p is not plane and plane_timing(space, p, module_name) is not None]
-            where = f"; it ran on {others}" if others else ""
-            return _unattributed(f"{plane.name} holds no events of {module_name}{where}; timing_source=wall",
-                                 plane.name)
+            return _unattributed(f"{missing_on(space, plane, module_name)}; timing_source=wall", plane.name)
         return to_device_timing(t, num_calls)
     found = module_timings(space, module_name, kernel_regex=kernel_regex)
     found = [t for t in found if t.executions]

@@ -133,10 +133,7 @@ def per_device_timing(path_or_data: Any, *, module_name: str, num_calls: int, de
                 break
             t = capture.plane_timing(space, plane, module_name, kernel_re=kernel_re, windows=windows)
             if t is None:
-                others = [p.label for p in space.device_planes
-                          if p is not plane and capture.plane_timing(space, p, module_name) is not None]
-                where = f" (it ran on {others})" if others else ""
-                notes.append(f"device {dev.id}: {plane.name} holds no events of {module_name}{where}")
+                notes.append(f"device {dev.id}: {capture.missing_on(space, plane, module_name)}")
                 break
         else:
             t = capture.host_timing(space, module_name, kernel_re=kernel_re, windows=windows,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import platform
 import socket
 import subprocess
@@ -52,8 +53,6 @@ def flags(compiler_options: dict | None = None) -> dict:
     """Compiler and runtime flags in force: ``XLA_FLAGS``, ``LIBTPU_INIT_ARGS``, ``JAX_*``
     variables, jax config values that affect code generation, and the per-executable compiler
     options the run passes (``timing.compiler_options``; per kernel entry in the rows)."""
-    import os
-
     import jax
 
     env = {k: v for k, v in sorted(os.environ.items()) if k in FLAG_VARIABLES or k.startswith("JAX_")}
@@ -78,8 +77,6 @@ def flag_differences(a: dict | None, b: dict | None) -> list[str]:
 
 def load_average() -> list[float] | None:
     """1, 5 and 15-minute host load averages (None where the OS has none)."""
-    import os
-
     try:
         return [round(v, 2) for v in os.getloadavg()]
     except OSError:
