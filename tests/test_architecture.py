@@ -7,9 +7,8 @@ from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).parents[1] / "rpa_bench"
-# Known and tracked: roofline's cost model takes workloads' batch/model types, while the
-# scheduler's step-time model (workloads) looks device peaks up in roofline's specs.
-KNOWN_CYCLES = {("roofline", "workloads")}
+# The flow: conf -> workloads -> kernels -> measure (parallel) -> roofline -> store -> reports.
+KNOWN_CYCLES: set[tuple[str, ...]] = set()
 
 
 def _runtime_imports(tree: ast.AST):
@@ -52,7 +51,7 @@ def _cycles(edges: dict[str, set[str]]) -> set[tuple[str, ...]]:
     return found
 
 
-def test_no_package_cycles_beyond_the_known_one():
+def test_no_package_cycles():
     cycles = _cycles(package_graph())
     assert cycles <= KNOWN_CYCLES, f"new package cycles: {sorted(cycles - KNOWN_CYCLES)}"
 
@@ -62,3 +61,38 @@ def test_measure_drives_parallel_and_reports_never_import_kernels_or_the_timer()
     assert "measure" not in g["parallel"]
     assert "kernels" not in g["reports"] and "parallel" not in g["reports"]
     assert "kernels" not in g["roofline"]
+
+
+def test_packages_import_only_down_the_flow():
+    g = package_graph()
+    assert g["workloads"] <= {"typed"}, "workloads are the base: they know no device, kernel or timer"
+    assert "measure" not in g["store"] and "reports" not in g["store"], "the store is the contract, not a client"
+    assert not g["roofline"] & {"measure", "store", "reports", "parallel"}
+    assert not g["reports"] & {"kernels", "parallel", "commands"}
+
+
+def _function_level_imports():
+    """(file:line, text) of every rpa_bench import inside a function body, with its comment."""
+    for f in sorted(ROOT.rglob("*.py")):
+        text = f.read_text()
+        lines = text.splitlines()
+        tree = ast.parse(text)
+        skip = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+                for n in ast.walk(node)}
+        for fn in ast.walk(tree):
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in ast.walk(fn):
+                if isinstance(node, (ast.Import, ast.ImportFrom)) and id(node) not in skip:
+                    names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+                    if any(n == "rpa_bench" or n.startswith("rpa_bench.") for n in names):
+                        yield f"{f.relative_to(ROOT.parent)}:{node.lineno}", lines[node.lineno - 1]
+
+
+def test_function_level_imports_say_why():
+    """An rpa_bench import inside a function is allowed only where a heavy import (JAX) at
+    start-up or a process boundary justifies it, and the line says so."""
+    unexplained = [f"{where}: {line.strip()}" for where, line in _function_level_imports() if "#" not in line]
+    assert not unexplained, "imports inside functions without a reason:\n" + "\n".join(unexplained)
+    assert all(where.startswith(("rpa_bench/commands/", "rpa_bench/kernels/compiling.py"))
+               for where, _ in _function_level_imports())

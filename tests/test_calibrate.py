@@ -10,8 +10,8 @@ import yaml
 
 from rpa_bench.commands._hydra import compose, conf_dir
 from rpa_bench.commands.calibrate import CalibrationPlan, main as calibrate_main, measure
-from rpa_bench.roofline.calibration import latest_calibration
-from rpa_bench.roofline.specs import device_names, get_device_spec, listed_device_spec, resolve_device_spec
+from rpa_bench.roofline.calibration import latest_calibration, resolve_roofline
+from rpa_bench.roofline.specs import device_names, get_device_spec, listed_device_spec
 
 DEVICE_FILES = sorted(p.stem for p in (conf_dir() / "device").glob("*.yaml"))
 
@@ -76,7 +76,7 @@ def test_every_device_config_composes_and_resolves(name, tmp_path):
     cfg = compose([f"device={name}", *_missing_group_deletions()])
     assert cfg.device.name == name and cfg.device.peak_source in ("datasheet", "calibrated")
     assert cfg.device.calibration.trials >= 1
-    spec = resolve_device_spec(cfg.device.name, num_devices=cfg.device.num_devices, results_dir=tmp_path)
+    spec = resolve_roofline(cfg.device.name, num_devices=cfg.device.num_devices, results_dir=tmp_path).device
     assert spec.hbm_bw_bytes_per_s > 0
     if name == "tpu7x":
-        assert resolve_device_spec(name, num_devices=1).hbm_bw_bytes_per_s == 3690e9
+        assert resolve_roofline(name, num_devices=1).device.hbm_bw_bytes_per_s == 3690e9

@@ -100,7 +100,7 @@ def test_window_bytes_and_flops_follow_min_kv_len_window_against_brute_force(q, 
 
 
 def test_verify_stays_bandwidth_bound_for_small_drafts_on_tpu7x():
-    spec = get_device_spec("tpu7x", calibrated=False)
+    spec = get_device_spec("tpu7x")
     cross = verify_crossover(LLAMA, spec, num_seqs=64, context_len=8192)
     assert cross is not None and 8 < cross < 256
     assert verify_point(LLAMA, spec, num_seqs=64, context_len=8192, query_len=8).bound_by == "memory"

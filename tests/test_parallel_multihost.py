@@ -36,7 +36,7 @@ model, attn = ModelSpec("tiny", 8, 4, 32, "float32", "float32"), AttentionSpec()
 inputs = materialize(batch, model, seed=1, device=jax.local_devices()[0])  # same data on every host
 want = np.asarray(reference_attention(inputs, attn).output)[: batch.num_tokens]
 spec = MeshSpec(2, 2)  # data over the two processes' devices, heads within each
-plan = plan_for(batch, model, attn, spec, get_device_spec("tpu7x", calibrated=False))
+plan = plan_for(batch, model, attn, spec, get_device_spec("tpu7x"))
 mesh = make_mesh(spec)
 sharded = shard_inputs(inputs, plan, mesh)
 call = build_sharded(ReferenceBackend(), plan, attn, mesh)

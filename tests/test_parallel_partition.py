@@ -18,7 +18,7 @@ from rpa_bench.workloads.batch import RaggedBatch
 from rpa_bench.workloads.model import AttentionSpec, ModelSpec
 
 LLAMA = ModelSpec("llama3_8b", 32, 8, 128)
-TPU7X = get_device_spec("tpu7x", calibrated=False)
+TPU7X = get_device_spec("tpu7x")
 
 
 @settings(max_examples=60, deadline=None)

@@ -17,7 +17,7 @@ import pytest
 
 from rpa_bench import cli
 from rpa_bench.measure import capture as cap
-from rpa_bench.measure.store import RunLockedError, RunStore
+from rpa_bench.store.run_store import RunLockedError, RunStore
 from rpa_bench.workloads.traces import ColumnMap, read_trace
 
 FAST = ["scale=cpu_smoke", "timing=quick", "timing.num_samples=3", "timing.capture=false", "run.progress=false",
@@ -197,7 +197,7 @@ def test_an_edited_revision_cache_is_exported_again(tmp_path, monkeypatch):
 
 
 def test_the_report_reads_a_traces_measured_steps_table_and_flags_corrupt_batches(tmp_path):
-    from rpa_bench.reports.load import load_run
+    from rpa_bench.store.load import load_run
     from rpa_bench.reports.synthetic import SyntheticRunSpec, write_synthetic_run
 
     run = write_synthetic_run(tmp_path / "run", SyntheticRunSpec(include_trace=False))

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 
 from rpa_bench import cli
-from rpa_bench.measure.schema import SCHEMA_VERSION
-from rpa_bench.reports.load import NotARunError, load_run
+from rpa_bench.store.schema import SCHEMA_VERSION
+from rpa_bench.store.load import NotARunError, load_run
 from rpa_bench.reports.synthetic import SyntheticRunSpec, write_synthetic_run
 
 

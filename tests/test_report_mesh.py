@@ -8,8 +8,8 @@ import re
 import pandas as pd
 import pytest
 
-from rpa_bench.measure.schema import OPTIONAL_COLUMNS
-from rpa_bench.reports.load import load_run
+from rpa_bench.store.schema import OPTIONAL_COLUMNS
+from rpa_bench.store.load import load_run
 from rpa_bench.reports.mesh_section import mesh_section, parse_per_chip
 from rpa_bench.reports.report import write_report
 from rpa_bench.reports.synthetic import SyntheticRunSpec, write_synthetic_run

@@ -11,7 +11,7 @@ from PIL import Image
 
 from rpa_bench import cli
 from rpa_bench.reports import charts
-from rpa_bench.reports.load import load_run
+from rpa_bench.store.load import load_run
 from rpa_bench.reports.paper_side import side_by_side
 from rpa_bench.reports.report import write_report
 from rpa_bench.reports.synthetic import SyntheticRunSpec, write_synthetic_run

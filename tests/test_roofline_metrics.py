@@ -102,7 +102,7 @@ def test_calibrated_peaks_change_mbu():
 
 def test_calibrated_without_calibration_names_the_fix(tmp_path):
     with pytest.raises(ValueError, match="rpa-bench calibrate"):
-        compute_metrics(DECODE, 2527, TPU7X, peak_source="calibrated", results_dir=tmp_path)
+        compute_metrics(DECODE, 2527, TPU7X, peak_source="calibrated")
 
 
 @pytest.mark.parametrize("kwargs, field", [({"convention": "gib"}, "convention"), ({"phase": "train"}, "phase"),

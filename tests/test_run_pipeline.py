@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 
 from rpa_bench import cli
-from rpa_bench.measure.schema import COLUMNS, MANIFEST_KEYS
-from rpa_bench.measure.store import RunStore
+from rpa_bench.store.schema import COLUMNS, MANIFEST_KEYS
+from rpa_bench.store.run_store import RunStore
 
 FAST = ["timing.warmup_calls=0", "timing.num_samples=1", "timing.min_samples=1", "timing.min_sample_s=0",
         "timing.capture=false"]

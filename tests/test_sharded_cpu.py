@@ -66,7 +66,7 @@ def _setup(kernel, mesh_str, batch_name, dtype, attn_kw):
     model = ModelSpec("tiny", 8, 4, head_dim, dtype, dtype)
     attn = AttentionSpec(**attn_kw)
     mesh = MeshSpec(*map(int, mesh_str.split("x")))
-    plan = plan_for(batch, model, attn, mesh, get_device_spec("tpu7x", calibrated=False))
+    plan = plan_for(batch, model, attn, mesh, get_device_spec("tpu7x"))
     return batch, model, attn, mesh, plan
 
 
@@ -127,7 +127,7 @@ def _check(case):
     batch, model, attn, mesh_spec, _ = _setup(kernel, mesh_str, batch_name, dtype, {})
     options = V3_OPTIONS if kernel == "rpa_v3" else None
     sharded = ShardedBackend(get_backend(kernel, options=options), mesh_spec,
-                             device_spec=get_device_spec("tpu7x", calibrated=False))
+                             device_spec=get_device_spec("tpu7x"))
     inputs = materialize(batch, model, max_num_batched_tokens=batch.num_tokens + 2, seed=7)
     rec = check_on_inputs(sharded, inputs, attn, interpret=kernel != "reference")
     return {"status": rec.status, "message": rec.message, "max_abs_err": rec.max_abs_err,
@@ -176,7 +176,7 @@ def _pipeline(tmp):
     from rpa_bench.workloads.materialize import materialize
 
     batch, model, attn, mesh_spec, _ = _setup("reference", "2x1", "mixed", "float32", {})
-    spec = get_device_spec("tpu7x", calibrated=False)
+    spec = get_device_spec("tpu7x")
     backend = ShardedBackend(get_backend("reference"), mesh_spec, device_spec=spec)
     inputs = materialize(batch, model, seed=2)
     want = reference_attention(inputs, attn)

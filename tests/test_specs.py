@@ -13,9 +13,9 @@ from rpa_bench.roofline.jax_tpu_table import (
     compare_with_jax,
     jax_tpu_figures,
 )
+from rpa_bench.roofline.calibration import detect_device_spec, resolve_roofline
 from rpa_bench.roofline.specs import (
     NUMERIC_FIELDS,
-    detect_device_spec,
     device_names,
     get_device_spec,
     listed_device_spec,
@@ -85,7 +85,7 @@ def test_v5p_bandwidth_disagreement_is_the_documented_one():
 
 
 def test_detect_on_this_machine_gives_a_spec(tmp_path):
-    spec = detect_device_spec(results_dir=tmp_path)
+    spec = detect_device_spec()
     assert spec.name in device_names()
 
 
@@ -101,6 +101,7 @@ def test_cpu_placeholder_takes_calibrated_peaks(tmp_path):
     import rpa_bench.roofline.calibration as calmod
 
     spec = calmod.apply_calibration(listed, cal)
+    assert resolve_roofline("cpu", results_dir=tmp_path, calibrated=False).device == listed
     assert spec.hbm_bw_bytes_per_s == 12.5e9 and spec.peak_f32_flops_per_s == 80e9
     assert spec.peak_bf16_flops_per_s == 80e9 and "standing in for bf16" in spec.source_for("peak_bf16_flops_per_s")
     assert spec.source_for("hbm_bw_bytes_per_s").startswith("measured")
@@ -139,7 +140,7 @@ def test_detect_on_tpu_cross_checks_the_attached_chip():
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        spec = detect_device_spec(calibrated=False)
+        spec = detect_device_spec()
     assert spec.name in CHIP_VERSION_BY_SPEC
     expected = {f for (n, f) in KNOWN_DISAGREEMENTS if n == spec.name}
     assert all(any(f in str(w.message) for w in caught) for f in expected)
@@ -147,5 +148,5 @@ def test_detect_on_tpu_cross_checks_the_attached_chip():
 
 @pytest.mark.gpu
 def test_detect_on_gpu_gives_an_nvidia_spec():
-    spec = detect_device_spec(calibrated=False)
+    spec = detect_device_spec()
     assert spec.vendor == "nvidia" and spec.matrix_unit_width is None

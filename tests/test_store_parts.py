@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from rpa_bench.measure.schema import COLUMNS, MANIFEST_KEYS
-from rpa_bench.measure.store import RunStore, read_measurements
+from rpa_bench.store.schema import COLUMNS, MANIFEST_KEYS
+from rpa_bench.store.run_store import RunStore, read_measurements
 
 
 def _row(point: str, kernel: str, variant: str, **kw):
@@ -72,8 +72,8 @@ def test_every_column_carries_its_description_in_the_parquet_schema_and_the_docs
 
     import pyarrow.parquet as pq
 
-    from rpa_bench.measure.schema import COLUMNS
-    from rpa_bench.measure.store import RunStore
+    from rpa_bench.store.schema import COLUMNS
+    from rpa_bench.store.run_store import RunStore
 
     store = RunStore(tmp_path / "r")
     store.append([{"run_id": "r", "workload": "w", "point_id": "p", "kernel": "k", "variant": "excl_prep",

@@ -24,6 +24,7 @@ import socket
 from omegaconf import DictConfig
 
 from rpa_bench.commands._hydra import run_hydra
+from rpa_bench.measure.timing import TimingConfig, compile_apart, time_function
 from rpa_bench.roofline.calibration import Calibration, save_calibration
 from rpa_bench.roofline.specs import PEAK_FIELD_BY_DTYPE
 
@@ -64,8 +65,6 @@ def measure(plan: CalibrationPlan) -> Calibration:
     """Time the copy and the matmul on ``jax.devices()[0]``."""
     import jax
     import jax.numpy as jnp
-
-    from rpa_bench.measure.timing import TimingConfig, compile_apart, time_function
 
     device = jax.devices()[0]
     timing = TimingConfig(warmup_calls=plan.warmup, num_samples=plan.trials, min_samples=plan.trials,

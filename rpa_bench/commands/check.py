@@ -19,12 +19,14 @@ import warnings
 import jax
 from omegaconf import DictConfig, OmegaConf
 
+from rpa_bench.commands import _hydra
 from rpa_bench.commands._hydra import run_hydra
 from rpa_bench.kernels.base import KernelBackend, KernelOutput
 from rpa_bench.kernels.cases import CheckCase, check_cases, padded_sizes
-from rpa_bench.kernels.checking import SKIPPED, CheckRecord, check_on_inputs, summary_ok, tolerance_for
+from rpa_bench.kernels.checking import CheckRecord, SKIPPED, check_on_inputs, summary_ok, tolerance_for
 from rpa_bench.kernels.reference import reference_attention
-from rpa_bench.kernels.registry import BACKENDS, PALLAS_BACKENDS, KernelConfig, kernel_config_from_dict
+from rpa_bench.kernels.registry import BACKENDS, KernelConfig, PALLAS_BACKENDS, kernel_config_from_dict
+from rpa_bench.status import CHECK_STATUSES
 from rpa_bench.workloads.materialize import KernelInputs
 from rpa_bench.workloads.model import AttentionSpec, ModelSpec
 
@@ -154,7 +156,6 @@ def task(cfg: DictConfig) -> int:
     except ValueError as e:
         print(f"rpa-bench check: {e}", file=sys.stderr)
         return 2
-    from rpa_bench.commands import _hydra
 
     cases = check_cases(model, attention=attn, seed=int(cfg.seed))
     as_json = _hydra.JSON_OUTPUT
@@ -162,7 +163,7 @@ def task(cfg: DictConfig) -> int:
         print(describe(model, cases, platform))
         print(_row(tuple(name for name, _ in COLUMNS)), flush=True)
     records = run_checks(kernels, cases, platform=platform, on_record=(lambda r: None) if as_json else print_record)
-    counts = {s: sum(r.status == s for r in records) for s in ("ok", "incorrect", "failed", "skipped")}
+    counts = {str(s): sum(r.status == s for r in records) for s in CHECK_STATUSES}
     if as_json:
         import dataclasses
         import json

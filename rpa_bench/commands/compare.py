@@ -18,7 +18,7 @@ import sys
 from rpa_bench.measure.environment import flag_differences
 from rpa_bench.reports.compare import CompareOptions, compare_kernels, compare_measurements
 from rpa_bench.reports.compare_report import manifest_differences, write_compare
-from rpa_bench.reports.load import NotARunError, load_run
+from rpa_bench.store.load import NotARunError, load_run
 
 
 def parser() -> argparse.ArgumentParser:

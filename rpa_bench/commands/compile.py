@@ -18,6 +18,12 @@ import json
 import sys
 
 from omegaconf import DictConfig, OmegaConf
+from rpa_bench.commands._hydra import run_hydra
+from rpa_bench.commands.lower import kernel_was_chosen
+from rpa_bench.kernels.generations import generation_kind
+from rpa_bench.kernels.registry import PALLAS_BACKENDS, kernel_config_from_dict
+from rpa_bench.workloads.batch import RaggedBatch
+from rpa_bench.workloads.model import AttentionSpec, ModelSpec
 
 EXTRA_OVERRIDES = (
     "+compile=default",
@@ -31,8 +37,7 @@ PAGE_SIZE = 256
 
 def case_batches(names: list[str]) -> dict:
     """Case name -> (batch, padding kwargs for abstract inputs)."""
-    from rpa_bench.kernels.lowering import lowering_batch
-    from rpa_bench.workloads.batch import RaggedBatch
+    from rpa_bench.kernels.lowering import lowering_batch  # imports JAX: loaded when the command runs
 
     def serving_mixed():
         # a serving engine's mixed step: 224 decodes (contexts 512..8K) + 32 prefill chunks of
@@ -61,9 +66,7 @@ def case_batches(names: list[str]) -> dict:
 
 def jobs_for(cfg: DictConfig, *, all_pallas: bool) -> list:
     from rpa_bench.commands.lower import kernel_was_chosen  # noqa: F401 - same kernel choice rule
-    from rpa_bench.kernels.compiling import CompileJob, generation_kind
-    from rpa_bench.kernels.registry import PALLAS_BACKENDS, kernel_config_from_dict
-    from rpa_bench.workloads.model import AttentionSpec, ModelSpec
+    from rpa_bench.kernels.compiling import CompileJob  # imports JAX: loaded when the command runs
 
     model = ModelSpec.from_dict(OmegaConf.to_container(cfg.model, resolve=True))
     attn = AttentionSpec(**OmegaConf.to_container(cfg.attention, resolve=True))
@@ -93,8 +96,7 @@ def format_table(results: list) -> str:
 
 
 def task(cfg: DictConfig) -> int:
-    from rpa_bench.commands.lower import kernel_was_chosen
-    from rpa_bench.kernels.compiling import compile_many, libtpu_status
+    from rpa_bench.kernels.compiling import compile_many, libtpu_status  # imports JAX: loaded when the command runs
 
     try:
         jobs = jobs_for(cfg, all_pallas=not kernel_was_chosen())
@@ -127,6 +129,4 @@ def task(cfg: DictConfig) -> int:
 
 
 def main(argv: list[str]) -> int:
-    from rpa_bench.commands._hydra import run_hydra
-
     return run_hydra("rpa-bench compile", task, argv, extra_overrides=EXTRA_OVERRIDES, doc=__doc__)

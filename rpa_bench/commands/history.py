@@ -24,8 +24,12 @@ import json
 import sys
 from pathlib import Path
 
+from rpa_bench import cli
+from rpa_bench.commands._hydra import compose
+from rpa_bench.commands.compile import case_batches
 from rpa_bench.kernels import compiling
 from rpa_bench.measure import history as hist
+from rpa_bench.reports.history_report import write_history
 from rpa_bench.workloads.model import AttentionSpec, ModelSpec
 
 
@@ -47,10 +51,6 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _evaluate(rev: hist.Revision, repo: Path, args, overrides: list[str], folder: Path) -> hist.RevisionResult:
-    from rpa_bench import cli
-    from rpa_bench.commands.compile import case_batches
-    from rpa_bench.commands._hydra import compose
-
     stored = hist.load_result(folder, rev)
     if stored is not None:
         print(f"  {rev.short} {rev.subject[:60]}: stored, not recomputed")
@@ -125,7 +125,6 @@ def main(argv: list[str] | None = None) -> int:
         err(str(e))
         return 1
     events = hist.find_events(results, threshold=args.threshold)
-    from rpa_bench.reports.history_report import write_history
 
     page = write_history(results, events, root, kernel=args.kernel, repo=str(repo))
     (root / "events.json").write_text(json.dumps([e.as_dict() for e in events], indent=1, default=str))

@@ -11,6 +11,9 @@ from __future__ import annotations
 import sys
 
 from omegaconf import DictConfig, OmegaConf
+from rpa_bench.commands._hydra import run_hydra
+from rpa_bench.kernels.registry import PALLAS_BACKENDS, get_backend, kernel_config_from_dict
+from rpa_bench.workloads.model import AttentionSpec, ModelSpec
 
 EXTRA_OVERRIDES = (
     "+lower=default",
@@ -32,9 +35,7 @@ def kernel_was_chosen() -> bool:
 
 def lower_table(cfg: DictConfig, *, all_pallas: bool) -> list:
     """LoweringResults for the configured kernel(s) and generations."""
-    from rpa_bench.kernels.lowering import lower_for_tpu, lowering_batch
-    from rpa_bench.kernels.registry import PALLAS_BACKENDS, get_backend, kernel_config_from_dict
-    from rpa_bench.workloads.model import AttentionSpec, ModelSpec
+    from rpa_bench.kernels.lowering import lower_for_tpu, lowering_batch  # imports JAX: loaded when the command runs
 
     model = ModelSpec.from_dict(OmegaConf.to_container(cfg.model, resolve=True))
     attn = AttentionSpec(**OmegaConf.to_container(cfg.attention, resolve=True))
@@ -70,6 +71,4 @@ def task(cfg: DictConfig) -> int:
 
 
 def main(argv: list[str]) -> int:
-    from rpa_bench.commands._hydra import run_hydra
-
     return run_hydra("rpa-bench lower", task, argv, extra_overrides=EXTRA_OVERRIDES, doc=__doc__)

@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rpa_bench.reports.load import NotARunError, load_run
 from rpa_bench.reports.report import REPORT_DIR, write_report
+from rpa_bench.reports.sweep_report import sweep_jobs, write_sweep_report
+from rpa_bench.store.load import NotARunError, load_run
 
 
 def parser() -> argparse.ArgumentParser:
@@ -29,8 +30,6 @@ def main(argv: list[str] | None = None) -> int:
         run = load_run(args.run)
     except NotARunError as err:
         from pathlib import Path
-
-        from rpa_bench.reports.sweep_report import sweep_jobs, write_sweep_report
 
         folder = Path(args.run)
         if folder.is_dir() and sweep_jobs(folder):  # a sweep: every job's report and one page for all

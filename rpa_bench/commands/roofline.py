@@ -26,12 +26,14 @@ import sys
 
 import pandas as pd
 
+from rpa_bench.roofline.calibration import resolve_roofline
 from rpa_bench.roofline.cost import COUNTS, GRANULARITIES, PAPER_CKV, batch_cost
 from rpa_bench.roofline.metrics import CONVENTIONS, PEAK_SOURCES, compute_metrics
 from rpa_bench.roofline.paper import PAPER_TABLES, paper_vs_recomputed
-from rpa_bench.roofline.specs import device_names, get_device_spec
+from rpa_bench.roofline.specs import device_names
 from rpa_bench.workloads.batch import RaggedBatch
-from rpa_bench.workloads.model import SUPPORTED_DTYPES, SUPPORTED_KV_DTYPES, ModelSpec
+from rpa_bench.workloads.model import ModelSpec, SUPPORTED_DTYPES, SUPPORTED_KV_DTYPES
+from rpa_bench.workloads.spec import parse_batch_spec
 
 PHASES = ("decode", "prefill", "mixed")
 
@@ -119,7 +121,6 @@ def _batch(args, parser) -> tuple[RaggedBatch, bool]:
     if args.batch_spec:
         if args.num_seqs or args.seq_len or args.context is not None:
             parser.error("--batch-spec excludes --num-seqs, --seq-len and --context")
-        from rpa_bench.workloads.spec import parse_batch_spec
 
         try:
             return parse_batch_spec(args.batch_spec, page_size=args.page_size), True
@@ -153,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.latency_us is not None and not args.latency_us > 0:
         parser.error(f"--latency-us={args.latency_us} must be > 0")
     try:
-        device = get_device_spec(args.device, results_dir=args.results_dir)
+        device = resolve_roofline(args.device, results_dir=args.results_dir).device
     except ValueError as e:
         parser.error(f"--device: {e}")
     if args.num_devices:

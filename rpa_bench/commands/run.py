@@ -31,7 +31,18 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from rpa_bench.commands._hydra import run_hydra
+from rpa_bench.commands import _hydra, report
+from rpa_bench.commands._hydra import compose, run_hydra
+from rpa_bench.measure.environment import load_average
+from rpa_bench.measure.host import fix_mmap_threshold
+from rpa_bench.measure.phases import Account, one_line, overhead_ratio, phase, scope, since_import
+from rpa_bench.measure.plan import Explicit, plan_from_config
+from rpa_bench.measure.summary import final_table
+from rpa_bench.parallel import distributed
+from rpa_bench.status import Status
+from rpa_bench.store import schema
+from rpa_bench.store.rows import now_utc
+from rpa_bench.store.run_store import RunStore
 
 VOLATILE_RUN_KEYS = ("name", "results_dir", "progress", "report")
 
@@ -180,9 +191,6 @@ def _checkpoint(*, arm: bool = False) -> None:
 
 def _mark_interrupted(cfg: DictConfig) -> None:
     """The stored run (if any) says interrupted; a run folder never started is removed."""
-    from rpa_bench.measure.record import now_utc
-    from rpa_bench.measure.store import RunStore
-
     try:
         run_dir, _ = _run_dir(cfg)
         store = RunStore(run_dir)
@@ -211,9 +219,7 @@ def _remove_unstarted_run_dir(cfg: DictConfig) -> None:
 def _open_store(store: Any, config: dict, prep: Any, plan: Any, run_id: str) -> None:
     """Resume the run in ``store`` (refusing a different config) or start it: the manifest
     and the workloads' tables. The writer's job."""
-    from rpa_bench.measure import environment, schema, sweep
-    from rpa_bench.measure.record import now_utc
-    from rpa_bench.parallel import distributed
+    from rpa_bench.measure import environment, sweep  # imports JAX: loaded when the command runs
 
     run_dir = store.root
     if store.exists():
@@ -282,9 +288,8 @@ def _check_same_workloads(old: dict, new: dict, run_dir: Path) -> None:
 
 
 def _task(cfg: DictConfig) -> int:
-    from rpa_bench.measure.phases import Account, scope, since_import
-
-    from rpa_bench.measure import point, store, summary, sweep  # noqa: F401 - imported here: start-up
+    from rpa_bench.measure import point, summary, sweep  # noqa: F401 - imported here: start-up
+    from rpa_bench.store import run_store  # noqa: F401 - imported here: start-up
 
     _checkpoint()
     held: list[Any] = []  # run stores whose lock this process holds
@@ -304,13 +309,7 @@ def _task_body(cfg: DictConfig, held: list, account: Any) -> int:
 
     from hydra.core.hydra_config import HydraConfig
 
-    from rpa_bench.measure import sweep
-    from rpa_bench.measure.phases import phase
-    from rpa_bench.measure.plan import Explicit, plan_from_config
-    from rpa_bench.measure.record import now_utc
-    from rpa_bench.measure.store import RunStore
-    from rpa_bench.measure.summary import final_table
-    from rpa_bench.parallel import distributed
+    from rpa_bench.measure import sweep  # imports JAX: loaded when the command runs
 
     t0 = time.perf_counter()
     config = _container(cfg)
@@ -340,7 +339,6 @@ def _task_body(cfg: DictConfig, held: list, account: Any) -> int:
         prep = sweep.prepare_run(plan)  # every check, before anything is allocated
     _checkpoint()
     if prep.platform == "cpu":  # repeatable CPU timings (see rpa_bench/measure/host.py)
-        from rpa_bench.measure.host import fix_mmap_threshold
 
         fix_mmap_threshold()
 
@@ -400,8 +398,6 @@ def _task_body(cfg: DictConfig, held: list, account: Any) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
     store.consolidate()
-    from rpa_bench.measure.environment import load_average
-    from rpa_bench.measure.phases import one_line, overhead_ratio, since_import
 
     wall = since_import()
     seconds = account.as_dict()
@@ -413,12 +409,11 @@ def _task_body(cfg: DictConfig, held: list, account: Any) -> int:
                           overhead_ratio=None if ratio is None else round(ratio, 3))
     df = store.read()
     counts = df.groupby("status").size().to_dict()
-    from rpa_bench.commands import _hydra
 
     if _hydra.JSON_OUTPUT:
         import json
 
-        ok = df[(df["status"] == "ok") & ~df["interpret"].fillna(False).astype(bool)]
+        ok = df[(df["status"] == Status.OK) & ~df["interpret"].fillna(False).astype(bool)]
         print(json.dumps({"results": str(run_dir), "rows": len(df), "status_counts": counts,
                           "wall_s": round(wall, 1), "phases": seconds, "overhead_ratio": ratio,
                           "timed": json.loads(ok[["workload", "point_id", "kernel", "variant", "latency_us",
@@ -432,7 +427,6 @@ def _task_body(cfg: DictConfig, held: list, account: Any) -> int:
     print(one_line(seconds, wall))
     print(f"results: {run_dir}")
     if cfg.run.get("report"):
-        from rpa_bench.commands import report
 
         if report.main([str(run_dir)]) != 0:
             print(f"rpa-bench run: the report could not be rendered; try rpa-bench report {run_dir}",
@@ -444,8 +438,7 @@ def _task_body(cfg: DictConfig, held: list, account: Any) -> int:
 
 def _follow(prep: Any, scratch: Any, run_id: str, done: set, run_dir: Path) -> int:
     """A process other than the writer: the same measurements, nothing stored."""
-    from rpa_bench.measure import sweep
-    from rpa_bench.parallel import distributed
+    from rpa_bench.measure import sweep  # imports JAX: loaded when the command runs
 
     try:
         _checkpoint(arm=True)
@@ -461,8 +454,6 @@ def _writable_results_dir(argv: list[str]) -> str | None:
     """A one-line reason when the run folder's location cannot be written (checked before Hydra
     tries to create it), else None."""
     import os
-
-    from rpa_bench.commands._hydra import compose
 
     if "-m" in argv or "--multirun" in argv or any(a.startswith("-") for a in argv):
         return None

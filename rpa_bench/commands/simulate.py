@@ -19,6 +19,11 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from rpa_bench.commands._hydra import run_hydra
+from rpa_bench.roofline.specs import with_device_peaks
+from rpa_bench.workloads.model import ModelSpec
+from rpa_bench.workloads.points import build_workload, workload_spec_from_dict
+from rpa_bench.workloads.scheduler_spec import SchedulerSpec
+from rpa_bench.workloads.shape_plot import plot_batch_shape
 
 EXTRA_OVERRIDES = ("hydra.run.dir=${run.results_dir}/simulate-${workload.name}-${run.name}",)
 
@@ -58,16 +63,11 @@ def format_summary(name: str, sources: dict, s: dict) -> str:
 def task(cfg: DictConfig) -> int:
     from hydra.core.hydra_config import HydraConfig
 
-    from rpa_bench.workloads.model import ModelSpec
-    from rpa_bench.workloads.points import build_workload, workload_spec_from_dict
-    from rpa_bench.workloads.scheduler_spec import SchedulerSpec
-    from rpa_bench.workloads.shape_plot import plot_batch_shape
-
     t0 = time.perf_counter()
     try:
         model = ModelSpec.from_dict(OmegaConf.to_container(cfg.model, resolve=True))
         spec = workload_spec_from_dict(OmegaConf.to_container(cfg.workload, resolve=True))
-        scheduler = SchedulerSpec.from_dict(OmegaConf.to_container(cfg.scheduler, resolve=True))
+        scheduler = with_device_peaks(SchedulerSpec.from_dict(OmegaConf.to_container(cfg.scheduler, resolve=True)))
         if spec.kind != "trace":
             raise ValueError(f"workload={spec.name} has kind={spec.kind!r}; simulate needs kind 'trace' "
                              "(azure_code, azure_conv, mooncake_conversation, mooncake_synthetic, sharegpt, "

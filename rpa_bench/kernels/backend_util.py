@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rpa_bench.kernels import tpu_target
+from rpa_bench.kernels.compat_interpret import tpu_interpret_mode
 
 BlockSizes = tuple[int, int, int, int]  # (bq_sz, bkv_sz, bq_csz, bkv_csz)
 
@@ -68,8 +69,6 @@ def call_context(interpret: bool):
         yield
         return
     import warnings
-
-    from rpa_bench.kernels.compat_interpret import tpu_interpret_mode
 
     with tpu_interpret_mode(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Some donated buffers were not usable")

@@ -17,6 +17,45 @@ from rpa_bench.workloads.model import AttentionSpec, ModelSpec
 
 
 @dataclasses.dataclass(frozen=True)
+class KernelProvenance:
+    """Where a kernel's code came from (the one record of it: rows, manifests, compile rows).
+
+    ``package``/``version``: the distribution (tpu-inference, jax, rpa_bench); ``source``:
+    the user's ``kernel.source`` string (path[@ref]) or None for the installed release;
+    ``git_*``: the checkout's commit, ref and dirty flag; ``kernel_file``/``kernel_sha256``:
+    the file that runs; ``mesh``: the device mesh a sharded run wraps the kernel in.
+    """
+
+    kernel: str
+    package: str | None = None
+    version: str | None = None
+    source: str | None = None
+    source_path: str | None = None
+    git_ref: str | None = None
+    git_commit: str | None = None
+    git_dirty: bool | None = None
+    module: str | None = None
+    kernel_file: str | None = None
+    kernel_sha256: str | None = None
+    jax: str | None = None
+    mesh: str | None = None
+    error: str | None = None  # provenance could not be read (recorded, never fatal)
+
+    @property
+    def source_label(self) -> str:
+        """The row's ``kernel_source``: the source string, else ``package==version``."""
+        if self.source or self.source_path:
+            return str(self.source or self.source_path)
+        if self.package and self.version:
+            return f"{self.package}=={self.version}"
+        return self.version or self.package or "unknown"
+
+    def as_dict(self) -> dict:
+        """For the manifest: the fields that are set."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+@dataclasses.dataclass(frozen=True)
 class Capabilities:
     """What a backend supports; anything else is refused before compiling."""
 
@@ -120,5 +159,5 @@ class KernelBackend(Protocol):
     def build(self, model: ModelSpec, attn: AttentionSpec, batch: RaggedBatch, *, interpret: bool) -> PreparedCall:
         """Return the jitted pieces for calls with this model/attention and padded shape."""
 
-    def provenance(self) -> dict:
+    def provenance(self) -> KernelProvenance:
         """Where the kernel code came from: package version, source path, git commit, dirty flag."""

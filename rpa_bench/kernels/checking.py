@@ -31,11 +31,12 @@ import jax.numpy as jnp
 from rpa_bench.kernels.base import KernelBackend, KernelOutput
 from rpa_bench.kernels.cases import CheckCase
 from rpa_bench.kernels.reference import reference_attention
+from rpa_bench.status import CHECK_STATUSES, Status
 from rpa_bench.workloads.materialize import KernelInputs
 from rpa_bench.workloads.model import AttentionSpec, ModelSpec
 
-OK, INCORRECT, FAILED, SKIPPED = "ok", "incorrect", "failed", "skipped"
-STATUSES = (OK, INCORRECT, FAILED, SKIPPED)
+OK, INCORRECT, FAILED, SKIPPED = Status.OK, Status.INCORRECT, Status.FAILED, Status.SKIPPED
+STATUSES = CHECK_STATUSES
 TOLERANCES = {"float32": 1e-4, "bfloat16": 6e-2}  # by model.dtype (query/output)
 QUANTIZED_KV_TOLERANCE = 0.2  # any 8-bit kv_dtype
 

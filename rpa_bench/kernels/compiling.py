@@ -37,33 +37,16 @@ from collections.abc import Sequence
 from typing import Any
 
 from rpa_bench.kernels import tpu_target
+from rpa_bench.kernels.generations import ALIASES, TOPOLOGIES, generation_kind
+from rpa_bench.kernels.lowering import _for_generation, abstract_kernel_args
+from rpa_bench.kernels.registry import kernel_config_from_dict
 
-# Device kind -> (topology name, kwargs) of one chip (TPU7x and v4: 2 TensorCores, 2 devices).
-TOPOLOGIES = {
-    "TPU v5 lite": ("v5e:1x1", {"chips_per_host_bounds": (1, 1, 1)}),
-    "TPU v6 lite": ("v6e:1x1", {"chips_per_host_bounds": (1, 1, 1)}),
-    "TPU v5p": ("v5p:1x1x1", {"chips_per_host_bounds": (1, 1, 1)}),
-    "TPU v4": ("v4:1x1x1", {"chips_per_host_bounds": (1, 1, 1)}),
-    "TPU7x": ("tpu7x:1x1x1", {"chips_per_host_bounds": (1, 1, 1)}),
-}
-ALIASES = {"v5e": "TPU v5 lite", "v6e": "TPU v6 lite", "v5p": "TPU v5p", "v4": "TPU v4", "tpu7x": "TPU7x",
-           "v5litepod": "TPU v5 lite"}
 STATUSES = ("ok", "vmem_oom", "hbm_oom", "failed", "timeout", "skipped")
 _USED_VMEM = re.compile(r'"used_scoped_memory_configs":\[(.*?)\]')
 _SIZE = re.compile(r'"size":"?(\d+)"?')
 _CUSTOM_CALL_LINE = re.compile(r"^\s*(?:ROOT\s+)?%?(?P<name>[\w.\-]+)\s*=.*custom-call\(.*custom_call_target=\"tpu_custom_call\"")
 _BUNDLES = re.compile(r"total scheduled bundles:\s*(\d+)")
 _DUMP_NAME = re.compile(r"^\d+-(?P<name>.+)-\d+-schedule-analysis")
-
-
-def generation_kind(name: str) -> str:
-    """``tpu7x`` / ``v6e`` / ``TPU v6 lite`` -> the device kind; ValueError naming the allowed values."""
-    if name in TOPOLOGIES:
-        return name
-    kind = ALIASES.get(str(name).lower())
-    if kind is None:
-        raise ValueError(f"generation={name!r} unknown; allowed: {', '.join(ALIASES)} (or {', '.join(TOPOLOGIES)})")
-    return kind
 
 
 def libtpu_status() -> tuple[bool, str]:
@@ -215,18 +198,15 @@ def compile_for_tpu(backend: Any, model: Any, attn: Any, batch: Any, generation:
     import jax
     from jax.sharding import SingleDeviceSharding
 
-    from rpa_bench.kernels.lowering import _for_generation, abstract_kernel_args
-
     kind = generation_kind(generation)
     name = label or backend.name
     ok, reason = libtpu_status()
     if not ok:
         return CompileResult(name, kind, case, "skipped", error=reason)
-    provenance = {}
     try:
-        provenance = dict(backend.provenance())
-    except Exception:  # noqa: BLE001 - provenance is informative; a compile can still be tried
-        pass
+        provenance = backend.provenance().as_dict()
+    except Exception as exc:  # noqa: BLE001 - provenance is informative; a compile can still be tried
+        provenance = {"kernel": name, "error": str(exc)}
     start = time.perf_counter()
     capacity = int(tpu_target.tpu_info(kind).vmem_capacity_bytes)
     meta: dict = {}
@@ -292,9 +272,8 @@ class CompileJob:
 
 
 def _run_job(job: CompileJob) -> CompileResult:
-    import rpa_bench  # noqa: F401 - libtpu defaults before JAX
-
-    from rpa_bench.kernels.registry import kernel_config_from_dict
+    # a worker process (spawned): the package's import sets libtpu's environment before JAX starts
+    import rpa_bench  # noqa: F401
 
     backend = kernel_config_from_dict(job.kernel).backend()
     return compile_for_tpu(backend, job.model, job.attn, job.batch, job.generation, case=job.case,

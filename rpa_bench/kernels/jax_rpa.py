@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from rpa_bench.kernels import loader
+from rpa_bench.kernels.base import KernelProvenance
 from rpa_bench.kernels.rpa_v2 import OldApiBackend
 
 
@@ -29,7 +30,7 @@ class JaxRpaBackend(OldApiBackend):
             self.module()
         except ImportError as e:
             return False, f"jax has no ragged_paged_attention kernel ({e})"
-        return True, "jax " + loader.jax_rpa_provenance()["version"]
+        return True, "jax " + str(loader.jax_rpa_provenance().version)
 
-    def provenance(self) -> dict:
-        return {"kernel": self.name, **loader.jax_rpa_provenance()}
+    def provenance(self) -> KernelProvenance:
+        return loader.jax_rpa_provenance(self.name)

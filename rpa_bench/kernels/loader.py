@@ -40,6 +40,8 @@ import threading
 from pathlib import Path
 from types import ModuleType
 
+from rpa_bench.kernels.base import KernelProvenance
+
 PACKAGE = "tpu_inference"
 DISTRIBUTION = "tpu-inference"
 KERNEL_MODULES = {
@@ -101,20 +103,13 @@ class LoadedSource:
         with _lock:
             return importlib.import_module(name)
 
-    def provenance(self, version: str) -> dict:
+    def provenance(self, version: str, kernel: str) -> KernelProvenance:
         path = self.kernel_file(version)
-        return {
-            "package": DISTRIBUTION,
-            "version": self.version,
-            "source": self.source,
-            "source_path": self.source_path,
-            "git_ref": self.git_ref,
-            "git_commit": self.git_commit,
-            "git_dirty": self.git_dirty,
-            "module": f"{self.namespace}.{KERNEL_MODULES[version]}",
-            "kernel_file": str(path),
-            "kernel_sha256": _loaded_sha256.get(str(path)) or file_sha256(path),
-        }
+        return KernelProvenance(
+            kernel=kernel, package=DISTRIBUTION, version=self.version, source=self.source,
+            source_path=self.source_path, git_ref=self.git_ref, git_commit=self.git_commit,
+            git_dirty=self.git_dirty, module=f"{self.namespace}.{KERNEL_MODULES[version]}",
+            kernel_file=str(path), kernel_sha256=_loaded_sha256.get(str(path)) or file_sha256(path))
 
 
 def _check_version(version: str) -> str:
@@ -396,19 +391,9 @@ def jax_rpa_module() -> ModuleType:
     return importlib.import_module(JAX_RPA_MODULE)
 
 
-def jax_rpa_provenance() -> dict:
+def jax_rpa_provenance(kernel: str = "jax_rpa") -> KernelProvenance:
     import jax
 
     module = jax_rpa_module()
-    return {
-        "package": "jax",
-        "version": jax.__version__,
-        "source": None,
-        "source_path": None,
-        "git_ref": None,
-        "git_commit": None,
-        "git_dirty": None,
-        "module": JAX_RPA_MODULE,
-        "kernel_file": module.__file__,
-        "kernel_sha256": file_sha256(module.__file__),
-    }
+    return KernelProvenance(kernel=kernel, package="jax", version=jax.__version__, module=JAX_RPA_MODULE,
+                            kernel_file=module.__file__, kernel_sha256=file_sha256(module.__file__))

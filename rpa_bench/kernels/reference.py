@@ -29,10 +29,10 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from rpa_bench.kernels.base import Capabilities, KernelOutput, PreparedCall, check_capabilities
+from rpa_bench.kernels.base import Capabilities, KernelOutput, KernelProvenance, PreparedCall, check_capabilities
 from rpa_bench.workloads.batch import RaggedBatch, cdiv
 from rpa_bench.workloads.materialize import KernelInputs
-from rpa_bench.workloads.model import SUPPORTED_DTYPES, SUPPORTED_KV_DTYPES, AttentionSpec, ModelSpec
+from rpa_bench.workloads.model import AttentionSpec, ModelSpec, SUPPORTED_DTYPES, SUPPORTED_KV_DTYPES
 
 DEFAULT_BLOCK_BYTES = 256 * 2**20  # working-set bound of one (tile group x KV block) step
 _MAX_BQ = 128
@@ -363,11 +363,11 @@ class ReferenceBackend:
         return PreparedCall(prepare=prepare, kernel=kernel, finish=finish, donates=False,
                             meta={"block_bytes": self.block_bytes, "extra_work": self.extra_work})
 
-    def provenance(self) -> dict:
+    def provenance(self) -> KernelProvenance:
         from importlib.metadata import PackageNotFoundError, version
 
         try:
             pkg_version = version("rpa_bench")
         except PackageNotFoundError:
             pkg_version = "unknown"
-        return {"kernel": self.name, "package": "rpa_bench", "version": pkg_version, "jax": jax.__version__}
+        return KernelProvenance(kernel=self.name, package="rpa_bench", version=pkg_version, jax=jax.__version__)

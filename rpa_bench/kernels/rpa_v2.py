@@ -26,8 +26,9 @@ import jax
 import jax.numpy as jnp
 
 from rpa_bench.kernels import loader, tpu_target
-from rpa_bench.kernels.backend_util import call_context, settled, device_kind, positive_int, take_options
-from rpa_bench.kernels.base import Capabilities, KernelOutput, PreparedCall, check_capabilities
+from rpa_bench.kernels.backend_util import call_context, device_kind, positive_int, settled, take_options
+from rpa_bench.kernels.base import Capabilities, KernelOutput, KernelProvenance, PreparedCall, check_capabilities
+from rpa_bench.kernels.reference import kv_write_slots
 from rpa_bench.workloads.batch import RaggedBatch
 from rpa_bench.workloads.materialize import KernelInputs
 from rpa_bench.workloads.model import AttentionSpec, ModelSpec
@@ -66,7 +67,6 @@ def write_new_kv(
     num_seqs,  # i32[1]
 ):
     """Scatter each query row's new K/V to its slot: position ``kv_len - q_len + i`` of its sequence."""
-    from rpa_bench.kernels.reference import kv_write_slots
 
     num_pages, page_size = kv_pages.shape[:2]
     t_pad, h_kv, d = new_keys.shape
@@ -106,7 +106,7 @@ class OldApiBackend:
     def availability(self) -> tuple[bool, str]:
         raise NotImplementedError
 
-    def provenance(self) -> dict:
+    def provenance(self) -> KernelProvenance:
         raise NotImplementedError
 
     def validate(self, model: ModelSpec, attn: AttentionSpec, batch: RaggedBatch | None = None) -> None:
@@ -209,5 +209,5 @@ class RpaV2Backend(OldApiBackend):
     def availability(self) -> tuple[bool, str]:
         return loader.availability(self.source)
 
-    def provenance(self) -> dict:
-        return {"kernel": self.name, **loader.load_source(self.source).provenance("v2")}
+    def provenance(self) -> KernelProvenance:
+        return loader.load_source(self.source).provenance("v2", self.name)

@@ -40,7 +40,7 @@ from rpa_bench.kernels.backend_util import (
     positive_int,
     take_options,
 )
-from rpa_bench.kernels.base import Capabilities, KernelOutput, PreparedCall, check_capabilities
+from rpa_bench.kernels.base import Capabilities, KernelOutput, KernelProvenance, PreparedCall, check_capabilities
 from rpa_bench.workloads.batch import RaggedBatch, cdiv
 from rpa_bench.workloads.materialize import KernelInputs
 from rpa_bench.workloads.model import AttentionSpec, ModelSpec
@@ -130,8 +130,8 @@ class RpaV3Backend:
     def module(self):
         return loader.kernel_module("v3", self.source)
 
-    def provenance(self) -> dict:
-        return {"kernel": self.name, **loader.load_source(self.source).provenance("v3")}
+    def provenance(self) -> KernelProvenance:
+        return loader.load_source(self.source).provenance("v3", self.name)
 
     def vmem_estimate_bytes(self, model: ModelSpec, meta: Mapping[str, Any]) -> int | None:
         """The kernel's own ``get_vmem_estimate_bytes`` for the largest case of a build's block sizes."""

@@ -20,8 +20,10 @@ from typing import Any
 from rpa_bench.kernels import compiling, tpu_target
 from rpa_bench.kernels.lowering import _ARRAY_FIELDS, abstract_inputs
 from rpa_bench.measure.calls import VARIANTS, split_arrays
+from rpa_bench.parallel.lowering import abstract_inputs as sharded_inputs
+from rpa_bench.status import Status
 
-COMPILED = "compiled"
+COMPILED = Status.COMPILED
 
 
 def target_devices(generation: str) -> tuple:
@@ -66,7 +68,6 @@ def _single_device_programs(prepared: Any, batch: Any, model: Any, padding: dict
 
 def _sharded_programs(call: Any, mesh: Any) -> dict:
     """The same for a sharded call (its jitted stages, traced on the topology mesh)."""
-    from rpa_bench.parallel.lowering import abstract_inputs as sharded_inputs
 
     state = tuple(call.layout_jit.trace(*sharded_inputs(call.plan, mesh)).out_info)
     args = tuple(call.prepare_jit.trace(*state).out_info)
@@ -98,7 +99,7 @@ def compile_variants(backend: Any, model: Any, attn: Any, batch: Any, *, padding
             programs = _single_device_programs(prepared, batch, model, padding, devices[0])
     except Exception as exc:  # noqa: BLE001 - the build itself failed: both variants say so
         err = compiling.short_error(exc)
-        return {v: {"status": "failed", "compile_status": compiling.classify(str(exc)), "error": err,
+        return {v: {"status": Status.FAILED, "compile_status": compiling.classify(str(exc)), "error": err,
                     "vmem_capacity_bytes": capacity} for v in VARIANTS}
     meta = dict(prepared.meta or {})
     for variant in VARIANTS:
@@ -124,7 +125,7 @@ def compile_variants(backend: Any, model: Any, attn: Any, batch: Any, *, padding
                 "error": None,
             }
         except Exception as exc:  # noqa: BLE001 - a failed compile is a row, the sweep goes on
-            out[variant] = {"status": "failed", "compile_status": compiling.classify(str(exc)),
+            out[variant] = {"status": Status.FAILED, "compile_status": compiling.classify(str(exc)),
                             "compile_time_s": time.perf_counter() - start, "vmem_capacity_bytes": capacity,
                             "error": compiling.short_error(exc)}
     return out

@@ -32,7 +32,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from rpa_bench.measure.store import read_measurements
+from rpa_bench.status import Status
+from rpa_bench.store.run_store import read_measurements
 
 CORRECT = "correct"
 INCORRECT = "incorrect"
@@ -103,9 +104,9 @@ def correctness(rows: pd.DataFrame) -> dict[tuple, str]:
     out = {}
     for _, r in rows.iterrows():
         status, error = r.get("status"), str(r.get("error") or "")
-        if status == "ok" or (status == "skipped" and error.startswith("checked ok")):
+        if status == Status.OK or (status == Status.SKIPPED and error.startswith("checked ok")):
             v = CORRECT
-        elif status == "incorrect":
+        elif status == Status.INCORRECT:
             v = INCORRECT
         elif status == "failed":
             v = "failed"
@@ -191,7 +192,7 @@ def series_of(results: Sequence[RevisionResult]) -> dict[str, dict]:
         vals, iqrs = [], []
         for r in results:
             m = r.measurements
-            row = m[(m["workload"] == k[0]) & (m["point_id"] == k[1]) & (m["variant"] == k[2]) & (m["status"] == "ok")
+            row = m[(m["workload"] == k[0]) & (m["point_id"] == k[1]) & (m["variant"] == k[2]) & (m["status"] == Status.OK)
                     & ~m["interpret"].fillna(False).astype(bool)]
             vals.append(float(row["latency_us"].iloc[0]) if len(row) else float("nan"))
             if len(row):

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from rpa_bench.kernels.generations import generation_kind
 from rpa_bench.measure.timing import TimingConfig
 from rpa_bench.typed import check_value
 from rpa_bench.workloads.model import AttentionSpec, ModelSpec
@@ -213,7 +214,6 @@ def plan_from_config(
         raise ValueError(f"run.max_points={max_points} must be >= 1 or null")
     compile_only = run.get("compile_only")
     if compile_only is not None:
-        from rpa_bench.kernels.compiling import generation_kind
 
         try:
             compile_only = generation_kind(str(compile_only))

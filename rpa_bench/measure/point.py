@@ -29,23 +29,22 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from rpa_bench.measure import capture as cap
-from rpa_bench.measure import record, xspace
+from rpa_bench.kernels.checking import compare_outputs, tolerance_for
+from rpa_bench.measure import capture as cap, xspace
+from rpa_bench.measure.calls import TimedCall, VARIANTS, build_timed_calls
 from rpa_bench.measure.devtime import PerDeviceTiming, per_device_timing
 from rpa_bench.measure.phases import Account, phase, scope
-from rpa_bench.measure.calls import VARIANTS, TimedCall, build_timed_calls
 from rpa_bench.measure.stats import summarize
 from rpa_bench.measure.timing import Sampler, TimingConfig, interleave, time_function
+from rpa_bench.parallel.columns import row_updates
+from rpa_bench.parallel.distributed import from_writer
+from rpa_bench.roofline.calibration import Roofline
+from rpa_bench.roofline.cost import PAPER_CKV, batch_cost
+from rpa_bench.roofline.metrics import compute_metrics
+from rpa_bench.status import Status
+from rpa_bench.store import rows as record
 
 MAX_ERROR_CHARS = 2000
-
-
-@dataclasses.dataclass(frozen=True)
-class Roofline:
-    """What metrics need: the device spec covering the devices used, and a calibration."""
-
-    device: Any  # DeviceSpec
-    calibration: Any | None  # Calibration
 
 
 def error_text(exc: BaseException) -> str:
@@ -58,20 +57,17 @@ def error_text(exc: BaseException) -> str:
 
 def cost_ckv(causal: bool) -> int | None:
     """The KV block executed causal FLOPs are counted in (the paper's), None without a mask."""
-    from rpa_bench.roofline.cost import PAPER_CKV
 
     return PAPER_CKV if causal else None
 
 
 def cost_of(batch, model, attn, *, causal: bool):
-    from rpa_bench.roofline.cost import batch_cost
 
     return batch_cost(batch, model, causal=causal, sliding_window=attn.sliding_window,
                       ckv=cost_ckv(causal), count="executed")
 
 
 def metrics_of(cost, latency_us: float, roof: Roofline) -> tuple[dict, list[str]]:
-    from rpa_bench.roofline.metrics import compute_metrics
 
     paper = compute_metrics(cost, latency_us, roof.device, convention="paper")
     si = compute_metrics(cost, latency_us, roof.device, convention="si")
@@ -95,7 +91,6 @@ def _agree() -> Callable[[Any], Any]:
 
     if jax.process_count() == 1:
         return lambda value: value
-    from rpa_bench.parallel.distributed import from_writer
 
     return from_writer
 
@@ -284,8 +279,6 @@ def _prepare(job: KernelJob) -> "_Ready | list[dict]":
 def _prepare_in_scope(job: KernelJob) -> "_Ready | list[dict]":
     import jax
 
-    from rpa_bench.kernels.checking import compare_outputs, tolerance_for
-
     inputs, timing = job.inputs, job.timing
     batch, model = inputs.batch, inputs.model
     try:
@@ -318,15 +311,15 @@ def _prepare_in_scope(job: KernelJob) -> "_Ready | list[dict]":
         if kernel_regex is None and prefix:
             kernel_regex = "^" + re.escape(str(prefix))
     except Exception as exc:  # noqa: BLE001
-        return rows("failed", error=error_text(exc))
+        return rows(Status.FAILED, error=error_text(exc))
     gate = {"max_abs_err": float(max_abs_err), "tolerance": tolerance}
     if not ok:
-        return rows("incorrect", error=f"max_abs_err={max_abs_err:.3g} exceeds tolerance={tolerance:g}; not timed",
+        return rows(Status.INCORRECT, error=f"max_abs_err={max_abs_err:.3g} exceeds tolerance={tolerance:g}; not timed",
                     **gate)
     compile_cols = {v: {"compile_time_s": calls[v].compile_time_s} for v in VARIANTS if v in calls}
     if job.interpret and not timing.time_interpret:
         return rows(
-            "skipped", compile_cols,
+            Status.SKIPPED, compile_cols,
             error=(f"checked ok in interpret mode (max_abs_err={max_abs_err:.2g} <= {tolerance:g}), not timed: "
                    "Pallas interpret-mode timings are not kernel performance "
                    "(timing.time_interpret=true times them anyway)"),
@@ -348,7 +341,7 @@ def _finish(ready: _Ready, walls: dict) -> list[dict]:
 
 def _check_incl_not_below_excl(rows: list[dict]) -> None:
     """incl_prep does everything excl_prep does and more: faster beyond the CIs is a measurement problem."""
-    by = {r.get("variant"): r for r in rows if r.get("status") == "ok"}
+    by = {r.get("variant"): r for r in rows if r.get("status") == Status.OK}
     excl, incl = by.get("excl_prep"), by.get("incl_prep")
     if not excl or not incl:
         return
@@ -379,7 +372,6 @@ def _finish_variant(ready: _Ready, walls: dict, variant: str) -> dict:
             cols["warnings"].insert(0, "samples interleaved with the other kernels of this point "
                                        f"({timing.interleave_order} order); wall_samples_us are paired by index")
         if sharded:  # per-device times, load imbalance (rpa_bench.parallel)
-            from rpa_bench.parallel.columns import row_updates
 
             mesh_cols, notes = row_updates(
                 job.backend, prepared.plan, job.attn, timing_source=cols["timing_source"], per_device=per_device,
@@ -398,9 +390,9 @@ def _finish_variant(ready: _Ready, walls: dict, variant: str) -> dict:
             cols["warnings"] += notes
         cols["warnings"] = list(base_more.get("warnings", [])) + cols["warnings"]
         more = {k: v for k, v in base_more.items() if k != "warnings"}
-        return record.row(job.run, job.point_cols, job.kernel_cols, variant=variant, status="ok",
+        return record.row(job.run, job.point_cols, job.kernel_cols, variant=variant, status=Status.OK,
                           **more, **gate, **cols)
     except Exception as exc:  # noqa: BLE001
-        return record.row(job.run, job.point_cols, job.kernel_cols, variant=variant, status="failed",
+        return record.row(job.run, job.point_cols, job.kernel_cols, variant=variant, status=Status.FAILED,
                           **base_more, **gate, compile_time_s=calls[variant].compile_time_s,
                           error=error_text(exc))

@@ -16,12 +16,24 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from rpa_bench.measure import record
-from rpa_bench.measure.plan import KernelEntry, RunPlan, WorkloadEntry
-from rpa_bench.measure.point import KernelJob, Roofline, cost_of, error_text, measure_interleaved, measure_job
+from rpa_bench.kernels.backend_util import call_context
+from rpa_bench.kernels.base import KernelProvenance
+from rpa_bench.kernels.reference import reference_attention
+from rpa_bench.kernels.registry import PALLAS_BACKENDS, get_backend
+from rpa_bench.measure.compile_only import compile_variants, target_devices
 from rpa_bench.measure.phases import phase
-from rpa_bench.measure.store import RunStore
-from rpa_bench.workloads.points import point_attention
+from rpa_bench.measure.plan import KernelEntry, RunPlan, WorkloadEntry
+from rpa_bench.measure.point import KernelJob, cost_of, error_text, measure_interleaved, measure_job
+from rpa_bench.parallel.backend import ShardedBackend
+from rpa_bench.parallel.mesh import chip_major_order, mesh_spec_from_config
+from rpa_bench.roofline.calibration import Roofline, resolve_roofline
+from rpa_bench.roofline.specs import with_device_peaks
+from rpa_bench.status import Status
+from rpa_bench.store import rows as record
+from rpa_bench.store.run_store import RunStore
+from rpa_bench.workloads.materialize import estimate_bytes, materialize, padded_shape
+from rpa_bench.workloads.points import build_workload, point_attention, workload_spec_from_dict
+from rpa_bench.workloads.scheduler_spec import SchedulerSpec
 
 
 @dataclasses.dataclass
@@ -31,7 +43,7 @@ class KernelSlot:
     interpret: bool
     available: bool
     reason: str
-    provenance: dict
+    provenance: KernelProvenance
 
 
 @dataclasses.dataclass
@@ -61,7 +73,6 @@ def interpret_work(batch: Any, model: Any) -> int:
 
 
 def _resolve_kernels(plan: RunPlan, platform: str) -> list[KernelSlot]:
-    from rpa_bench.kernels.registry import PALLAS_BACKENDS, get_backend
 
     slots = []
     for k in plan.kernels:
@@ -74,25 +85,24 @@ def _resolve_kernels(plan: RunPlan, platform: str) -> list[KernelSlot]:
         else:
             interpret = bool(k.interpret)
         try:
-            prov = dict(backend.provenance()) if ok else {}
+            prov = backend.provenance() if ok else KernelProvenance(kernel=k.name)
         except Exception as exc:  # noqa: BLE001 - provenance is recorded, never fatal
-            prov = {"error": error_text(exc)}
+            prov = KernelProvenance(kernel=k.name, error=error_text(exc))
         slots.append(KernelSlot(k, backend, interpret, bool(ok), str(reason), prov))
     return slots
 
 
 def _build_workloads(plan: RunPlan) -> list[tuple[WorkloadEntry, Any]]:
-    from rpa_bench.workloads.points import build_workload, workload_spec_from_dict
 
     out = []
     for entry in plan.workloads:
         spec = workload_spec_from_dict(dict(entry.config))
-        out.append((entry, build_workload(spec, plan.model, dict(plan.scheduler), seed=plan.seed)))
+        scheduler = with_device_peaks(SchedulerSpec.from_dict(dict(plan.scheduler))) if plan.scheduler else None
+        out.append((entry, build_workload(spec, plan.model, scheduler, seed=plan.seed)))
     return out
 
 
 def _check_limits(plan: RunPlan, workloads, kernels: list[KernelSlot], platform: str) -> dict:
-    from rpa_bench.workloads.materialize import estimate_bytes, padded_shape
 
     problems: list[str] = []
     unsupported: dict[tuple[str, str, str], str] = {}
@@ -131,31 +141,15 @@ def _check_limits(plan: RunPlan, workloads, kernels: list[KernelSlot], platform:
 
 
 def _roofline(plan: RunPlan, num_devices: int) -> Roofline:
-    from rpa_bench.roofline.calibration import latest_calibration
-    from rpa_bench.roofline.specs import get_device_spec
 
-    name = str(plan.device.get("name") or "auto")
-    if plan.compile_only is not None:  # the target's datasheet (no calibration: nothing runs here)
-        from rpa_bench.roofline.specs import spec_for_device_kind
-
-        return Roofline(device=spec_for_device_kind(plan.compile_only).for_devices(num_devices), calibration=None)
-    spec = get_device_spec(name, results_dir=plan.results_dir)
-    n = int(plan.device.get("num_devices") or num_devices)
-    if spec.vendor == "cpu" and n > 1:
-        # forced host devices share one host's cores and memory: the host's figures cover
-        # all of them (each device's share is 1/n), and the host is their one "chip"
-        spec = dataclasses.replace(spec, num_devices=n, devices_per_chip=n, per_device=False)
-    else:
-        spec = spec.for_devices(n)
-    cal = latest_calibration(spec.device_kinds[0], results_dir=plan.results_dir)
-    return Roofline(device=spec, calibration=cal)
+    n = num_devices if plan.compile_only is not None else int(plan.device.get("num_devices") or num_devices)
+    return resolve_roofline(str(plan.device.get("name") or "auto"), num_devices=n, results_dir=plan.results_dir,
+                            compile_only=plan.compile_only)
 
 
 def _check_every_process_in_mesh(mesh: Any) -> None:
     """On several hosts every process runs the same program: the mesh must reach each one."""
     import jax
-
-    from rpa_bench.parallel.mesh import chip_major_order
 
     if jax.process_count() == 1:
         return
@@ -174,14 +168,12 @@ def _compile_targets(plan: RunPlan) -> tuple:
 
     if plan.compile_only is None:
         return tuple(jax.devices())
-    from rpa_bench.measure.compile_only import target_devices
 
     return target_devices(plan.compile_only)
 
 
 def prepare_run(plan: RunPlan) -> PreparedRun:
     """Everything but the measurements; raises ValueError for any config problem."""
-    from rpa_bench.parallel.mesh import mesh_spec_from_config
 
     devices = _compile_targets(plan)
     dev = devices[0]
@@ -198,13 +190,12 @@ def prepare_run(plan: RunPlan) -> PreparedRun:
                 slot.backend.check_vmem_estimate = False  # the compiler, not the estimate, decides
     roof = _roofline(plan, mesh.num_devices)
     if mesh.num_devices > 1:  # each kernel sharded over the mesh, canonical in and out (rpa_bench.parallel)
-        from rpa_bench.parallel.backend import ShardedBackend
 
         for slot in kernels:
             if slot.available:
                 slot.backend = ShardedBackend(slot.backend, mesh, device_spec=roof.device,
                                               devices=devices if plan.compile_only else None)
-                slot.provenance = {**slot.provenance, "mesh": mesh.label}
+                slot.provenance = dataclasses.replace(slot.provenance, mesh=mesh.label)
     workloads = _build_workloads(plan)
     unsupported = _check_limits(plan, workloads, kernels, dev.platform)
     return PreparedRun(plan, workloads, kernels, roof, dev.platform, dev.device_kind, mesh.num_devices, mesh.label,
@@ -220,10 +211,6 @@ def _point_rows(prep: PreparedRun, run: record.RunColumns, entry: WorkloadEntry,
     """Every kernel of ``todo`` on point ``p``: one materialised batch (on this process's
     first device), the unsharded reference once, then each kernel checked against it and timed."""
     import jax
-
-    from rpa_bench.kernels.backend_util import call_context
-    from rpa_bench.kernels.reference import reference_attention
-    from rpa_bench.workloads.materialize import materialize
 
     plan = prep.plan
     attn = point_attention(plan.attention, p)
@@ -242,17 +229,17 @@ def _point_rows(prep: PreparedRun, run: record.RunColumns, entry: WorkloadEntry,
     group: list[KernelJob] = []
     for slot in todo:
         if not slot.available:
-            on_rows(simple(slot, "skipped", f"kernel unavailable: {slot.reason}"))
+            on_rows(simple(slot, Status.SKIPPED, f"kernel unavailable: {slot.reason}"))
             continue
         reason = prep.unsupported.get((entry.name, p.point_id, slot.entry.label))
         if reason is not None:
-            on_rows(simple(slot, "skipped", reason))
+            on_rows(simple(slot, Status.SKIPPED, reason))
             continue
         if plan.compile_only is not None:
             on_rows(_compiled_rows(prep, run, point_cols, slot, p, attn))
             continue
         if slot.interpret and interpret_work(p.batch, plan.model) > plan.scale.interpret_max_kv_token_heads:
-            on_rows(simple(slot, "skipped", (
+            on_rows(simple(slot, Status.SKIPPED, (
                 f"not checked: too large for Pallas interpret mode on {prep.platform} (sum(kv_lens) x h_kv = "
                 f"{interpret_work(p.batch, plan.model)} > scale.interpret_max_kv_token_heads="
                 f"{plan.scale.interpret_max_kv_token_heads}); checked on smaller points, measure it on a TPU")))
@@ -269,7 +256,7 @@ def _point_rows(prep: PreparedRun, run: record.RunColumns, entry: WorkloadEntry,
             except Exception as exc:  # noqa: BLE001 - every kernel of the point gets the error
                 err = f"materialise/reference failed: {error_text(exc)}"
                 for s in todo[todo.index(slot):]:
-                    on_rows(simple(s, "failed", err))
+                    on_rows(simple(s, Status.FAILED, err))
                 return
         kcols = record.kernel_columns(slot.entry, slot.provenance, interpret=slot.interpret)
         job = KernelJob(
@@ -302,7 +289,6 @@ def _interleaving(prep: PreparedRun) -> bool:
 def _compiled_rows(prep: PreparedRun, run: record.RunColumns, point_cols: dict, slot: KernelSlot, p: Any,
                    attn: Any) -> list[dict]:
     """``run.compile_only``: both variants compiled for the target, with their facts (nothing runs)."""
-    from rpa_bench.measure.compile_only import compile_variants
 
     plan = prep.plan
     kcols = record.kernel_columns(slot.entry, slot.provenance, interpret=False)
@@ -329,7 +315,7 @@ def _compiled_rows(prep: PreparedRun, run: record.RunColumns, point_cols: dict, 
 
 
 def kernel_provenance(prep: PreparedRun) -> dict:
-    return {s.entry.label: {**s.provenance, "backend": s.entry.name, "available": s.available, "availability": s.reason,
+    return {s.entry.label: {**s.provenance.as_dict(), "backend": s.entry.name, "available": s.available, "availability": s.reason,
                            "interpret": s.interpret, "config": dict(s.entry.config)} for s in prep.kernels}
 
 
@@ -405,7 +391,8 @@ def execute(prep: PreparedRun, store: RunStore, *, run_id: str, progress: bool =
 
     def on_rows(rows: list[dict]) -> None:
         if write:
-            store.append(rows)
+            with phase("store write"):
+                store.append(rows)
         for r in rows:
             counts[r["status"]] += 1
         last = rows[0]

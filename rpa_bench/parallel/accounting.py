@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from rpa_bench.parallel.mesh import DeviceInfo
+from rpa_bench.roofline.cost import batch_cost
 from rpa_bench.workloads.model import AttentionSpec
 
 if TYPE_CHECKING:  # no JAX import here: reports can use these functions on stored rows
@@ -47,7 +48,6 @@ class DeviceCost:
 def device_costs(plan: "ShardPlan", attn: AttentionSpec, *, count: str = "executed", ckv: int | None = None,
                  granularity: str = "token") -> tuple[DeviceCost, ...]:
     """Cost of every device of the plan's mesh, in mesh order (``data`` major, ``model`` minor)."""
-    from rpa_bench.roofline.cost import batch_cost
 
     out = []
     for d in range(plan.mesh.data):

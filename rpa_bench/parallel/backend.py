@@ -18,7 +18,7 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-from rpa_bench.kernels.base import KernelOutput, PreparedCall
+from rpa_bench.kernels.base import KernelOutput, KernelProvenance, PreparedCall
 from rpa_bench.parallel.accounting import MeshAccounting, account, device_costs
 from rpa_bench.parallel.layout import ShardPlan, gather_output, plan_for, shard_inputs
 from rpa_bench.parallel.mesh import MeshSpec, make_mesh, mesh_devices
@@ -49,8 +49,8 @@ class ShardedBackend:
         self.mesh_spec.check_model(model)
         self.inner.validate(self.mesh_spec.local_model(model), attn, batch)
 
-    def provenance(self) -> dict:
-        return {**self.inner.provenance(), "mesh": self.mesh_spec.label}
+    def provenance(self) -> KernelProvenance:
+        return dataclasses.replace(self.inner.provenance(), mesh=self.mesh_spec.label)
 
     def devices(self) -> tuple:
         """The mesh's devices (DeviceInfo) in mesh order, for per-device timing and accounting."""

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from rpa_bench.parallel.accounting import MeshAccounting
 from rpa_bench.parallel.backend import mesh_accounting
+from rpa_bench.parallel.distributed import allgather_device_times
 
 if TYPE_CHECKING:  # a type only: parallel never imports measure (measure drives parallel)
     from rpa_bench.measure.devtime import PerDeviceTiming
@@ -50,8 +51,6 @@ def mesh_row_columns(plan: Any, attn: Any, timing: PerDeviceTiming, devices: Any
     them (the ``excl_prep`` variant); ``device_spec``: the run's DeviceSpec.
     """
     import jax
-
-    from rpa_bench.parallel.distributed import allgather_device_times
 
     series = _series(timing, kernel_only)
     medians = [float(statistics.median(s)) for s in series]

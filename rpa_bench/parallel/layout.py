@@ -27,7 +27,7 @@ from jax.sharding import PartitionSpec as P
 
 from rpa_bench.kernels.base import KernelOutput
 from rpa_bench.parallel.mesh import DATA, MODEL, MeshSpec
-from rpa_bench.parallel.partition import DataPartition
+from rpa_bench.parallel.partition import DataPartition, partition_batch, roofline_seq_time_s
 from rpa_bench.workloads.batch import RaggedBatch
 from rpa_bench.workloads.materialize import KernelInputs, poison_value
 from rpa_bench.workloads.model import ModelSpec
@@ -252,7 +252,6 @@ def plan_for(batch: RaggedBatch, model: ModelSpec, attn, mesh: MeshSpec, device_
              **sizes: int | None) -> ShardPlan:
     """Split ``batch`` over ``mesh`` balanced by each sequence's roofline time on one device
     of ``device_spec``, then fix the common per-device sizes (``sizes``: see plan_sharding)."""
-    from rpa_bench.parallel.partition import partition_batch, roofline_seq_time_s
 
     times = roofline_seq_time_s(batch, mesh.local_model(model), attn, device_spec, ckv=ckv)
     return plan_sharding(partition_batch(batch, mesh.data, seq_time_s=times), model, mesh, **sizes)

@@ -25,6 +25,7 @@ from rpa_bench.kernels.lowering import LoweringResult
 from rpa_bench.parallel.layout import ARRAY_FIELDS, FIELD_SPECS, ShardPlan, plan_for
 from rpa_bench.parallel.mesh import MeshSpec, abstract_mesh
 from rpa_bench.parallel.sharded import ShardedCall, build_sharded
+from rpa_bench.roofline.specs import spec_for_device_kind
 from rpa_bench.workloads.batch import RaggedBatch
 from rpa_bench.workloads.model import AttentionSpec, ModelSpec
 
@@ -76,7 +77,6 @@ def lower_sharded_for_tpu(backend: Any, model: ModelSpec, attn: AttentionSpec, b
     try:
         tpu_target.generation(generation)
         if device_spec is None:
-            from rpa_bench.roofline.specs import spec_for_device_kind
 
             device_spec = spec_for_device_kind(generation)
         target = backend

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from rpa_bench.roofline.specs import spec_for_device_kind
 from rpa_bench.workloads.model import ModelSpec
 
 DATA, MODEL = "data", "model"
@@ -82,7 +83,6 @@ class MeshSpec:
 
 def devices_per_chip_for(device_kind: str) -> int:
     """JAX devices one chip of this kind shows (TPU7x: 2, one per TensorCore); 1 if unknown."""
-    from rpa_bench.roofline.specs import spec_for_device_kind
 
     try:
         return spec_for_device_kind(device_kind).devices_per_chip

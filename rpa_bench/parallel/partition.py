@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from rpa_bench.roofline.cost import roofline_time_s, seq_cost_arrays
 from rpa_bench.workloads.batch import RaggedBatch
 
 
@@ -147,7 +148,6 @@ def roofline_seq_time_s(batch: RaggedBatch, model, attn, device_spec, *, ckv: in
     The FLOP roof uses the model dtype's peak (bf16 when the device publishes none) and the
     matrix unit's cap for the head dim. f64[num_seqs].
     """
-    from rpa_bench.roofline.cost import roofline_time_s, seq_cost_arrays
 
     one = device_spec.per_device_spec()
     hbm, flops = seq_cost_arrays(

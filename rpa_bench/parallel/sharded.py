@@ -23,7 +23,7 @@ from jax.sharding import PartitionSpec as P
 
 from rpa_bench.kernels.backend_util import call_context
 from rpa_bench.kernels.base import KernelOutput, PreparedCall
-from rpa_bench.parallel.layout import ARRAY_FIELDS, FIELD_SPECS, ShardedInputs, ShardPlan
+from rpa_bench.parallel.layout import ARRAY_FIELDS, FIELD_SPECS, ShardPlan, ShardedInputs
 from rpa_bench.parallel.mesh import DATA, MODEL
 from rpa_bench.workloads.materialize import KernelInputs
 from rpa_bench.workloads.model import AttentionSpec

@@ -14,6 +14,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
+from rpa_bench.status import Status
 
 PHASE_COLORS = {"decode": "#1f77b4", "prefill": "#d62728", "mixed": "#2ca02c"}
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
@@ -33,7 +34,7 @@ def convention_label(conventions: Sequence[str]) -> str:
 
 def speed_rows(frame: pd.DataFrame) -> pd.DataFrame:
     """Rows that may be shown as speed: status ok, not interpret mode, a positive latency."""
-    ok = (frame["status"] == "ok") & ~frame["interpret"].fillna(False).astype(bool)
+    ok = (frame["status"] == Status.OK) & ~frame["interpret"].fillna(False).astype(bool)
     latency = pd.to_numeric(frame["latency_us"], errors="coerce")
     return frame[ok & (latency > 0)].copy()
 

@@ -33,6 +33,7 @@ import math
 import numpy as np
 import pandas as pd
 from scipy import stats
+from rpa_bench.status import Status
 
 WORSE, IMPROVED, NOT_SIGNIFICANT, NOT_COMPARABLE = "worse", "improved", "not significant", "not comparable"
 UNRELIABLE = "unreliable"
@@ -112,7 +113,7 @@ def unstable_sides(a: pd.Series, b: pd.Series) -> str | None:
 def _why_not_comparable(a: pd.Series, b: pd.Series, options: "CompareOptions | None" = None) -> str | None:
     options = options or CompareOptions()
     for side, row in (("A", a), ("B", b)):
-        if row.get("status") != "ok":
+        if row.get("status") != Status.OK:
             return f"{side} status is {row.get('status')}"
         if _flag(row.get("interpret")):
             return f"{side} ran in interpret mode (time is the interpreter's, not the kernel's)"

@@ -9,9 +9,9 @@ import pandas as pd
 
 from rpa_bench import __version__
 from rpa_bench.reports import charts
-from rpa_bench.reports.compare import NOT_COMPARABLE, WORSE, CompareOptions, CompareSummary, summarize
+from rpa_bench.reports.compare import CompareOptions, CompareSummary, NOT_COMPARABLE, WORSE, summarize
 from rpa_bench.reports.html import Column, Image, Section, flatten, fmt_num, render, table_from_frame
-from rpa_bench.reports.load import LoadedRun
+from rpa_bench.store.load import LoadedRun
 
 
 @dataclasses.dataclass(frozen=True)

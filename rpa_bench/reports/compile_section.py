@@ -10,8 +10,9 @@ from __future__ import annotations
 import pandas as pd
 
 from rpa_bench.reports.html import Column, Section, fmt_num, fmt_pct, table_from_frame
-from rpa_bench.reports.load import LoadedRun
 from rpa_bench.reports.sections import ordered
+from rpa_bench.status import Status
+from rpa_bench.store.load import LoadedRun
 
 MIB = float(1 << 20)
 
@@ -39,8 +40,8 @@ def compile_section(run: LoadedRun) -> Section:
         headroom_pct=pd.to_numeric(frame["vmem_headroom"], errors="coerce") * 100.0,
         hbm_mib=pd.to_numeric(frame["compiled_hbm_bytes"], errors="coerce") / MIB,
     )
-    bad = frame[frame["status"] != "compiled"]
-    fits = frame[frame["status"] == "compiled"]
+    bad = frame[frame["status"] != Status.COMPILED]
+    fits = frame[frame["status"] == Status.COMPILED]
     tight = fits[fits["headroom_pct"] < 10.0]
     notes = [f"{len(fits)} of {len(frame)} programs compiled and fit; {len(bad)} did not"
              + (f" ({', '.join(f'{k}: {v}' for k, v in bad['compile_status'].value_counts().items())})"

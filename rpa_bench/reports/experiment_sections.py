@@ -16,9 +16,9 @@ import pandas as pd
 
 from rpa_bench.reports import charts
 from rpa_bench.reports.html import Column, Image, Section, fmt_num, fmt_pct, table_from_frame
-from rpa_bench.reports.load import LoadedRun
 from rpa_bench.roofline.specs import DeviceSpec
 from rpa_bench.roofline.verify import verify_crossover, verify_point
+from rpa_bench.store.load import LoadedRun
 from rpa_bench.workloads.model import ModelSpec
 
 

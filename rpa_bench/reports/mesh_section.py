@@ -16,8 +16,8 @@ import pandas as pd
 
 from rpa_bench.reports import charts
 from rpa_bench.reports.html import Column, Section, fmt_num, fmt_pct, key_value_table, table_from_frame
-from rpa_bench.reports.load import LoadedRun
 from rpa_bench.reports.sections import ordered
+from rpa_bench.store.load import LoadedRun
 
 SECTION_ID, TITLE = "mesh", "Mesh and devices"
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 import pandas as pd
 
 from rpa_bench.reports.html import Column, Section, fmt_num, fmt_pct, table_from_frame
-from rpa_bench.reports.load import LoadedRun
 from rpa_bench.roofline import paper
+from rpa_bench.status import Status
+from rpa_bench.store.load import LoadedRun
 
 PAPER_DEVICE = "tpu7x"
 GIB_PER_GB = 1e9 / 2**30
@@ -56,7 +57,7 @@ def _side_row(spec, p: pd.Series, m: pd.Series | None) -> dict:
            "paper_bound_us": p["bound_time_us"], "paper_eff_pct": p["roofline_efficiency_pct"]}
     if m is None:
         return row
-    speed = m.get("status") == "ok" and not pd.isna(m.get("latency_us"))
+    speed = m.get("status") == Status.OK and not pd.isna(m.get("latency_us"))
     lat = float(m["latency_us"]) if speed else None
     mutil = _measured_util(m, util) if speed else None
     eff = float(m["roofline_efficiency_pct"]) if speed and not pd.isna(m.get("roofline_efficiency_pct")) else None

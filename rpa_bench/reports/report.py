@@ -10,13 +10,13 @@ import pathlib
 
 from rpa_bench import __version__
 from rpa_bench.reports import sections
-from rpa_bench.reports.experiment_sections import sliding_window_sections, spec_verify_sections
 from rpa_bench.reports.compile_section import compile_banner, compile_section, is_compile_run
+from rpa_bench.reports.experiment_sections import sliding_window_sections, spec_verify_sections
 from rpa_bench.reports.html import Section, render
-from rpa_bench.reports.load import LoadedRun, load_run
 from rpa_bench.reports.mesh_section import mesh_section
 from rpa_bench.reports.paper_side import paper_section
 from rpa_bench.reports.trace_section import trace_sections
+from rpa_bench.store.load import LoadedRun, load_run
 
 REPORT_DIR = "report"
 

@@ -12,12 +12,13 @@ import re
 import pandas as pd
 
 from rpa_bench.measure.phases import PHASES
-from rpa_bench.measure.schema import COLUMNS, STATUSES
 from rpa_bench.reports import charts
 from rpa_bench.reports.html import Column, Image, Section, flatten, fmt_num, fmt_pct, key_value_table, table_from_frame
-from rpa_bench.reports.load import LoadedRun
+from rpa_bench.status import Status
+from rpa_bench.store.load import LoadedRun
+from rpa_bench.store.schema import COLUMNS, STATUSES
 
-STATUS_ORDER = {"failed": 0, "incorrect": 1, "skipped": 2, "ok": 3}
+STATUS_ORDER = {Status.FAILED: 0, Status.INCORRECT: 1, Status.SKIPPED: 2, Status.OK: 3}
 
 
 def _point_number(point_id) -> float:
@@ -312,7 +313,7 @@ def summary_section(run: LoadedRun) -> Section:
     else:
         lines.append("No measurement was timed outside interpret mode, so there is no speed to headline: "
                      "the RPA kernels off TPU are checked for correctness only.")
-    bad = frame[frame["status"].isin(["failed", "incorrect"])]
+    bad = frame[frame["status"].isin([Status.FAILED, Status.INCORRECT])]
     if len(bad):
         reasons = bad["error"].fillna("").str.slice(0, 90).value_counts().head(3)
         lines.append(f"{len(bad)} rows failed or were incorrect: "

@@ -13,8 +13,9 @@ import pandas as pd
 from rpa_bench import __version__
 from rpa_bench.reports import charts
 from rpa_bench.reports.html import Column, Section, fmt_num, fmt_pct, render, table_from_frame
-from rpa_bench.reports.load import LoadedRun, NotARunError, load_run
 from rpa_bench.reports.report import write_report
+from rpa_bench.status import Status
+from rpa_bench.store.load import LoadedRun, NotARunError, load_run
 
 MANIFEST = "manifest.json"
 
@@ -54,7 +55,7 @@ def write_sweep_report(folder: str | pathlib.Path) -> pathlib.Path:
     table = pd.DataFrame(counts)
     sections.append(Section("jobs", "Jobs", tables=(table_from_frame(
         table, [*(Column(k, k) for k in keys), *(Column(s, s, fmt_num, numeric=True)
-                                                for s in ("ok", "incorrect", "failed", "skipped", "compiled")),
+                                                for s in (Status.OK, Status.INCORRECT, Status.FAILED, Status.SKIPPED, Status.COMPILED)),
                 Column("report", "report (relative path)")], "Each job of the sweep and its rows by status"),),
         intro=f"{len(jobs)} jobs under {folder.name}; the swept values are the columns."))
     if frames:

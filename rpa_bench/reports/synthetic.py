@@ -17,8 +17,8 @@ import pathlib
 import numpy as np
 import pandas as pd
 
-from rpa_bench.measure.schema import COLUMNS, SCHEMA_VERSION
-from rpa_bench.measure.store import RunStore
+from rpa_bench.store.run_store import RunStore
+from rpa_bench.store.schema import COLUMNS, SCHEMA_VERSION
 
 SYNTHETIC_DEVICE = {
     "name": "cpu",

@@ -15,8 +15,18 @@ from collections.abc import Mapping
 import pandas as pd
 
 from rpa_bench.reports import charts
-from rpa_bench.reports.html import Column, Image, Section, Table, flatten, fmt_num, fmt_pct, key_value_table, table_from_frame
-from rpa_bench.reports.load import LoadedRun
+from rpa_bench.reports.html import (
+    Column,
+    Image,
+    Section,
+    Table,
+    flatten,
+    fmt_num,
+    fmt_pct,
+    key_value_table,
+    table_from_frame,
+)
+from rpa_bench.store.load import LoadedRun
 
 STEP_TABLE = "steps"
 SAMPLE_TABLE = "sample"

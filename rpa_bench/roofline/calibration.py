@@ -13,7 +13,11 @@ import re
 import socket
 from pathlib import Path
 
-from rpa_bench.roofline.specs import PEAK_FIELD_BY_DTYPE, DeviceSpec, FieldSource
+import warnings
+
+from rpa_bench.roofline.jax_tpu_table import compare_with_jax
+from rpa_bench.roofline.specs import PEAK_FIELD_BY_DTYPE, DeviceSpec, FieldSource, listed_device_spec, spec_for_device_kind
+from rpa_bench.typed import from_dict
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,8 +64,7 @@ class Calibration:
 
     @classmethod
     def from_dict(cls, data: dict) -> "Calibration":
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        return from_dict(cls, data, section="calibration")
 
 
 def _slug(text: str) -> str:
@@ -113,3 +116,58 @@ def apply_calibration(spec: DeviceSpec, cal: Calibration) -> DeviceSpec:
         FieldSource(f, s) for f, s in srcs.items()
     )
     return dataclasses.replace(spec, **changes, sources=sources, measured=True)
+
+
+def detect_device_spec(*, check_jax: bool = True) -> DeviceSpec:
+    """The listed spec of ``jax.devices()[0]`` (per chip; see :meth:`DeviceSpec.for_devices`).
+
+    On TPU, cross-checks with ``pltpu.get_tpu_info()`` (JAX's table for the attached
+    chip) and warns where the two disagree (e.g. v5p bandwidth: 2765 vs 2460 GB/s).
+    """
+    import jax  # the attached device: JAX is imported only when a spec is resolved against it
+
+    device = jax.devices()[0]
+    spec = spec_for_device_kind(device.device_kind)
+    if check_jax and device.platform == "tpu":
+        from jax.experimental.pallas.tpu import get_tpu_info
+
+        for d in compare_with_jax(spec, info=get_tpu_info()):
+            warnings.warn(f"devices.yaml vs JAX's TPU table: {d}", stacklevel=2)
+    return spec
+
+
+@dataclasses.dataclass(frozen=True)
+class Roofline:
+    """What metrics need: the spec covering the devices used, and this machine's calibration.
+
+    ``device``: a ``measured`` spec (the CPU) already carries the calibrated peaks;
+    ``calibration``: the latest one for the device kind (the roof's measured ceilings), or None.
+    """
+
+    device: DeviceSpec
+    calibration: Calibration | None
+
+
+def resolve_roofline(name: str = "auto", *, num_devices: int | None = None, results_dir: str | Path = "results",
+                     calibrated: bool = True, compile_only: str | None = None) -> Roofline:
+    """The one place a device name becomes the roofline a run divides by.
+
+    ``name``: a listed device or ``auto`` (the attached device); ``num_devices``: the
+    devices the figures cover (None: a whole chip as listed); ``compile_only``: a TPU
+    device kind compiled for and not run here (its datasheet, no calibration).
+    Forced CPU host devices share one host's cores and memory, so the host's (calibrated)
+    figures cover all of them: the host is their one "chip".
+    """
+    if compile_only is not None:
+        spec = spec_for_device_kind(compile_only)
+        return Roofline(spec if num_devices is None else spec.for_devices(num_devices), None)
+    spec = detect_device_spec() if name == "auto" else listed_device_spec(name)
+    cal = latest_calibration(spec.device_kinds[0], results_dir=results_dir) if calibrated else None
+    if spec.measured and cal is not None:
+        spec = apply_calibration(spec, cal)
+    if num_devices is not None:
+        if spec.vendor == "cpu" and num_devices > 1:
+            spec = dataclasses.replace(spec, num_devices=num_devices, devices_per_chip=num_devices, per_device=False)
+        else:
+            spec = spec.for_devices(num_devices)
+    return Roofline(spec, cal)

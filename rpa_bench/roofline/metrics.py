@@ -24,9 +24,8 @@ measurement or accounting error, never a result.
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
-from rpa_bench.roofline.calibration import Calibration, apply_calibration, latest_calibration
+from rpa_bench.roofline.calibration import Calibration, apply_calibration
 from rpa_bench.roofline.cost import Cost
 from rpa_bench.roofline.specs import DeviceSpec
 
@@ -98,13 +97,13 @@ def compute_metrics(
     peak_source: str = "datasheet",
     calibration: Calibration | None = None,
     dtype: str | None = None,
-    results_dir: str | Path = "results",
 ) -> Metrics:
     """Metrics of a call with analytic ``cost`` that took ``latency_us`` on ``device``.
 
     ``device`` must cover the JAX devices the call ran on (``DeviceSpec.for_devices``).
     ``phase``: defaults to ``cost.phase``. ``peak_source="calibrated"`` divides by the
-    measured ceilings (``calibration``, or this machine's latest under ``results_dir``).
+    measured ceilings in ``calibration`` (resolved by
+    :func:`rpa_bench.roofline.calibration.resolve_roofline`; metrics read no files).
     ``dtype``: the matmul dtype for the FLOP/s peak (default ``cost.dtype``).
     """
     if convention not in CONVENTIONS:
@@ -117,12 +116,8 @@ def compute_metrics(
     if not latency_us > 0:
         raise ValueError(f"latency_us={latency_us!r} must be > 0")
     if peak_source == "calibrated" and calibration is None:
-        calibration = latest_calibration(device.device_kinds[0], results_dir=results_dir)
-        if calibration is None:
-            raise ValueError(
-                f"peak_source='calibrated' but no calibration for device {device.name} under "
-                f"{results_dir}/calibration; run `rpa-bench calibrate` or pass calibration="
-            )
+        raise ValueError(f"peak_source='calibrated' but no calibration for device {device.name}; "
+                         "run `rpa-bench calibrate` on this machine, then pass its calibration=")
     ceilings = _ceilings(device, calibration)
     peaks = ceilings if peak_source == "calibrated" else device
     pdtype = _peak_dtype(peaks, dtype or cost.dtype)

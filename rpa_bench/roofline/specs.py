@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import warnings
 from importlib import resources
-from pathlib import Path
 
 import yaml
+
+from rpa_bench.workloads.scheduler_spec import SchedulerSpec
 
 VENDORS = ("google", "nvidia", "cpu")
 ONCHIP_MEM_KINDS = ("VMEM", "L2", "LLC")
@@ -206,22 +206,16 @@ def listed_device_spec(name: str) -> DeviceSpec:
     raise ValueError(f"device={name!r}; allowed: {', '.join(device_names())} (or auto)")
 
 
-def get_device_spec(name: str, *, results_dir: str | Path = "results", calibrated: bool = True) -> DeviceSpec:
-    """Spec by name (``tpu7x``, ``tpu_v6e``, ``h100_sxm``, ``cpu``; ``auto`` detects).
+def get_device_spec(name: str) -> DeviceSpec:
+    """Spec by name (``tpu7x``, ``tpu_v6e``, ``h100_sxm``, ``cpu``), as listed.
 
-    A ``measured`` spec (the CPU) takes its peaks from the latest calibration of this
-    machine under ``results_dir`` when one exists and ``calibrated`` is true.
+    Pure data: a ``measured`` spec (the CPU) keeps its placeholder peaks here. ``auto``
+    (the attached device) and this machine's calibration are resolved by
+    :func:`rpa_bench.roofline.calibration.resolve_roofline`.
     """
     if name == "auto":
-        return detect_device_spec(results_dir=results_dir, calibrated=calibrated)
-    spec = listed_device_spec(name)
-    if spec.measured and calibrated:
-        from rpa_bench.roofline.calibration import apply_calibration, latest_calibration
-
-        cal = latest_calibration(spec.device_kinds[0], results_dir=results_dir)
-        if cal is not None:
-            spec = apply_calibration(spec, cal)
-    return spec
+        raise ValueError("device=auto is resolved against this machine: use roofline.calibration.resolve_roofline")
+    return listed_device_spec(name)
 
 
 def spec_for_device_kind(device_kind: str) -> DeviceSpec:
@@ -233,33 +227,16 @@ def spec_for_device_kind(device_kind: str) -> DeviceSpec:
     raise ValueError(f"device_kind={device_kind!r} is not in devices.yaml; known: {', '.join(kinds)}")
 
 
-def detect_device_spec(*, results_dir: str | Path = "results", calibrated: bool = True,
-                       check_jax: bool = True) -> DeviceSpec:
-    """Spec of ``jax.devices()[0]`` (per chip as listed; see :meth:`DeviceSpec.for_devices`).
-
-    On TPU, cross-checks with ``pltpu.get_tpu_info()`` (JAX's table for the attached
-    chip) and warns where the two disagree (e.g. v5p bandwidth: 2765 vs 2460 GB/s).
-    """
-    import jax
-
-    device = jax.devices()[0]
-    spec = get_device_spec(spec_for_device_kind(device.device_kind).name, results_dir=results_dir,
-                           calibrated=calibrated)
-    if check_jax and device.platform == "tpu":
-        from jax.experimental.pallas.tpu import get_tpu_info
-
-        from rpa_bench.roofline.jax_tpu_table import compare_with_jax
-
-        for d in compare_with_jax(spec, info=get_tpu_info()):
-            warnings.warn(f"devices.yaml vs JAX's TPU table: {d}", stacklevel=2)
-    return spec
-
-
-def resolve_device_spec(name: str = "auto", *, num_devices: int | None = None,
-                        results_dir: str | Path = "results", calibrated: bool = True) -> DeviceSpec:
-    """What ``conf/device/*.yaml`` selects: ``name`` (or auto) covering ``num_devices``.
-
-    ``num_devices`` None keeps the figures as listed (a whole chip).
-    """
-    spec = get_device_spec(name, results_dir=results_dir, calibrated=calibrated)
-    return spec if num_devices is None else spec.for_devices(num_devices)
+def with_device_peaks(scheduler: SchedulerSpec) -> SchedulerSpec:
+    """``scheduler`` with its unset step-time peaks taken from ``scheduler.device`` (as listed:
+    the simulated server's datasheet, whatever machine runs the simulation)."""
+    if scheduler.hbm_bw_bytes_per_s is not None and scheduler.peak_flops_per_s is not None:
+        return scheduler
+    try:
+        spec = listed_device_spec(scheduler.device)
+    except ValueError as e:
+        raise ValueError(f"scheduler.device: {e}") from None
+    return dataclasses.replace(
+        scheduler,
+        hbm_bw_bytes_per_s=float(scheduler.hbm_bw_bytes_per_s or spec.hbm_bw_bytes_per_s),
+        peak_flops_per_s=float(scheduler.peak_flops_per_s or spec.peak_bf16_flops_per_s))

@@ -24,7 +24,7 @@ from rpa_bench.workloads.sampling import coverage, sample_steps
 from rpa_bench.workloads.scheduler import simulate
 from rpa_bench.workloads.scheduler_spec import SchedulerSpec
 from rpa_bench.workloads.spec import format_batch_spec, parse_batch_spec
-from rpa_bench.workloads.steptime import StepCostModel, device_peaks, step_time_model
+from rpa_bench.workloads.steptime import StepCostModel, step_time_model
 from rpa_bench.workloads.stream import SimulationResult
 from rpa_bench.workloads.summary import simulation_summary
 from rpa_bench.workloads.synthetic import decode_batch, prefill_batch, random_batch
@@ -121,10 +121,9 @@ class Workload:
 def cost_model_for(model: ModelSpec, scheduler: SchedulerSpec) -> StepCostModel:
     """Step-time model of ``model`` on the scheduler's device (or its explicit peaks)."""
     bw, peak = scheduler.hbm_bw_bytes_per_s, scheduler.peak_flops_per_s
-    if bw is None or peak is None:
-        dev_bw, dev_peak = device_peaks(scheduler.device)
-        bw = dev_bw if bw is None else bw
-        peak = dev_peak if peak is None else peak
+    if bw is None or peak is None:  # the device's figures are the roofline's to look up, before this
+        raise ValueError(f"scheduler.hbm_bw_bytes_per_s / peak_flops_per_s are unset: resolve scheduler.device="
+                         f"{scheduler.device!r} first (rpa_bench.roofline.specs.with_device_peaks)")
     return step_time_model(bw, peak, scheduler.step_overhead_s, model)
 
 

@@ -100,11 +100,3 @@ def step_time_model(
         q_bytes_per_token=float(layers * 2 * model.num_q_heads * model.head_dim * model.dtype_bytes),
         attn_flops_per_pair=float(layers * 4 * model.num_q_heads * model.head_dim),
     )
-
-
-def device_peaks(device: str) -> tuple[float, float]:
-    """(hbm_bw_bytes_per_s, peak_bf16_flops_per_s) of a named device from the roofline specs."""
-    from rpa_bench.roofline.specs import get_device_spec
-
-    spec = get_device_spec(device, calibrated=False)
-    return float(spec.hbm_bw_bytes_per_s), float(spec.peak_bf16_flops_per_s)

@@ -228,8 +228,8 @@ def test_older_api_blocks_fit_the_batch():
 @pytest.mark.parametrize("name, version_key", [("rpa_v3", "v3"), ("rpa_v2", "v2"), ("jax_rpa", None)])
 def test_provenance_names_the_code_that_runs(name, version_key):
     prov = get_backend(name).provenance()
-    assert prov["kernel"] == name and len(prov["kernel_sha256"]) == 64
+    assert prov.kernel == name and len(prov.kernel_sha256) == 64
     if version_key:
-        assert prov["package"] == "tpu-inference" and prov["kernel_file"].endswith(f"{version_key}/kernel.py")
+        assert prov.package == "tpu-inference" and prov.kernel_file.endswith(f"{version_key}/kernel.py")
     else:
-        assert prov["package"] == "jax"
+        assert prov.package == "jax"

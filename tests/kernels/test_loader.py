@@ -58,10 +58,10 @@ def test_installed_release_loads_without_running_the_package_init():
     v3, v2 = src.module("v3"), src.module("v2")
     assert callable(v3.ragged_paged_attention) and callable(v2.ragged_paged_attention)
     assert "vllm" not in sys.modules
-    prov = src.provenance("v3")
-    assert prov["version"] == importlib.metadata.version("tpu-inference")
-    assert prov["git_commit"] is None and prov["module"] == "tpu_inference.kernels.ragged_paged_attention.v3.kernel"
-    assert prov["kernel_sha256"] == _sha256(Path(v3.__file__))
+    prov = src.provenance("v3", "rpa_v3")
+    assert prov.version == importlib.metadata.version("tpu-inference")
+    assert prov.git_commit is None and prov.module == "tpu_inference.kernels.ragged_paged_attention.v3.kernel"
+    assert prov.kernel_sha256 == _sha256(Path(v3.__file__))
 
 
 def test_git_ref_loads_the_committed_code_under_its_own_namespace(checkout, tmp_path):
@@ -74,21 +74,21 @@ def test_git_ref_loads_the_committed_code_under_its_own_namespace(checkout, tmp_
     assert len({released.__name__, mod_a.__name__, mod_b.__name__}) == 3
     # the revision's absolute `tpu_inference` imports resolve inside the revision
     assert mod_b.align_to.__module__ == f"{rev_b.namespace}.kernels.ragged_paged_attention.v3.util"
-    prov = rev_a.provenance("v3")
-    assert prov["git_commit"] == shas["A"] and prov["git_ref"] == "HEAD~1" and prov["git_dirty"] is False
-    assert prov["kernel_sha256"] == _sha256(Path(released.__file__))  # commit A is the release
-    assert Path(prov["kernel_file"]).is_relative_to(tmp_path / "cache" / "revisions" / shas["A"])
-    assert rev_b.provenance("v3")["kernel_sha256"] != prov["kernel_sha256"]
+    prov = rev_a.provenance("v3", "rpa_v3")
+    assert prov.git_commit == shas["A"] and prov.git_ref == "HEAD~1" and prov.git_dirty is False
+    assert prov.kernel_sha256 == _sha256(Path(released.__file__))  # commit A is the release
+    assert Path(prov.kernel_file).is_relative_to(tmp_path / "cache" / "revisions" / shas["A"])
+    assert rev_b.provenance("v3", "rpa_v3").kernel_sha256 != prov.kernel_sha256
 
 
 def test_working_tree_source_records_head_commit_and_dirty_flag(checkout):
     repo, shas = checkout
     src = loader.load_source(str(repo))
     assert src.module("v3").MARKER == "dirty"
-    prov = src.provenance("v3")
-    assert prov["git_commit"] == shas["B"] and prov["git_dirty"] is True and prov["source_path"] == str(repo)
-    assert prov["kernel_sha256"] == _sha256(repo / "tpu_inference/kernels/ragged_paged_attention/v3/kernel.py")
-    assert src.provenance("v2")["kernel_file"].endswith("v2/kernel.py")
+    prov = src.provenance("v3", "rpa_v3")
+    assert prov.git_commit == shas["B"] and prov.git_dirty is True and prov.source_path == str(repo)
+    assert prov.kernel_sha256 == _sha256(repo / "tpu_inference/kernels/ragged_paged_attention/v3/kernel.py")
+    assert src.provenance("v2", "rpa_v2").kernel_file.endswith("v2/kernel.py")
 
 
 def test_bad_sources_are_refused_with_the_field_named(checkout, tmp_path):

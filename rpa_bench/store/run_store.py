@@ -1,6 +1,6 @@
 """The run store ``results/<run>/``: written incrementally and atomically, resumable.
 
-Layout (the contract is :mod:`rpa_bench.measure.schema`):
+Layout (the contract is :mod:`rpa_bench.store.schema`):
 - ``manifest.json``: rewritten whole on every change (write a temp file, ``os.replace``);
 - ``parts/<n>-<uuid>.parquet``: one small file per finished (workload point, kernel),
   holding its rows (the ``excl_prep`` and ``incl_prep`` variants), written the same way.
@@ -27,8 +27,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rpa_bench.measure.phases import phase
-from rpa_bench.measure.schema import COLUMNS, MANIFEST_KEYS, SCHEMA_VERSION, STATUSES
+from rpa_bench.status import Status
+from rpa_bench.store.schema import COLUMNS, MANIFEST_KEYS, SCHEMA_VERSION, STATUSES
 
 MANIFEST = "manifest.json"
 MEASUREMENTS = "measurements.parquet"
@@ -153,10 +153,6 @@ class RunStore:
         """Write one part (atomically) and refresh ``measurements.parquet``."""
         if not rows:
             raise ValueError("append() needs at least one row")
-        with phase("store write"):
-            return self._append(rows)
-
-    def _append(self, rows: Sequence[Mapping[str, Any]]) -> Path:
         table = rows_table(rows)
         self.parts_dir.mkdir(parents=True, exist_ok=True)
         n = len(list(self.parts_dir.glob("*.parquet")))
@@ -198,7 +194,7 @@ class RunStore:
                 part.setdefault((w, p, k), []).append((status, error or ""))
             latest.update(part)  # a later part of the same key replaces the earlier one
         return {key for key, rows in latest.items()
-                if any(s == "failed" and ENVIRONMENTAL_ERROR.search(e) for s, e in rows)}
+                if any(s == Status.FAILED and ENVIRONMENTAL_ERROR.search(e) for s, e in rows)}
 
     # --- one writer at a time ----------------------------------------------------------
     @property

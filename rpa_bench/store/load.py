@@ -16,11 +16,13 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from rpa_bench.measure.schema import COLUMNS, MANIFEST_KEYS, OPTIONAL_COLUMNS, SCHEMA_VERSION, STATUSES
-from rpa_bench.measure.store import MANIFEST as MANIFEST_FILE
-from rpa_bench.measure.store import MEASUREMENTS as MEASUREMENTS_FILE
-from rpa_bench.measure.store import WORKLOADS as WORKLOADS_DIR
-from rpa_bench.measure.store import read_measurements
+from rpa_bench.store.run_store import (
+    MANIFEST as MANIFEST_FILE,
+    MEASUREMENTS as MEASUREMENTS_FILE,
+    WORKLOADS as WORKLOADS_DIR,
+    read_measurements,
+)
+from rpa_bench.store.schema import COLUMNS, MANIFEST_KEYS, OPTIONAL_COLUMNS, SCHEMA_VERSION, STATUSES
 
 LIST_COLUMNS = tuple(name for name, (dtype, _) in COLUMNS.items() if dtype == "object")
 

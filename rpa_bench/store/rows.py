@@ -1,4 +1,4 @@
-"""Measurement rows: the columns of :data:`rpa_bench.measure.schema.COLUMNS`, filled in.
+"""Measurement rows: the columns of :data:`rpa_bench.store.schema.COLUMNS`, filled in.
 
 Pure functions of their inputs (no timing, no kernels run here): the workload point's
 columns, the kernel's, the timing result's, and the roofline metrics'.
@@ -13,8 +13,10 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from rpa_bench.kernels.base import KernelProvenance
 from rpa_bench.workloads.batch import RaggedBatch
 from rpa_bench.workloads.model import AttentionSpec, ModelSpec
+from rpa_bench.workloads.spec import format_batch_spec
 
 MAX_BATCH_SPEC_CHARS = 120
 FIGURES_PER = ("device", "chip")
@@ -63,8 +65,6 @@ def workload_hash(batch: RaggedBatch, model: ModelSpec, attn: AttentionSpec, *, 
 
 def _batch_spec(batch: RaggedBatch) -> str | None:
     try:
-        from rpa_bench.workloads.spec import format_batch_spec
-
         text = format_batch_spec(batch)
     except Exception:  # noqa: BLE001 - a display convenience only
         return None
@@ -108,23 +108,18 @@ def point_columns(*, workload: str, workload_kind: str, point_id: str, batch: Ra
     }
 
 
-def kernel_columns(entry: Any, provenance: Mapping[str, Any], *, interpret: bool) -> dict:
+def kernel_columns(entry: Any, provenance: KernelProvenance, *, interpret: bool) -> dict:
     """``entry``: a run's KernelEntry (label, backend, compiler options) or a plain name."""
     if isinstance(entry, str):
         name, backend, options = entry, entry, {}
     else:
         name, backend, options = entry.label, entry.name, dict(entry.compiler_options)
-    source = provenance.get("source") or provenance.get("source_path") or provenance.get("path")
-    version = provenance.get("version")
-    package = provenance.get("package")
-    if source is None:
-        source = f"{package}=={version}" if package and version else (version or package or "unknown")
     return {
         "kernel": name,
         "backend": backend,
         "compiler_options": json.dumps(options, sort_keys=True) if options else None,
-        "kernel_source": str(source),
-        "kernel_commit": provenance.get("commit") or provenance.get("git_commit"),
+        "kernel_source": provenance.source_label,
+        "kernel_commit": provenance.git_commit,
         "interpret": interpret,
     }
 

@@ -15,9 +15,11 @@ before them lack them, and readers take them as null without calling the run inc
 
 from __future__ import annotations
 
+from rpa_bench.status import STATUSES as _STATUSES
+
 SCHEMA_VERSION = 1
 
-STATUSES = ("ok", "incorrect", "failed", "skipped", "compiled")
+STATUSES = _STATUSES  # the row statuses: rpa_bench.status.Status
 
 # column name -> (dtype, meaning). Units are in the names.
 COLUMNS: dict[str, tuple[str, str]] = {
