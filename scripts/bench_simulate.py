@@ -17,6 +17,7 @@ import time
 from omegaconf import OmegaConf
 
 from rpa_bench.commands._hydra import compose
+from rpa_bench.roofline.specs import with_device_peaks
 from rpa_bench.workloads.model import ModelSpec
 from rpa_bench.workloads.points import build_workload, cost_model_for, workload_spec_from_dict
 from rpa_bench.workloads.sampling import sample_steps
@@ -38,7 +39,7 @@ def bench(name: str, overrides: list[str], repeat: int) -> None:
     cfg = _compose(name, overrides)
     spec = workload_spec_from_dict(cfg["workload"])
     model = ModelSpec.from_dict(cfg["model"])
-    sched = SchedulerSpec.from_dict(cfg["scheduler"])
+    sched = with_device_peaks(SchedulerSpec.from_dict(cfg["scheduler"]))
     cost = cost_model_for(model, sched)
     totals, phases = [], {"read": [], "simulate": [], "summary": [], "sample": []}
     for _ in range(repeat):

@@ -7,6 +7,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from rpa_bench.commands._hydra import compose, conf_dir
+from rpa_bench.roofline.specs import with_device_peaks
 from rpa_bench.workloads.model import ModelSpec
 from rpa_bench.workloads.points import build_workload, workload_spec_from_dict
 from rpa_bench.workloads.scheduler_spec import SchedulerSpec
@@ -46,7 +47,7 @@ def test_every_workload_composes_and_builds(name):
     spec = workload_spec_from_dict(cfg["workload"])
     if spec.kind == "trace":  # the whole traces are simulated in the simulate and speed runs
         spec = workload_spec_from_dict({**cfg["workload"], "max_requests": 400})
-    wl = build_workload(spec, ModelSpec.from_dict(cfg["model"]), SchedulerSpec.from_dict(cfg["scheduler"]),
+    wl = build_workload(spec, ModelSpec.from_dict(cfg["model"]), with_device_peaks(SchedulerSpec.from_dict(cfg["scheduler"])),
                         seed=cfg["seed"])
     assert wl.name == name and wl.points
     assert all(p.batch.num_tokens <= p.max_num_batched_tokens and p.batch.num_seqs <= p.max_num_seqs

@@ -10,7 +10,7 @@ Both are jitted, compiled apart, warmed up and timed with the suite's one timing
 (:mod:`rpa_bench.measure.timing`, blocking on the outputs); the median per call is kept
 with the raw samples. The result goes to
 ``<run.results_dir>/calibration/<hostname>-<device_kind>.json``, where
-:func:`rpa_bench.roofline.specs.get_device_spec` (CPU) and
+:func:`rpa_bench.roofline.calibration.resolve_roofline` (CPU) and
 ``compute_metrics(peak_source="calibrated")`` find it. One JAX device is measured.
 """
 

@@ -257,15 +257,22 @@ def batch_cost(batch: RaggedBatch, model: ModelSpec, *, causal: bool = True, sli
     )
 
 
-def roofline_time_s(hbm_bytes, flops, device, *, dtype: str = "bfloat16", max_mxu_utilization: float = 1.0):
-    """Roofline lower bound ``max(bytes / bandwidth, flops / (peak * cap))`` in seconds.
+def roofline_terms_s(hbm_bytes, flops, device, *, dtype: str = "bfloat16", max_mxu_utilization: float = 1.0):
+    """(memory seconds ``bytes / bandwidth``, compute seconds ``flops / (peak * cap)``).
 
-    Works elementwise on numpy arrays (or scalars). ``device``: a DeviceSpec;
+    The one definition of the roofline's two sides (metrics and bounds use it). Works
+    elementwise on numpy arrays (or scalars). ``device``: a DeviceSpec;
     ``max_mxu_utilization``: see :meth:`DeviceSpec.max_mxu_utilization`.
     """
     if not 0 < max_mxu_utilization <= 1:
         raise ValueError(f"max_mxu_utilization={max_mxu_utilization} must be in (0, 1]")
     mem = np.asarray(hbm_bytes, dtype=np.float64) / device.hbm_bw_bytes_per_s
     comp = np.asarray(flops, dtype=np.float64) / (device.peak_flops_per_s(dtype) * max_mxu_utilization)
-    out = np.maximum(mem, comp)
-    return float(out) if out.ndim == 0 else out
+    return (float(mem), float(comp)) if mem.ndim == 0 else (mem, comp)
+
+
+def roofline_time_s(hbm_bytes, flops, device, *, dtype: str = "bfloat16", max_mxu_utilization: float = 1.0):
+    """Roofline lower bound ``max(bytes / bandwidth, flops / (peak * cap))`` in seconds
+    (see :func:`roofline_terms_s`)."""
+    mem, comp = roofline_terms_s(hbm_bytes, flops, device, dtype=dtype, max_mxu_utilization=max_mxu_utilization)
+    return max(mem, comp) if isinstance(mem, float) else np.maximum(mem, comp)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 
 from rpa_bench.roofline.calibration import Calibration, apply_calibration
-from rpa_bench.roofline.cost import Cost
+from rpa_bench.roofline.cost import Cost, roofline_terms_s
 from rpa_bench.roofline.specs import DeviceSpec
 
 CONVENTIONS = ("paper", "si")
@@ -137,8 +137,8 @@ def compute_metrics(
         mbu = gb_s / (bw / 1e9) * 100
         mfu = flop_s / peak_flops * 100
 
-    mem_us = hbm / bw * 1e6
-    comp_us = flops / (peak_flops * cap) * 1e6
+    mem_s, comp_s = roofline_terms_s(hbm, flops, peaks, dtype=pdtype, max_mxu_utilization=cap)
+    mem_us, comp_us = mem_s * 1e6, comp_s * 1e6
     bound_us = max(mem_us, comp_us)
 
     roof_dtype = _peak_dtype(ceilings, dtype or cost.dtype)

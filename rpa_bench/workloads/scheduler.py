@@ -12,10 +12,14 @@ step by step, times to the bit), built for traces of hundreds of thousands of st
   with the next completion, before the first step whose page need exceeds the free
   pool, or (when a newcomer could be admitted) before the first step that starts at or
   after the next arrival. The stretch is costed with array arithmetic in the same
-  floating-point order as single steps, and recorded as one segment.
+  floating-point order as single steps (:meth:`.StepCostModel.decode_stretch_s`), and
+  recorded as one segment.
 - The output is compact but complete (:class:`.stream.SimulationResult`): per-step
   summaries as run-length segments, decode lifetimes as intervals, prefill/mixed chunks
   as rows; any step's full batch is rebuilt from them.
+
+Every step time comes from :class:`.StepCostModel` (one formula for the single step, the
+stretch and the reference stepper).
 """
 
 from __future__ import annotations
@@ -33,274 +37,342 @@ from rpa_bench.workloads.stream import SimulationResult
 MIN_JUMP = 3  # shorter decode stretches are stepped one by one (same result, less overhead)
 
 
-def simulate(requests, spec: SchedulerSpec, cost: StepCostModel) -> SimulationResult:
-    """Simulate ``requests`` (a :class:`.traces.RequestTable`) under ``spec``."""
-    check_feasible(spec, requests.prompt_len, requests.output_len)
-    n = len(requests)
-    arrival = requests.arrival_s.tolist()
-    prompt = requests.prompt_len.tolist()
-    output = requests.output_len.tolist()
-    ps = spec.page_size
-    budget_max = spec.max_num_batched_tokens
-    max_seqs = spec.max_num_seqs
-    cap = spec.chunk_cap
-    chunked = spec.chunked_prefill
-    chunk_size = spec.chunk_prefill_size or 0
-    cache = PrefixCache(spec.cache_capacity_blocks, spec.prefix_block_tokens) if spec.prefix_caching else None
-    block_of = requests.blocks
-    # step-time coefficients, used in the exact order of StepCostModel.step_time_s
-    W, QB, BW = cost.model_weight_bytes, cost.q_bytes_per_token, cost.hbm_bw_bytes_per_s
-    KVS, SPP, OVH = cost.kv_s_per_token, cost.s_per_pair, cost.overhead_s
-    FTS = cost.model_flops_per_token / cost.peak_flops_per_s
-    ar = np.arange(1024, dtype=np.float64)
-    buf = np.empty(1025, np.float64)  # [t, step times...] of a stretch
-    starts = np.empty(1025, np.float64)  # its step start times
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
 
-    computed = [0] * n
-    generated = [0] * n
-    held = [0] * n  # pages of a request not decoding (decodes: ceil(computed / ps))
-    adm = [-1] * n  # admission sequence number of the current admission
-    is_running = [False] * n
-    finish_step = [-1] * n
-    life = [0] * n  # bumps when a decode leaves, invalidating its heap entry
-    dec_off: dict[int, int] = {}  # decoding request -> computed - step
-    dec_start: dict[int, int] = {}  # decoding request -> its first decode step
-    cnt = [0] * ps  # decodes per page phase
-    heap: list[tuple[int, int, int]] = []  # (finish step, life, request)
-    prefilling: list[int] = []  # running, not decoding, admission order
-    running: list[int] = []  # admission order
-    waiting: deque[int] = deque()
-    st = {"n_dec": 0, "sum_off": 0, "free": spec.num_kv_pages, "preemptions": 0, "done": 0}
-    max_off: int | None = None  # max(dec_off.values()); None: recompute
-    t = 0.0
-    G = 0
-    next_arrival = 0
-    admissions = 0
-    hit_tokens = 0
-    segments: list[tuple] = []  # SEGMENT_COLUMNS
-    intervals: list[tuple] = []  # DECODE_COLUMNS
-    chunk_rows: list[tuple] = []  # CHUNK_COLUMNS
-    add_segment, add_interval, add_chunk = segments.append, intervals.append, chunk_rows.append
 
-    def end_decode(r: int, end: int) -> int:
+class _Simulation:
+    """The scheduler's state and its moves. Hot paths bind attributes to locals: this runs
+    once per simulated step or stretch (hundreds of thousands of times per trace)."""
+
+    __slots__ = ('requests', 'spec', 'cost', 'n', 'arrival', 'prompt', 'output', 'block_of', 'ps', 'budget_max', 'max_seqs', 'cap', 'chunked', 'chunk_size', 'cache', 'computed', 'generated', 'held', 'adm', 'is_running', 'finish_step', 'life', 'dec_off', 'dec_start', 'cnt', 'heap', 'n_dec', 'sum_off', 'max_off', 'prefilling', 'running', 'waiting', 'free', 't', 'step', 'next_arrival', 'admissions', 'hit_tokens', 'preemptions', 'done', 'segments', 'intervals', 'chunk_rows', 'ar', 'buf', 'starts')
+
+    def __init__(self, requests, spec: SchedulerSpec, cost: StepCostModel) -> None:
+        n = len(requests)
+        self.requests, self.spec, self.cost, self.n = requests, spec, cost, n
+        self.arrival = requests.arrival_s.tolist()
+        self.prompt = requests.prompt_len.tolist()
+        self.output = requests.output_len.tolist()
+        self.block_of = requests.blocks
+        self.ps = spec.page_size
+        self.budget_max = spec.max_num_batched_tokens
+        self.max_seqs = spec.max_num_seqs
+        self.cap = spec.chunk_cap
+        self.chunked = spec.chunked_prefill
+        self.chunk_size = spec.chunk_prefill_size or 0
+        self.cache = PrefixCache(spec.cache_capacity_blocks, spec.prefix_block_tokens) if spec.prefix_caching else None
+        # per request
+        self.computed = [0] * n
+        self.generated = [0] * n
+        self.held = [0] * n  # pages of a request not decoding (decodes: ceil(computed / ps))
+        self.adm = [-1] * n  # admission sequence number of the current admission
+        self.is_running = [False] * n
+        self.finish_step = [-1] * n
+        self.life = [0] * n  # bumps when a decode leaves, invalidating its heap entry
+        # decodes, kept implicitly
+        self.dec_off: dict[int, int] = {}  # decoding request -> computed - step
+        self.dec_start: dict[int, int] = {}  # decoding request -> its first decode step
+        self.cnt = [0] * self.ps  # decodes per page phase
+        self.heap: list[tuple[int, int, int]] = []  # (finish step, life, request)
+        self.n_dec = 0
+        self.sum_off = 0
+        self.max_off: int | None = None  # max(dec_off.values()); None: recompute
+        # queues and the pool
+        self.prefilling: list[int] = []  # running, not decoding, admission order
+        self.running: list[int] = []  # admission order
+        self.waiting: deque[int] = deque()
+        self.free = spec.num_kv_pages
+        # the clock and counters
+        self.t = 0.0
+        self.step = 0
+        self.next_arrival = 0
+        self.admissions = 0
+        self.hit_tokens = 0
+        self.preemptions = 0
+        self.done = 0
+        # output
+        self.segments: list[tuple] = []  # stream.Segment rows, as plain tuples
+        self.intervals: list[tuple] = []  # DECODE_COLUMNS
+        self.chunk_rows: list[tuple] = []  # CHUNK_COLUMNS
+        # scratch for stretches
+        self.ar = np.arange(1024, dtype=np.float64)
+        self.buf = np.empty(1025, np.float64)  # [t, step times...] of a stretch
+        self.starts = np.empty(1025, np.float64)  # its step start times
+
+    # --- the loop ------------------------------------------------------------------------
+    def run(self) -> SimulationResult:
+        n, arrival, waiting, cnt, ps = self.n, self.arrival, self.waiting, self.cnt, self.ps
+        jump, schedule_step, record_step, advance = self._jump, self._schedule_step, self._record_step, self._advance
+        while self.done < n:
+            while self.next_arrival < n and arrival[self.next_arrival] <= self.t:
+                waiting.append(self.next_arrival)
+                self.next_arrival += 1
+            if not self.running and not waiting:
+                self.t = arrival[self.next_arrival]
+                continue
+            if self.n_dec and not self.prefilling and cnt[self.step % ps] <= self.free and jump():
+                continue
+            chunks = schedule_step()
+            if not self.n_dec and not chunks:
+                continue
+            record_step(chunks)
+            advance(chunks)
+        return SimulationResult.from_rows(
+            requests=self.requests, spec=self.spec, cost=self.cost, num_steps=self.step, end_s=self.t,
+            segments=self.segments, decodes=self.intervals, chunks=self.chunk_rows, finish_step=self.finish_step,
+            preemptions=self.preemptions, prefix_hit_tokens=self.hit_tokens,
+        )
+
+    # --- decode bookkeeping ---------------------------------------------------------------
+    def _end_decode(self, r: int, end: int) -> int:
         """Take ``r`` out of the decode set (its interval ends before step ``end``)."""
-        nonlocal max_off
-        off = dec_off.pop(r)
-        cnt[-off % ps] -= 1
-        st["n_dec"] -= 1
-        st["sum_off"] -= off
-        if off == max_off:
-            max_off = None
-        life[r] += 1
-        add_interval((r, adm[r], dec_start.pop(r), end, off))
+        off = self.dec_off.pop(r)
+        self.cnt[-off % self.ps] -= 1
+        self.n_dec -= 1
+        self.sum_off -= off
+        if off == self.max_off:
+            self.max_off = None
+        self.life[r] += 1
+        self.intervals.append((r, self.adm[r], self.dec_start.pop(r), end, off))
         return off
 
-    def finish_decodes(step: int) -> None:
+    def _start_decode(self, r: int, computed: int) -> None:
+        """``r`` decodes from the next step on, its context at ``computed`` tokens."""
+        off = computed - (self.step + 1)
+        self.dec_off[r] = off
+        self.dec_start[r] = self.step + 1
+        self.cnt[-off % self.ps] += 1
+        self.n_dec += 1
+        self.sum_off += off
+        if self.max_off is not None and off > self.max_off:
+            self.max_off = off
+        heapq.heappush(self.heap, (self.prompt[r] + self.output[r] - 2 - off, self.life[r], r))
+
+    def _max_kv(self) -> int:
+        """Longest decode context of the current step (0 without decodes)."""
+        if not self.n_dec:
+            return 0
+        if self.max_off is None:
+            self.max_off = max(self.dec_off.values())
+        return self.max_off + self.step + 1
+
+    def _finish(self, r: int, step: int, pages: int) -> None:
+        self.running.remove(r)
+        self.is_running[r] = False
+        self.free += pages
+        self.finish_step[r] = step
+        self.done += 1
+
+    def _finish_decodes(self, step: int) -> None:
         """Finish every decode whose last token came out of ``step``."""
+        heap, life = self.heap, self.life
         while heap and heap[0][0] <= step:
             _, lf, r = heapq.heappop(heap)
             if lf != life[r]:
                 continue
-            end_decode(r, step + 1)
-            running.remove(r)
-            is_running[r] = False
-            st["free"] += -(-(prompt[r] + output[r] - 1) // ps)
-            finish_step[r] = step
-            st["done"] += 1
+            self._end_decode(r, step + 1)
+            self._finish(r, step, _cdiv(self.prompt[r] + self.output[r] - 1, self.ps))
 
-    def preempt(decodes_scheduled: int) -> tuple[int, int]:
+    # --- preemption ---------------------------------------------------------------------
+    def _preempt(self, decodes_scheduled: int) -> tuple[int, int]:
         """Preempt the newest running request; (victim, tokens returned to the budget)."""
-        victim = running.pop()
-        is_running[victim] = False
+        victim = self.running.pop()
+        self.is_running[victim] = False
         refund = 0
-        if victim in dec_off:
-            c = end_decode(victim, G) + G
-            generated[victim] = c - prompt[victim] + 1
-            st["free"] += -(-(c + decodes_scheduled) // ps)
+        if victim in self.dec_off:
+            c = self._end_decode(victim, self.step) + self.step
+            self.generated[victim] = c - self.prompt[victim] + 1
+            self.free += _cdiv(c + decodes_scheduled, self.ps)
             refund = decodes_scheduled
         else:
-            prefilling.remove(victim)
-            st["free"] += held[victim]
-            held[victim] = 0
-        computed[victim] = 0
-        waiting.appendleft(victim)
-        st["preemptions"] += 1
+            self.prefilling.remove(victim)
+            self.free += self.held[victim]
+            self.held[victim] = 0
+        self.computed[victim] = 0
+        self.waiting.appendleft(victim)
+        self.preemptions += 1
         return victim, refund
 
-    def head_cached(r: int) -> tuple[int, list[int]]:
+    def _make_room(self, r: int, need: int, decodes_scheduled: int) -> tuple[bool, int]:
+        """Preempt the newest requests until ``need`` pages are free for ``r``.
+
+        (``r`` keeps its place, tokens refunded to the step's budget); ``r`` itself
+        preempted ends the step's scheduling.
+        """
+        refunded = 0
+        while self.free < need:
+            victim, refund = self._preempt(decodes_scheduled)
+            refunded += refund
+            if victim == r:
+                return False, refunded
+        return True, refunded
+
+    # --- admission ----------------------------------------------------------------------
+    def _head_cached(self, r: int) -> tuple[int, list[int]]:
         """(cached tokens, hit blocks) for admitting ``r`` now."""
+        cache = self.cache
         if cache is None:
             return 0, []
-        blocks = cache.full_blocks(block_of(r), prompt[r])
+        blocks = cache.full_blocks(self.block_of(r), self.prompt[r])
         hit = cache.lookup(blocks)
-        return min(hit * cache.block_tokens, prompt[r] + generated[r] - 1), blocks[:hit]
+        return min(hit * cache.block_tokens, self.prompt[r] + self.generated[r] - 1), blocks[:hit]
 
-    while st["done"] < n:
-        while next_arrival < n and arrival[next_arrival] <= t:
-            waiting.append(next_arrival)
-            next_arrival += 1
-        if not running and not waiting:
-            t = arrival[next_arrival]
-            continue
-        n_dec = st["n_dec"]
-        free = st["free"]
+    def _head_blocked(self, pages_now: int) -> bool:
+        """Whether the waiting head cannot be admitted at this step (a stretch may go on)."""
+        head = self.waiting[0]
+        cached, _ = self._head_cached(head)
+        remaining = self.prompt[head] + self.generated[head] - cached
+        n_new = min(remaining, self.budget_max - self.n_dec, self.cap)
+        fits = self.chunked or n_new == remaining or remaining > self.budget_max
+        return not fits or _cdiv(cached + n_new, self.ps) > self.free - pages_now
 
-        # --- a decode-only stretch: many steps at once ---------------------------------
-        if n_dec and not prefilling and cnt[G % ps] <= free:
-            arrivals_matter = False
-            blocked = True
-            if len(running) < max_seqs and budget_max > n_dec:
-                if waiting:
-                    head = waiting[0]
-                    cached, _ = head_cached(head)
-                    remaining = prompt[head] + generated[head] - cached
-                    n_new = min(remaining, budget_max - n_dec, cap)
-                    fits = chunked or n_new == remaining or remaining > budget_max
-                    blocked = not fits or -(-(cached + n_new) // ps) > free - cnt[G % ps]
-                else:
-                    arrivals_matter = next_arrival < n
-            while heap[0][1] != life[heap[0][2]]:
-                heapq.heappop(heap)
-            kcap = heap[0][0] - G + 1  # up to and including the next completion step
-            if blocked and kcap >= MIN_JUMP:
-                sum_kv0 = st["sum_off"] + n_dec * (G + 1)
-                fixed_s = (W + QB * n_dec) / BW
-                tok_s = FTS * n_dec
-                if arrivals_matter:
-                    mem = fixed_s + KVS * sum_kv0
-                    comp = tok_s + SPP * sum_kv0
-                    dt0 = (mem if mem >= comp else comp) + OVH
-                    kcap = min(kcap, int((arrival[next_arrival] - t) / dt0) + 2)
-                if n_dec * (-(-kcap // ps) + 1) > free:  # pages may run out within kcap steps
-                    rot = np.roll(np.asarray(cnt, np.int64), -(G % ps))
-                    j = np.arange(kcap)
-                    need = (j // ps) * n_dec + np.cumsum(rot)[j % ps]
-                    kcap = int(np.searchsorted(need, free, side="right"))
-            if blocked and kcap >= MIN_JUMP:
-                if kcap > len(ar):
-                    ar = np.arange(2 * kcap, dtype=np.float64)
-                    buf = np.empty(2 * kcap + 1, np.float64)
-                    starts = np.empty(2 * kcap + 1, np.float64)
-                # sum_kv of step j = sum_kv0 + n_dec * j, exact in float64 (integers < 2**53)
-                dts = buf[1 : kcap + 1]
-                np.multiply(ar[:kcap], n_dec, out=dts)
-                dts += sum_kv0
-                last = sum_kv0 + n_dec * (kcap - 1)
-                if not (fixed_s + KVS * sum_kv0 > (tok_s + SPP * sum_kv0) * (1 + 1e-9)
-                        and fixed_s + KVS * last > (tok_s + SPP * last) * (1 + 1e-9)):
-                    comp = dts * SPP  # not clearly memory-bound throughout: take the max
-                    comp += tok_s
-                    dts *= KVS
-                    dts += fixed_s
-                    np.maximum(dts, comp, out=dts)
-                else:
-                    dts *= KVS
-                    dts += fixed_s
-                dts += OVH
-                buf[0] = t
-                buf[: kcap + 1].cumsum(out=starts[: kcap + 1])
-                k = kcap
-                if arrivals_matter:
-                    k = int(starts[:kcap].searchsorted(arrival[next_arrival], side="left"))
-                if k >= MIN_JUMP:
-                    full, rest = divmod(k, ps)
-                    phase = G % ps
-                    used = n_dec * full + sum(cnt[phase : phase + rest])
-                    if phase + rest > ps:
-                        used += sum(cnt[: phase + rest - ps])
-                    st["free"] = free - used
-                    if max_off is None:
-                        max_off = max(dec_off.values())
-                    end = float(starts[k])
-                    add_segment((G, k, t, end, n_dec, n_dec, n_dec, 0, sum_kv0, max_off + G + 1, sum_kv0,
-                                 len(waiting)))
-                    t = end
-                    G += k
-                    finish_decodes(G - 1)
-                    continue
+    # --- a decode-only stretch: many steps at once --------------------------------------
+    def _jump(self) -> bool:
+        """Advance over a decode-only stretch of at least MIN_JUMP steps, if there is one."""
+        n_dec, free, ps, G, cnt, t = self.n_dec, self.free, self.ps, self.step, self.cnt, self.t
+        next_arrival_s = None  # set when a newcomer could be admitted at the next arrival
+        if len(self.running) < self.max_seqs and self.budget_max > n_dec:
+            if self.waiting:
+                if not self._head_blocked(cnt[G % ps]):
+                    return False
+            elif self.next_arrival < self.n:
+                next_arrival_s = self.arrival[self.next_arrival]
+        heap, life = self.heap, self.life
+        while heap[0][1] != life[heap[0][2]]:
+            heapq.heappop(heap)
+        kcap = heap[0][0] - G + 1  # up to and including the next completion step
+        if kcap < MIN_JUMP:
+            return False
+        sum_kv0 = self.sum_off + n_dec * (G + 1)
+        if next_arrival_s is not None:
+            dt0 = self.cost.scalar_step_time_s(n_dec, sum_kv0, sum_kv0)
+            kcap = min(kcap, int((next_arrival_s - t) / dt0) + 2)
+        if n_dec * (-(-kcap // ps) + 1) > free:  # pages may run out within kcap steps
+            rot = np.roll(np.asarray(cnt, np.int64), -(G % ps))
+            j = np.arange(kcap)
+            need = (j // ps) * n_dec + np.cumsum(rot)[j % ps]
+            kcap = int(np.searchsorted(need, free, side="right"))
+        if kcap < MIN_JUMP:
+            return False
+        if kcap > len(self.ar):
+            self.ar = np.arange(2 * kcap, dtype=np.float64)
+            self.buf = np.empty(2 * kcap + 1, np.float64)
+            self.starts = np.empty(2 * kcap + 1, np.float64)
+        buf, starts = self.buf, self.starts
+        self.cost.decode_stretch_s(n_dec, sum_kv0, self.ar, buf[1 : kcap + 1])
+        buf[0] = t
+        buf[: kcap + 1].cumsum(out=starts[: kcap + 1])
+        k = kcap if next_arrival_s is None else int(starts[:kcap].searchsorted(next_arrival_s, side="left"))
+        if k < MIN_JUMP:
+            return False
+        full, rest = divmod(k, ps)
+        phase = G % ps
+        used = n_dec * full + sum(cnt[phase : phase + rest])
+        if phase + rest > ps:
+            used += sum(cnt[: phase + rest - ps])
+        self.free = free - used
+        end = float(starts[k])
+        self.segments.append((G, k, t, end, n_dec, n_dec, n_dec, 0, sum_kv0, self._max_kv(), sum_kv0, len(self.waiting)))
+        self.t = end
+        self.step = G + k
+        if self.heap[0][0] <= G + k - 1:
+            self._finish_decodes(G + k - 1)
+        return True
 
-        # --- one general step -----------------------------------------------------------
-        budget = budget_max
-        chunks: list[tuple[int, int]] = []  # (request, new tokens): prefill/mixed sequences
-        preempted = stop = False
-        need_now = cnt[G % ps]
-        if need_now <= free:
-            st["free"] = free - need_now
-        else:  # decodes one by one in admission order, preempting the newest as needed
-            for r in sorted(dec_off, key=adm.__getitem__):
-                if not is_running[r]:
-                    continue
-                need = 1 if (dec_off[r] + G) % ps == 0 else 0
-                while st["free"] < need:
-                    victim, _ = preempt(0)
-                    preempted = True
-                    if victim == r:
-                        stop = True
-                        break
-                if stop:
-                    break
-                st["free"] -= need
-        n_dec = st["n_dec"]
-        budget -= n_dec
-        for r in list(prefilling) if prefilling else ():
-            if stop or budget == 0:
-                break
-            if not is_running[r]:
+    # --- one general step ------------------------------------------------------------------
+    def _schedule_step(self) -> list[tuple[int, int]]:
+        """Schedule one step: decodes first (pages, preempting the newest as needed), then
+        running prefills, then admissions. Returns its prefill/mixed chunks (request, tokens)."""
+        chunks: list[tuple[int, int]] = []
+        need_now = self.cnt[self.step % self.ps]
+        if need_now <= self.free:
+            self.free -= need_now
+            preempted = stop = False
+        else:
+            preempted, stop = self._decode_pages_one_by_one()
+        budget = self.budget_max - self.n_dec
+        if not stop and self.prefilling:
+            budget, p, stop = self._continue_prefills(chunks, budget)
+            preempted = preempted or p
+        if not preempted:
+            self._admit(chunks, budget)
+        return chunks
+
+    def _decode_pages_one_by_one(self) -> tuple[bool, bool]:
+        """Give each decode its page in admission order; (preempted, stop)."""
+        preempted = False
+        for r in sorted(self.dec_off, key=self.adm.__getitem__):
+            if not self.is_running[r]:
                 continue
-            c = computed[r]
-            n_new = min(prompt[r] + generated[r] - c, budget, cap)
-            need = -(-(c + n_new) // ps) - held[r]
-            while st["free"] < need:
-                victim, refund = preempt(1)
-                budget += refund
+            need = 1 if (self.dec_off[r] + self.step) % self.ps == 0 else 0
+            if self.free < need:
                 preempted = True
-                if victim == r:
-                    stop = True
-                    break
-            if stop:
+                ok, _ = self._make_room(r, need, 0)
+                if not ok:
+                    return True, True
+            self.free -= need
+        return preempted, False
+
+    def _continue_prefills(self, chunks: list[tuple[int, int]], budget: int) -> tuple[int, bool, bool]:
+        """The next chunk of each running prefill; (budget left, preempted, stop)."""
+        preempted = False
+        for r in list(self.prefilling):
+            if budget == 0:
                 break
-            st["free"] -= need
-            held[r] += need
+            if not self.is_running[r]:
+                continue
+            c = self.computed[r]
+            n_new = min(self.prompt[r] + self.generated[r] - c, budget, self.cap)
+            need = _cdiv(c + n_new, self.ps) - self.held[r]
+            if self.free < need:
+                preempted = True
+                ok, refund = self._make_room(r, need, 1)
+                budget += refund
+                if not ok:
+                    return budget, True, True
+            self.free -= need
+            self.held[r] += need
             chunks.append((r, n_new))
             budget -= n_new
-        while not preempted and waiting and budget > 0 and len(running) < max_seqs:
+        return budget, preempted, False
+
+    def _admit(self, chunks: list[tuple[int, int]], budget: int) -> None:
+        """Admit waiting requests in order while the budget, the seat count and pages allow."""
+        waiting = self.waiting
+        while waiting and budget > 0 and len(self.running) < self.max_seqs:
             r = waiting[0]
-            cached, blocks = head_cached(r)
-            remaining = prompt[r] + generated[r] - cached
-            n_new = min(remaining, budget, cap)
-            if not chunked and n_new < remaining <= budget_max:
+            cached, blocks = self._head_cached(r)
+            remaining = self.prompt[r] + self.generated[r] - cached
+            n_new = min(remaining, budget, self.cap)
+            if not self.chunked and n_new < remaining <= self.budget_max:
                 break
-            need = -(-(cached + n_new) // ps)
-            if need > st["free"]:
+            need = _cdiv(cached + n_new, self.ps)
+            if need > self.free:
                 break
             waiting.popleft()
-            running.append(r)
-            prefilling.append(r)
-            is_running[r] = True
-            adm[r] = admissions
-            admissions += 1
-            if cache is not None:
-                cache.touch(blocks)
-            hit_tokens += cached
-            computed[r] = cached
-            st["free"] -= need
-            held[r] = need
+            self.running.append(r)
+            self.prefilling.append(r)
+            self.is_running[r] = True
+            self.adm[r] = self.admissions
+            self.admissions += 1
+            if self.cache is not None:
+                self.cache.touch(blocks)
+            self.hit_tokens += cached
+            self.computed[r] = cached
+            self.free -= need
+            self.held[r] = need
             chunks.append((r, n_new))
             budget -= n_new
-        n_dec = st["n_dec"]
-        if not n_dec and not chunks:
-            continue
 
-        # --- cost and record the step ----------------------------------------------------
+    def _record_step(self, chunks: list[tuple[int, int]]) -> None:
+        """Cost the step and record it (its segment and its chunks)."""
+        n_dec, G = self.n_dec, self.step
         num_tokens = n_dec
-        sum_kv = pairs = st["sum_off"] + n_dec * (G + 1)
-        max_kv = 0
-        if n_dec:
-            if max_off is None:
-                max_off = max(dec_off.values())
-            max_kv = max_off + G + 1
+        sum_kv = pairs = self.sum_off + n_dec * (G + 1)
+        max_kv = self._max_kv()
         num_q1 = n_dec
         num_chunk = 0
+        computed, adm, add_chunk = self.computed, self.adm, self.chunk_rows.append
         for r, q in chunks:
             kv = computed[r] + q
             num_tokens += q
@@ -310,49 +382,37 @@ def simulate(requests, spec: SchedulerSpec, cost: StepCostModel) -> SimulationRe
                 max_kv = kv
             if q == 1:
                 num_q1 += 1
-            elif q == chunk_size:
+            elif q == self.chunk_size:
                 num_chunk += 1
             add_chunk((G, r, adm[r], q, kv))
-        mem = (W + QB * num_tokens) / BW + KVS * sum_kv
-        comp = FTS * num_tokens + SPP * pairs
-        end = t + ((mem if mem >= comp else comp) + OVH)
-        add_segment((G, 1, t, end, n_dec + len(chunks), num_tokens, num_q1, num_chunk, sum_kv, max_kv, pairs,
-                         len(waiting)))
-        t = end
+        end = self.t + self.cost.scalar_step_time_s(num_tokens, sum_kv, pairs)
+        self.segments.append((G, 1, self.t, end, n_dec + len(chunks), num_tokens, num_q1, num_chunk, sum_kv, max_kv,
+                              pairs, len(self.waiting)))
+        self.t = end
 
-        # --- after the step: sample tokens, finish requests ----------------------------------
+    def _advance(self, chunks: list[tuple[int, int]]) -> None:
+        """After the step: sample a token for every finished prompt, finish or start decoding."""
         for r, q in chunks:
-            c = computed[r] + q
-            computed[r] = c
-            if c != prompt[r] + generated[r]:
+            c = self.computed[r] + q
+            self.computed[r] = c
+            if c != self.prompt[r] + self.generated[r]:
                 continue
-            g = generated[r] + 1
-            generated[r] = g
-            prefilling.remove(r)
-            if cache is not None:
-                cache.insert(cache.full_blocks(block_of(r), prompt[r]))
-            if g == output[r]:
-                running.remove(r)
-                is_running[r] = False
-                st["free"] += held[r]
-                held[r] = 0
-                finish_step[r] = G
-                st["done"] += 1
+            g = self.generated[r] + 1
+            self.generated[r] = g
+            self.prefilling.remove(r)
+            if self.cache is not None:
+                self.cache.insert(self.cache.full_blocks(self.block_of(r), self.prompt[r]))
+            if g == self.output[r]:
+                pages, self.held[r] = self.held[r], 0
+                self._finish(r, self.step, pages)
                 continue
-            off = c - (G + 1)
-            dec_off[r] = off
-            dec_start[r] = G + 1
-            cnt[-off % ps] += 1
-            st["n_dec"] += 1
-            st["sum_off"] += off
-            if max_off is not None and off > max_off:
-                max_off = off
-            heapq.heappush(heap, (prompt[r] + output[r] - 2 - off, life[r], r))
-        finish_decodes(G)
-        G += 1
+            self._start_decode(r, c)
+        if self.heap and self.heap[0][0] <= self.step:
+            self._finish_decodes(self.step)
+        self.step += 1
 
-    return SimulationResult.from_rows(
-        requests=requests, spec=spec, cost=cost, num_steps=G, end_s=t, segments=segments,
-        decodes=intervals, chunks=chunk_rows, finish_step=finish_step,
-        preemptions=st["preemptions"], prefix_hit_tokens=hit_tokens,
-    )
+
+def simulate(requests, spec: SchedulerSpec, cost: StepCostModel) -> SimulationResult:
+    """Simulate ``requests`` (a :class:`.traces.RequestTable`) under ``spec``."""
+    check_feasible(spec, requests.prompt_len, requests.output_len)
+    return _Simulation(requests, spec, cost).run()

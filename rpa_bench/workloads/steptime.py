@@ -44,6 +44,9 @@ class StepCostModel:
                 raise ValueError(f"step_time.{field}={getattr(self, field)!r} must be > 0")
         if not self.overhead_s >= 0:
             raise ValueError(f"step_time.overhead_s={self.overhead_s!r} must be >= 0")
+        object.__setattr__(self, "_kvs", self.kv_bytes_per_token / self.hbm_bw_bytes_per_s)
+        object.__setattr__(self, "_spp", self.attn_flops_per_pair / self.peak_flops_per_s)
+        object.__setattr__(self, "_fts", self.model_flops_per_token / self.peak_flops_per_s)
 
     def hbm_bytes(self, num_tokens, sum_kv):
         return self.model_weight_bytes + self.q_bytes_per_token * num_tokens + self.kv_bytes_per_token * sum_kv
@@ -51,21 +54,22 @@ class StepCostModel:
     def flops(self, num_tokens, pairs):
         return self.model_flops_per_token * num_tokens + self.attn_flops_per_pair * pairs
 
-    # Time coefficients. Every step time is computed in exactly this order, so a stretch
-    # costed with arrays equals the same steps costed one by one, to the bit.
+    # Time coefficients (set once in __post_init__: they are read on every simulated step).
+    # Every step time is computed in exactly this order, so a stretch costed with arrays
+    # equals the same steps costed one by one, to the bit.
     @property
     def kv_s_per_token(self) -> float:
-        return self.kv_bytes_per_token / self.hbm_bw_bytes_per_s
+        return self._kvs
 
     @property
     def s_per_pair(self) -> float:
-        return self.attn_flops_per_pair / self.peak_flops_per_s
+        return self._spp
 
     def fixed_mem_s(self, num_tokens):
         return (self.model_weight_bytes + self.q_bytes_per_token * num_tokens) / self.hbm_bw_bytes_per_s
 
     def token_compute_s(self, num_tokens):
-        return (self.model_flops_per_token / self.peak_flops_per_s) * num_tokens
+        return self._fts * num_tokens
 
     def step_time_s(self, num_tokens, sum_kv, pairs):
         """Modelled seconds of steps; scalars or arrays (same arithmetic either way)."""
@@ -75,9 +79,36 @@ class StepCostModel:
 
     def scalar_step_time_s(self, num_tokens: int, sum_kv: int, pairs: int) -> float:
         """:meth:`step_time_s` of one step as a Python float (bit-identical, faster)."""
-        mem_s = self.fixed_mem_s(num_tokens) + self.kv_s_per_token * sum_kv
-        compute_s = self.token_compute_s(num_tokens) + self.s_per_pair * pairs
+        mem_s = (self.model_weight_bytes + self.q_bytes_per_token * num_tokens) / self.hbm_bw_bytes_per_s \
+            + self._kvs * sum_kv
+        compute_s = self._fts * num_tokens + self._spp * pairs
         return (mem_s if mem_s >= compute_s else compute_s) + self.overhead_s
+
+    def decode_stretch_s(self, num_decodes: int, sum_kv0: int, steps: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """:meth:`step_time_s` of ``len(out)`` decode-only steps with fixed membership, in place.
+
+        Step ``j`` has ``num_decodes`` tokens and ``sum_kv = pairs = sum_kv0 + num_decodes * j``
+        (``steps``: ``0..len(out)-1`` as float64; exact, integers < 2**53). Bit-identical to the
+        per-step formula; skips the compute side where the whole stretch is clearly memory-bound.
+        """
+        k = len(out)
+        np.multiply(steps[:k], num_decodes, out=out)
+        out += sum_kv0
+        fixed_s = (self.model_weight_bytes + self.q_bytes_per_token * num_decodes) / self.hbm_bw_bytes_per_s
+        tok_s, kvs, spp = self._fts * num_decodes, self._kvs, self._spp
+        last = sum_kv0 + num_decodes * (k - 1)
+        if not (fixed_s + kvs * sum_kv0 > (tok_s + spp * sum_kv0) * (1 + 1e-9)
+                and fixed_s + kvs * last > (tok_s + spp * last) * (1 + 1e-9)):
+            comp = out * spp  # not clearly memory-bound throughout: take the max
+            comp += tok_s
+            out *= kvs
+            out += fixed_s
+            np.maximum(out, comp, out=out)
+        else:
+            out *= kvs
+            out += fixed_s
+        out += self.overhead_s
+        return out
 
 
 def causal_pairs(q_len: int, kv_len: int) -> int:
