@@ -3,7 +3,8 @@
 Hydra hands the library plain values that may be of the wrong type (``seed=abc`` is the
 string ``'abc'``, ``model.head_dim=true`` is the bool ``True``, which Python would happily
 treat as the integer 1). :func:`from_dict` refuses unknown keys and checks every value
-against its field's annotation before the dataclass is built, with a one-line error that
+against its field's annotation (nested config dataclasses included) before the dataclass is
+built, with a one-line error that
 names the field and the expected type. Only the simple annotations configs use are checked
 (int, float, bool, str, their ``| None``, tuples/lists of int or str); anything richer is
 left to the dataclass's own validation.
@@ -89,6 +90,14 @@ def _check(field: str, value: Any, tp: Any) -> Any:
     return value
 
 
+def _dataclass_of(tp: Any) -> type | None:
+    """The dataclass in ``tp`` (``X`` or ``X | None``), else None."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        rest = [a for a in typing.get_args(tp) if a is not type(None)]
+        tp = rest[0] if len(rest) == 1 else None
+    return tp if isinstance(tp, type) and dataclasses.is_dataclass(tp) else None
+
+
 def from_dict(cls: type[T], d: Mapping[str, Any], *, section: str) -> T:
     """``cls(**d)``, refusing unknown keys and values of the wrong type (see the module doc)."""
     d = dict(d)
@@ -97,7 +106,13 @@ def from_dict(cls: type[T], d: Mapping[str, Any], *, section: str) -> T:
     if unknown:
         raise ValueError(f"{section}: unknown field(s) {unknown}; allowed: {', '.join(fields)}")
     hints = typing.get_type_hints(cls)
-    checked = {k: check_value(section, k, v, hints.get(k, Any)) for k, v in d.items()}
+    checked = {}
+    for k, v in d.items():
+        nested = _dataclass_of(hints.get(k, Any))
+        if nested is not None and isinstance(v, Mapping):  # a nested config section
+            checked[k] = from_dict(nested, v, section=f"{section}.{k}" if section else k)
+        else:
+            checked[k] = check_value(section, k, v, hints.get(k, Any))
     try:
         return cls(**checked)
     except TypeError as e:  # a required field is missing

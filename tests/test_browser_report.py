@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from rpa_bench.reports.report import write_report
-from rpa_bench.reports.synthetic import write_synthetic_run
+from synthetic_run import write_synthetic_run
 
 SAMPLE_RUN = pathlib.Path(__file__).resolve().parent.parent / "results" / "sample"
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from rpa_bench import cli
-from rpa_bench.reports.synthetic import SyntheticRunSpec, write_synthetic_run
+from synthetic_run import SyntheticRunSpec, write_synthetic_run
 
 
 @pytest.fixture(scope="module")

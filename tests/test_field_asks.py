@@ -10,7 +10,7 @@ import pytest
 
 from rpa_bench import cli
 from rpa_bench.commands._hydra import compose
-from rpa_bench.reports.synthetic import SyntheticRunSpec, write_synthetic_run
+from synthetic_run import SyntheticRunSpec, write_synthetic_run
 from rpa_bench.roofline.cost import batch_cost
 from rpa_bench.roofline.specs import get_device_spec
 from rpa_bench.roofline.verify import verify_crossover, verify_point

@@ -198,7 +198,7 @@ def test_an_edited_revision_cache_is_exported_again(tmp_path, monkeypatch):
 
 def test_the_report_reads_a_traces_measured_steps_table_and_flags_corrupt_batches(tmp_path):
     from rpa_bench.store.load import load_run
-    from rpa_bench.reports.synthetic import SyntheticRunSpec, write_synthetic_run
+    from synthetic_run import SyntheticRunSpec, write_synthetic_run
 
     run = write_synthetic_run(tmp_path / "run", SyntheticRunSpec(include_trace=False))
     batches = run / "workloads" / "azure" / "batches"

@@ -10,7 +10,7 @@ import pytest
 from rpa_bench import cli
 from rpa_bench.store.schema import SCHEMA_VERSION
 from rpa_bench.store.load import NotARunError, load_run
-from rpa_bench.reports.synthetic import SyntheticRunSpec, write_synthetic_run
+from synthetic_run import SyntheticRunSpec, write_synthetic_run
 
 
 @pytest.fixture

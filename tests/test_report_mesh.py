@@ -12,7 +12,7 @@ from rpa_bench.store.schema import OPTIONAL_COLUMNS
 from rpa_bench.store.load import load_run
 from rpa_bench.reports.mesh_section import mesh_section, parse_per_chip
 from rpa_bench.reports.report import write_report
-from rpa_bench.reports.synthetic import SyntheticRunSpec, write_synthetic_run
+from synthetic_run import SyntheticRunSpec, write_synthetic_run
 
 SMALL = dict(include_prefill=False, include_trace=False, decode_context_lens=(512, 1024))
 

@@ -64,9 +64,9 @@ def test_run_end_to_end_reference_timed_and_rpa_v3_checked_in_interpret_mode(tmp
 
 
 def test_incorrect_kernel_is_recorded_and_not_timed(tmp_path, monkeypatch):
-    from rpa_bench.kernels import checking
+    from rpa_bench.measure import point
 
-    monkeypatch.setattr(checking, "tolerance_for", lambda model: -1.0)  # nothing can pass
+    monkeypatch.setattr(point, "tolerance_for", lambda model: -1.0)  # nothing can pass
     rc = cli.main(["run", *TINY, *FAST, "workload.spec=[2q1s40]", "run.kernels=[reference]",
                    f"run.results_dir={tmp_path}", "run.name=bad"])
     assert rc == 0

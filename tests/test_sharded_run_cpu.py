@@ -36,7 +36,7 @@ def _run_cli(tmp):
 
 PAPER_RUN = ["run", "experiment=paper_decode", "scale=cpu_smoke", "mesh=dp8", "timing=quick", "timing.num_samples=3",
              "timing.capture_calls=2", "run.progress=false"]
-PAPER_QUICK = ["run.kernels=[reference]", "scale.workload.paper_decode.context_lens=[256,1024]"]
+PAPER_QUICK = ["run.kernels=[reference]", "workload.context_lens=[256,1024]"]
 
 
 def _run_paper(tmp, name, extra):

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import sys
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 MAX_JOB_DIR = 120  # characters of a sweep job's folder name (a path component has 255 bytes)
 
@@ -23,8 +24,33 @@ def job_dir(override_dirname: str, num: int) -> str:
     return f"{name[:MAX_JOB_DIR - 10]}~{digest}"
 
 
-if not OmegaConf.has_resolver("rpa_bench_job_dir"):  # used by conf/config.yaml's hydra.sweep.subdir
-    OmegaConf.register_new_resolver("rpa_bench_job_dir", job_dir)
+def run_name() -> str:
+    """A run's default folder name: its experiment (or ``run``) and the local time."""
+    experiment = None
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        experiment = HydraConfig.get().runtime.choices.get("experiment")
+    except (ImportError, ValueError):  # composed outside a Hydra app: no choices to read
+        pass
+    return f"{experiment or 'run'}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+
+
+SERVING_DEFAULT = "tpu7x"  # the paper's device
+
+
+def serving_device(device_name: str) -> str:
+    """The device whose peaks time a trace's simulated serving steps: the device group's
+    accelerator, or TPU7x (the paper's) when the group is ``auto`` or the CPU (a CPU run
+    still simulates the traffic a TPU server would batch)."""
+    return SERVING_DEFAULT if str(device_name) in ("auto", "cpu") else str(device_name)
+
+
+for _name, _fn in (("rpa_bench_job_dir", job_dir),  # conf/config.yaml's hydra.sweep.subdir
+                   ("rpa_bench_run_name", run_name),  # conf/config.yaml's run.name
+                   ("rpa_bench_serving_device", serving_device)):  # conf/scheduler/default.yaml
+    if not OmegaConf.has_resolver(_name):
+        OmegaConf.register_new_resolver(_name, _fn)
 
 
 def conf_dir() -> Path:
@@ -136,5 +162,12 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     """Compose the config without running anything (tests, library helpers)."""
     from hydra import compose as _compose, initialize_config_dir
 
+    from hydra.core.hydra_config import HydraConfig
+
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        return _compose(config_name="config", overrides=list(overrides))
+        cfg = _compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
+    # as in a Hydra app: the choices (e.g. the experiment that names run.name) are readable
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg

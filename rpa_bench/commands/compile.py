@@ -65,7 +65,6 @@ def case_batches(names: list[str]) -> dict:
 
 
 def jobs_for(cfg: DictConfig, *, all_pallas: bool) -> list:
-    from rpa_bench.commands.lower import kernel_was_chosen  # noqa: F401 - same kernel choice rule
     from rpa_bench.kernels.compiling import CompileJob  # imports JAX: loaded when the command runs
 
     model = ModelSpec.from_dict(OmegaConf.to_container(cfg.model, resolve=True))

@@ -154,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.latency_us is not None and not args.latency_us > 0:
         parser.error(f"--latency-us={args.latency_us} must be > 0")
     try:
-        device = resolve_roofline(args.device, results_dir=args.results_dir).device
+        roof = resolve_roofline(args.device, results_dir=args.results_dir)
+        device = roof.device
     except ValueError as e:
         parser.error(f"--device: {e}")
     if args.num_devices:
@@ -171,10 +172,10 @@ def main(argv: list[str] | None = None) -> int:
         latency = args.latency_us
         if latency is None:  # cost and bound only: evaluate at the bound itself
             probe = compute_metrics(cost, 1.0, device, convention=args.convention, peak_source=args.peak_source,
-                                    results_dir=args.results_dir)
+                                    calibration=roof.calibration)
             latency = probe.bound_time_us
         m = compute_metrics(cost, latency, device, convention=args.convention, peak_source=args.peak_source,
-                            results_dir=args.results_dir)
+                            calibration=roof.calibration)
     except ValueError as e:
         parser.error(str(e))
     out = m.to_dict()

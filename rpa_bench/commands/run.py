@@ -36,7 +36,7 @@ from rpa_bench.commands._hydra import compose, run_hydra
 from rpa_bench.measure.environment import load_average
 from rpa_bench.measure.host import fix_mmap_threshold
 from rpa_bench.measure.phases import Account, one_line, overhead_ratio, phase, scope, since_import
-from rpa_bench.measure.plan import Explicit, plan_from_config
+from rpa_bench.measure.plan import plan_from_config
 from rpa_bench.measure.summary import final_table
 from rpa_bench.parallel import distributed
 from rpa_bench.status import Status
@@ -49,30 +49,6 @@ VOLATILE_RUN_KEYS = ("name", "results_dir", "progress", "report")
 
 def _container(node: Any) -> Any:
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) or OmegaConf.is_list(node) else node
-
-
-def _explicit_paths(node: str) -> frozenset[str]:
-    """Dotted paths below ``node`` that the command line sets (``workload.num_seqs=2`` -> num_seqs)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    out = set()
-    for o in HydraConfig.get().overrides.task:
-        key = o.split("=", 1)[0].lstrip("+~")
-        if key.startswith(node + "."):
-            out.add(key[len(node) + 1:])
-    return frozenset(out)
-
-
-def _entry_paths(item: Any, prefix: str = "") -> set[str]:
-    if not isinstance(item, dict):
-        return set()
-    out = set()
-    for k, v in item.items():
-        if k == "use" and not prefix:
-            continue
-        out.add(prefix + k)
-        out |= _entry_paths(v, prefix + k + ".")
-    return out
 
 
 def _compose_entries(group: str, entries: Any, fallback: DictConfig) -> list[dict]:
@@ -324,17 +300,7 @@ def _task_body(cfg: DictConfig, held: list, account: Any) -> int:
     workloads = _compose_entries("workload", cfg.run.get("workloads"), cfg.workload)
     kernels = _compose_entries("kernel", cfg.run.get("kernels"), cfg.kernel)
     config["composed"] = {"workloads": workloads, "kernels": kernels}
-    # what the command line (or a run.workloads entry) sets wins over the scale preset
-    listed = _container(cfg.run.get("workloads"))
-    if listed is not None and not any(o.lstrip("+~").startswith(("workload=", "workload."))
-                                      for o in HydraConfig.get().overrides.task):
-        per_entry = [frozenset(_entry_paths(item)) for item in listed]
-    else:
-        per_entry = [_explicit_paths("workload")]
-    explicit = Explicit(model=_explicit_paths("model"), scheduler=_explicit_paths("scheduler"),
-                        workloads=tuple(per_entry))
-    plan = plan_from_config(config, workloads=workloads, kernels=kernels, experiment=str(experiment),
-                            explicit=explicit)
+    plan = plan_from_config(config, workloads=workloads, kernels=kernels, experiment=str(experiment))
     with phase("workload build"):
         prep = sweep.prepare_run(plan)  # every check, before anything is allocated
     _checkpoint()

@@ -23,7 +23,7 @@ from rpa_bench.roofline.specs import with_device_peaks
 from rpa_bench.workloads.model import ModelSpec
 from rpa_bench.workloads.points import build_workload, workload_spec_from_dict
 from rpa_bench.workloads.scheduler_spec import SchedulerSpec
-from rpa_bench.workloads.shape_plot import plot_batch_shape
+from rpa_bench.reports.shape_plot import plot_batch_shape
 
 EXTRA_OVERRIDES = ("hydra.run.dir=${run.results_dir}/simulate-${workload.name}-${run.name}",)
 

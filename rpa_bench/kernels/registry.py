@@ -7,6 +7,7 @@ tpu-inference, which :mod:`rpa_bench.kernels.loader` loads on first use).
 from __future__ import annotations
 
 import dataclasses
+import re
 import importlib
 from collections.abc import Mapping
 from types import MappingProxyType
@@ -25,6 +26,8 @@ BACKENDS = tuple(_BACKENDS)
 PALLAS_BACKENDS = ("rpa_v3", "rpa_v2", "jax_rpa")  # Pallas TPU kernels (interpret mode off TPU)
 SOURCE_BACKENDS = ("rpa_v3", "rpa_v2")  # take kernel.source (a tpu-inference checkout or revision)
 INTERPRET_CHOICES = ("auto", True, False)
+KERNEL_KEYS = ("name", "source", "options", "interpret", "label", "compiler_options")
+SAFE_LABEL = re.compile(r"[A-Za-z0-9_.=-]{1,120}")
 
 
 def _check_name(name: str) -> str:
@@ -74,25 +77,54 @@ def _freeze(value: Any) -> Any:
 
 @dataclasses.dataclass(frozen=True)
 class KernelConfig:
-    """One ``conf/kernel/<name>.yaml``: backend name, code source, options, interpret choice."""
+    """One kernel entry: a ``conf/kernel/<name>.yaml`` (backend name, code source, options,
+    interpret choice) and, in a run's ``run.kernels`` list, what rows call it (``label``)
+    and the XLA compiler options of every executable it compiles (``compiler_options``)."""
 
     name: str
     source: str | None = None
     options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     interpret: Any = "auto"  # "auto": interpret Pallas kernels off TPU; True / False: force
+    label: str = ""  # default: name; two entries of one backend in a run need two labels
+    compiler_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # per executable
 
     def __post_init__(self) -> None:
         _check_name(self.name)
         object.__setattr__(self, "options", _freeze(dict(self.options or {})))
         if self.interpret not in INTERPRET_CHOICES:
             raise ValueError(f"kernel={self.name}: interpret={self.interpret!r}; allowed: auto, true, false")
+        label = str(self.label or self.name)
+        if not SAFE_LABEL.fullmatch(label):
+            raise ValueError(f"kernel entry {self.name}: label={label!r}; allowed: letters, digits and . _ = -")
+        object.__setattr__(self, "label", label)
+        object.__setattr__(self, "compiler_options",
+                           _freeze(compiler_options(self.compiler_options, f"kernel entry {label}")))
         self.backend()  # validates source and option names (imports nothing heavy)
 
     def backend(self) -> KernelBackend:
         return get_backend(self.name, source=self.source, options=_thaw(self.options))
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "source": self.source, "interpret": self.interpret, "options": _thaw(self.options)}
+        out = {"name": self.name, "source": self.source, "interpret": self.interpret, "options": _thaw(self.options)}
+        if self.label != self.name:
+            out["label"] = self.label
+        if self.compiler_options:
+            out["compiler_options"] = _thaw(self.compiler_options)
+        return out
+
+
+def compiler_options(value: Any, where: str) -> dict:
+    """Per-executable XLA compiler options (``compile(compiler_options=...)``): flag -> scalar."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{where}: compiler_options={value!r} must be a mapping of flag -> value")
+    out = {}
+    for k, v in value.items():
+        if not isinstance(v, (str, int, float, bool)):
+            raise ValueError(f"{where}: compiler_options.{k}={v!r} must be a string, number or bool")
+        out[str(k)] = v
+    return out
 
 
 def _thaw(value: Any) -> Any:
@@ -104,18 +136,22 @@ def _thaw(value: Any) -> Any:
 
 
 def kernel_config_from_dict(d: Mapping[str, Any]) -> KernelConfig:
-    """Validate a kernel config mapping (a resolved ``cfg.kernel``); unknown keys are refused."""
+    """Validate a kernel config mapping (a resolved ``cfg.kernel`` or a ``run.kernels`` entry);
+    unknown keys are refused."""
     d = dict(d)
-    allowed = ("name", "source", "options", "interpret")
-    unknown = sorted(set(d) - set(allowed))
-    if unknown:
-        raise ValueError(f"kernel config key(s) {unknown} unknown; allowed: {', '.join(allowed)}")
-    if not d.get("name"):
+    name = d.get("name")
+    if not name:
         raise ValueError(f"kernel.name is missing; allowed: {', '.join(BACKENDS)}")
+    unknown = sorted(set(d) - set(KERNEL_KEYS))
+    if unknown:
+        raise ValueError(f"kernel entry {name}: unknown key(s) {unknown}; allowed: {', '.join(KERNEL_KEYS)} "
+                         "(options go under options:)")
     source = d.get("source")
     return KernelConfig(
-        name=str(d["name"]),
+        name=str(name),
         source=None if source is None else str(source),
         options=dict(d.get("options") or {}),
         interpret=d.get("interpret", "auto"),
+        label=str(d.get("label") or ""),
+        compiler_options=d.get("compiler_options") or {},
     )

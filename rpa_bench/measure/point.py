@@ -62,13 +62,11 @@ def cost_ckv(causal: bool) -> int | None:
 
 
 def cost_of(batch, model, attn, *, causal: bool):
-
     return batch_cost(batch, model, causal=causal, sliding_window=attn.sliding_window,
                       ckv=cost_ckv(causal), count="executed")
 
 
 def metrics_of(cost, latency_us: float, roof: Roofline) -> tuple[dict, list[str]]:
-
     paper = compute_metrics(cost, latency_us, roof.device, convention="paper")
     si = compute_metrics(cost, latency_us, roof.device, convention="si")
     calibrated = None

@@ -22,7 +22,8 @@ from rpa_bench.kernels.reference import reference_attention
 from rpa_bench.kernels.registry import PALLAS_BACKENDS, get_backend
 from rpa_bench.measure.compile_only import compile_variants, target_devices
 from rpa_bench.measure.phases import phase
-from rpa_bench.measure.plan import KernelEntry, RunPlan, WorkloadEntry
+from rpa_bench.kernels.registry import KernelConfig
+from rpa_bench.measure.plan import RunPlan, WorkloadEntry
 from rpa_bench.measure.point import KernelJob, cost_of, error_text, measure_interleaved, measure_job
 from rpa_bench.parallel.backend import ShardedBackend
 from rpa_bench.parallel.mesh import chip_major_order, mesh_spec_from_config
@@ -33,12 +34,11 @@ from rpa_bench.store import rows as record
 from rpa_bench.store.run_store import RunStore
 from rpa_bench.workloads.materialize import estimate_bytes, materialize, padded_shape
 from rpa_bench.workloads.points import build_workload, point_attention, workload_spec_from_dict
-from rpa_bench.workloads.scheduler_spec import SchedulerSpec
 
 
 @dataclasses.dataclass
 class KernelSlot:
-    entry: KernelEntry
+    entry: KernelConfig
     backend: Any | None
     interpret: bool
     available: bool
@@ -73,7 +73,6 @@ def interpret_work(batch: Any, model: Any) -> int:
 
 
 def _resolve_kernels(plan: RunPlan, platform: str) -> list[KernelSlot]:
-
     slots = []
     for k in plan.kernels:
         backend = get_backend(k.name, source=k.source, options=dict(k.options) or None)
@@ -93,17 +92,16 @@ def _resolve_kernels(plan: RunPlan, platform: str) -> list[KernelSlot]:
 
 
 def _build_workloads(plan: RunPlan) -> list[tuple[WorkloadEntry, Any]]:
-
     out = []
     for entry in plan.workloads:
         spec = workload_spec_from_dict(dict(entry.config))
-        scheduler = with_device_peaks(SchedulerSpec.from_dict(dict(plan.scheduler))) if plan.scheduler else None
-        out.append((entry, build_workload(spec, plan.model, scheduler, seed=plan.seed)))
+        # a trace's step-time model: one tensor-parallel device's share of the model
+        step_model = plan.model.tensor_parallel_shard(plan.mesh.model or 1)
+        out.append((entry, build_workload(spec, step_model, with_device_peaks(plan.scheduler), seed=plan.seed)))
     return out
 
 
 def _check_limits(plan: RunPlan, workloads, kernels: list[KernelSlot], platform: str) -> dict:
-
     problems: list[str] = []
     unsupported: dict[tuple[str, str, str], str] = {}
     for slot in kernels:  # model-level support: a config error for the whole run
@@ -141,9 +139,8 @@ def _check_limits(plan: RunPlan, workloads, kernels: list[KernelSlot], platform:
 
 
 def _roofline(plan: RunPlan, num_devices: int) -> Roofline:
-
-    n = num_devices if plan.compile_only is not None else int(plan.device.get("num_devices") or num_devices)
-    return resolve_roofline(str(plan.device.get("name") or "auto"), num_devices=n, results_dir=plan.results_dir,
+    n = num_devices if plan.compile_only is not None else int(plan.device.num_devices or num_devices)
+    return resolve_roofline(plan.device.name, num_devices=n, results_dir=plan.results_dir,
                             compile_only=plan.compile_only)
 
 
@@ -177,7 +174,7 @@ def prepare_run(plan: RunPlan) -> PreparedRun:
 
     devices = _compile_targets(plan)
     dev = devices[0]
-    mesh = mesh_spec_from_config(dict(plan.mesh), device_kind=dev.device_kind, num_devices=len(devices))
+    mesh = mesh_spec_from_config(plan.mesh.to_dict(), device_kind=dev.device_kind, num_devices=len(devices))
     if plan.compile_only is None:
         _check_every_process_in_mesh(mesh)
     kernels = _resolve_kernels(plan, dev.platform)
@@ -316,7 +313,7 @@ def _compiled_rows(prep: PreparedRun, run: record.RunColumns, point_cols: dict, 
 
 def kernel_provenance(prep: PreparedRun) -> dict:
     return {s.entry.label: {**s.provenance.as_dict(), "backend": s.entry.name, "available": s.available, "availability": s.reason,
-                           "interpret": s.interpret, "config": dict(s.entry.config)} for s in prep.kernels}
+                           "interpret": s.interpret, "config": s.entry.to_dict()} for s in prep.kernels}
 
 
 def _jsonable(x: Any) -> Any:

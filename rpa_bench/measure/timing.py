@@ -32,6 +32,7 @@ import numpy as np
 
 from rpa_bench.measure.phases import phase
 from rpa_bench.measure.stats import SampleSummary, StatsConfig, summarize
+from rpa_bench.typed import from_dict
 
 Clock = Callable[[], float]  # seconds, monotonic
 
@@ -80,16 +81,13 @@ class TimingConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "TimingConfig":
         d = dict(d)
-        d.pop("name", None)
+        d.pop("name", None)  # the conf/timing preset's name
+        # the statistics' fields may also sit at the top of the timing group
         stats_fields = {f.name for f in dataclasses.fields(StatsConfig)}
-        own = {f.name for f in dataclasses.fields(cls)} - {"stats"}
-        unknown = set(d) - own - stats_fields - {"stats"}
-        if unknown:
-            raise ValueError(f"timing: unknown field(s) {sorted(unknown)}; allowed: {sorted(own | stats_fields)}")
         stats = dict(d.pop("stats", None) or {})
-        d["compiler_options"] = dict(d.get("compiler_options") or {})
         stats.update({k: d.pop(k) for k in list(d) if k in stats_fields})
-        return cls(**d, stats=StatsConfig(**stats))
+        d["compiler_options"] = dict(d.get("compiler_options") or {})
+        return from_dict(cls, {**d, "stats": stats}, section="timing")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -109,7 +109,7 @@ def point_columns(*, workload: str, workload_kind: str, point_id: str, batch: Ra
 
 
 def kernel_columns(entry: Any, provenance: KernelProvenance, *, interpret: bool) -> dict:
-    """``entry``: a run's KernelEntry (label, backend, compiler options) or a plain name."""
+    """``entry``: a run's kernel entry (a KernelConfig: label, backend, compiler options) or a plain name."""
     if isinstance(entry, str):
         name, backend, options = entry, entry, {}
     else:

@@ -7,7 +7,7 @@
 - :mod:`.traces`: CSV / JSONL trace readers (shipped traces under ``rpa_bench/data/traces``).
 - :mod:`.scheduler` (fast) and :mod:`.scheduler_ref` (reference): continuous batching of
   requests into per-step batches; :mod:`.steptime` times the steps; :mod:`.stream` holds
-  the result; :mod:`.summary`, :mod:`.sampling`, :mod:`.shape_plot` describe it.
+  the result; :mod:`.summary` and :mod:`.sampling` describe it (plots: :mod:`rpa_bench.reports.shape_plot`).
 - :mod:`.points`: ``build_workload`` -- the points (batch, weight, padding) a run measures.
 - :mod:`.materialize`: a batch as kernel input arrays.
 """

@@ -55,6 +55,17 @@ class ModelSpec:
         """Build from a plain mapping (e.g. the ``model`` config group); unknown keys are refused."""
         return from_dict(cls, d, section="model")
 
+    def tensor_parallel_shard(self, ways: int) -> "ModelSpec":
+        """One device's share under ``ways``-way tensor parallelism: heads, weights and FLOPs
+        per token divided by ``ways`` (the KV heads must divide)."""
+        if ways == 1:
+            return self
+        if ways < 1 or self.num_kv_heads % ways:
+            raise ValueError(f"tensor parallel {ways} must divide model.num_kv_heads={self.num_kv_heads}")
+        return dataclasses.replace(self, num_q_heads=self.num_q_heads // ways, num_kv_heads=self.num_kv_heads // ways,
+                                   model_weight_bytes=self.model_weight_bytes // ways,
+                                   model_flops_per_token=self.model_flops_per_token // ways)
+
     @property
     def num_queries_per_kv(self) -> int:
         return self.num_q_heads // self.num_kv_heads

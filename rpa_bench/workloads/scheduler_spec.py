@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
+from rpa_bench.typed import from_dict
 from rpa_bench.workloads.batch import cdiv
 
 SAMPLING_METHODS = ("all", "every_k", "stratified", "top_n")
@@ -100,20 +103,8 @@ class SchedulerSpec:
         return self.chunk_prefill_size or self.max_num_batched_tokens
 
     @classmethod
-    def from_dict(cls, d: dict) -> "SchedulerSpec":
-        allowed = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(d) - set(allowed))
-        if unknown:
-            raise ValueError(f"scheduler: unknown field(s) {unknown}; allowed: {', '.join(allowed)}")
-        d = dict(d)
-        if "sampling" in d:
-            sampling = dict(d["sampling"])
-            names = [f.name for f in dataclasses.fields(SamplingSpec)]
-            bad = sorted(set(sampling) - set(names))
-            if bad:
-                raise ValueError(f"scheduler.sampling: unknown field(s) {bad}; allowed: {', '.join(names)}")
-            d["sampling"] = SamplingSpec(**sampling)
-        return cls(**d)
+    def from_dict(cls, d: Mapping[str, Any]) -> "SchedulerSpec":
+        return from_dict(cls, d, section="scheduler")
 
 
 def check_feasible(spec: SchedulerSpec, prompt_len: np.ndarray, output_len: np.ndarray) -> None:
