@@ -23,6 +23,7 @@ COMMANDS = {
     "xprof": ("rpa_bench.commands.xprof", "open a run's profiler captures in xprof (one session per measurement)"),
     "history": ("rpa_bench.commands.history", "a kernel across tpu-inference commits: correctness, compile, speed"),
     "capture": ("rpa_bench.commands.capture", "per-call device time of every program in a profiler capture"),
+    "tune": ("rpa_bench.commands.tune", "tune the kernel's block sizes per phase for a workload's batches"),
 }
 
 

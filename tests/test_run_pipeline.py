@@ -115,7 +115,7 @@ def test_killed_run_resumes_without_repeating_or_losing_points(tmp_path):
 
     done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "resuming" in done.stdout
+    assert "resuming" in done.stderr
     store = RunStore(run)
     df = store.read()
     keys = list(zip(df.workload, df.point_id, df.kernel, df.variant))

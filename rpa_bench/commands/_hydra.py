@@ -105,6 +105,7 @@ GROUP_HELP = {
     "scale": "full (the paper's shapes) or cpu_smoke (reduced, runs on a CPU)",
     "lower": "rpa-bench lower: generations and batch shape",
     "compile": "rpa-bench compile: generations, cases, timeout",
+    "tune": "rpa-bench tune: phases, target generation, search (halving), budgets",
 }
 
 

@@ -44,7 +44,6 @@ from rpa_bench.store import schema
 from rpa_bench.store.rows import now_utc
 from rpa_bench.store.run_store import RunStore
 
-VOLATILE_RUN_KEYS = ("name", "results_dir", "progress", "report")
 
 
 def _container(node: Any) -> Any:
@@ -98,21 +97,6 @@ def _run_dir(cfg: DictConfig) -> tuple[Path, str]:
     except ValueError:
         run_id = run_dir.name
     return run_dir, run_id
-
-
-def _comparable(config: dict) -> dict:
-    out = dict(config)
-    out["run"] = {k: v for k, v in dict(out.get("run") or {}).items() if k not in VOLATILE_RUN_KEYS}
-    return out
-
-
-def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = []
-        for k in sorted(set(a) | set(b)):
-            out += _diff(a.get(k), b.get(k), f"{prefix}{k}.")
-        return out
-    return [] if a == b else [prefix.rstrip(".")]
 
 
 def task(cfg: DictConfig) -> int:
@@ -192,77 +176,6 @@ def _remove_unstarted_run_dir(cfg: DictConfig) -> None:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def _open_store(store: Any, config: dict, prep: Any, plan: Any, run_id: str) -> None:
-    """Resume the run in ``store`` (refusing a different config) or start it: the manifest
-    and the workloads' tables. The writer's job."""
-    from rpa_bench.measure import environment, sweep  # imports JAX: loaded when the command runs
-
-    run_dir = store.root
-    if store.exists():
-        old = store.read_manifest()
-        changed = _diff(_comparable(old.get("config") or {}), _comparable(config))
-        if changed:
-            raise ValueError(
-                f"{run_dir} holds a run with a different config ({', '.join(changed[:10])}); "
-                "resume with the same overrides, or choose a new run.name"
-            )
-        _check_same_workloads(old, {e.name: sweep.workload_manifest(e, w, plan.max_points)
-                                    for e, w in prep.workloads}, run_dir)
-        store.clean_temporaries()
-        for e, w in prep.workloads:  # tables a kill before they were written lost: rebuilt
-            if not any((run_dir / "workloads" / e.name).glob("*.parquet")):
-                sweep.write_workload_tables(store, e, w)
-        store.update_manifest(status="running", resumed_utc=[*old.get("resumed_utc", []), now_utc()],
-                              resumed_from_status=old.get("status"))
-        print(f"rpa-bench run: resuming {run_dir} ({len(store.done_keys())} (point, kernel) pairs done)")
-        retry = sorted(store.retry_keys())
-        if retry:
-            print(f"rpa-bench run: retrying {len(retry)} (point, kernel) pair(s) that failed for an environmental "
-                  "reason: " + ", ".join(f"{w}:{p}:{k}" for w, p, k in retry[:8]) + (" ..." if len(retry) > 8 else ""))
-    else:
-        manifest = {
-            "schema_version": schema.SCHEMA_VERSION,
-            "run_id": run_id,
-            "created_utc": now_utc(),
-            "command": ["rpa-bench", "run", *sys.argv[1:]],
-            "config": config,
-            "environment": environment.environment(),
-            "flags": environment.flags(dict(plan.timing.compiler_options)),
-            "git": environment.git_state(),
-            "kernels": environment.portable(sweep.kernel_provenance(prep)),
-            "workloads": {e.name: sweep.workload_manifest(e, w, plan.max_points) for e, w in prep.workloads},
-            "device_spec": prep.roof.device.to_dict(),
-            "calibration": prep.roof.calibration.to_dict() if prep.roof.calibration is not None else None,
-            "status": "running",
-            "experiment": plan.experiment,
-            "scale": {"name": plan.scale.name, "reduced": plan.scale.reduced},
-            "seeds": {"run": plan.seed},
-            "mesh": prep.mesh_label,
-            "processes": distributed.describe(),
-        }
-        for e, w in prep.workloads:  # before the manifest says the run (and its tables) exist
-            sweep.write_workload_tables(store, e, w)
-        store.write_manifest(manifest)
-
-
-def _check_same_workloads(old: dict, new: dict, run_dir: Path) -> None:
-    """A resume measures the same inputs: trace files (sha256) and point ids must not have changed."""
-    changes = []
-    for name, now in new.items():
-        before = (old.get("workloads") or {}).get(name)
-        if before is None:
-            changes.append(f"workload {name} is new")
-            continue
-        if (before.get("sources") or {}) != (now.get("sources") or {}):
-            changes.append(f"workload {name}'s source files changed (sha256 differs from the stored run)")
-        if before.get("point_ids") != now.get("point_ids"):
-            changes.append(f"workload {name}'s points changed ({len(before.get('point_ids') or [])} stored, "
-                           f"{len(now.get('point_ids') or [])} now)")
-    if changes:
-        raise ValueError(f"{run_dir} cannot be resumed: " + "; ".join(changes)
-                         + "; choose a new run.name to measure the new inputs")
-
-
 def _task(cfg: DictConfig) -> int:
     from rpa_bench.measure import point, summary, sweep  # noqa: F401 - imported here: start-up
     from rpa_bench.store import run_store  # noqa: F401 - imported here: start-up
@@ -316,7 +229,7 @@ def _task_body(cfg: DictConfig, held: list, account: Any) -> int:
         store.acquire_lock()  # a second run with this run.name is refused (RunLockedError)
         held.append(store)
         try:
-            _open_store(store, config, prep, plan, run_id)
+            sweep.open_store(store, config, prep, run_id, command=["rpa-bench", "run", *sys.argv[1:]])
             decision["done"] = sorted(list(k) for k in store.done_keys())
         except ValueError as exc:
             decision["error"] = str(exc)

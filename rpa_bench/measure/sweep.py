@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import sys
+from pathlib import Path
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -19,18 +21,20 @@ from typing import Any
 from rpa_bench.kernels.backend_util import call_context
 from rpa_bench.kernels.base import KernelProvenance
 from rpa_bench.kernels.reference import reference_attention
-from rpa_bench.kernels.registry import PALLAS_BACKENDS, get_backend
+from rpa_bench.kernels.registry import KernelConfig, PALLAS_BACKENDS, get_backend
+from rpa_bench.measure import environment
 from rpa_bench.measure.compile_only import compile_variants, target_devices
 from rpa_bench.measure.phases import phase
-from rpa_bench.kernels.registry import KernelConfig
 from rpa_bench.measure.plan import RunPlan, WorkloadEntry
 from rpa_bench.measure.point import KernelJob, cost_of, error_text, measure_interleaved, measure_job
+from rpa_bench.parallel import distributed
 from rpa_bench.parallel.backend import ShardedBackend
 from rpa_bench.parallel.mesh import chip_major_order, mesh_spec_from_config
 from rpa_bench.roofline.calibration import Roofline, resolve_roofline
 from rpa_bench.roofline.specs import with_device_peaks
 from rpa_bench.status import Status
-from rpa_bench.store import rows as record
+from rpa_bench.store import rows as record, schema
+from rpa_bench.store.rows import now_utc
 from rpa_bench.store.run_store import RunStore
 from rpa_bench.workloads.materialize import estimate_bytes, materialize, padded_shape
 from rpa_bench.workloads.points import build_workload, point_attention, workload_spec_from_dict
@@ -91,7 +95,7 @@ def _resolve_kernels(plan: RunPlan, platform: str) -> list[KernelSlot]:
     return slots
 
 
-def _build_workloads(plan: RunPlan) -> list[tuple[WorkloadEntry, Any]]:
+def build_workloads(plan: RunPlan) -> list[tuple[WorkloadEntry, Any]]:
     out = []
     for entry in plan.workloads:
         spec = workload_spec_from_dict(dict(entry.config))
@@ -193,7 +197,7 @@ def prepare_run(plan: RunPlan) -> PreparedRun:
                 slot.backend = ShardedBackend(slot.backend, mesh, device_spec=roof.device,
                                               devices=devices if plan.compile_only else None)
                 slot.provenance = dataclasses.replace(slot.provenance, mesh=mesh.label)
-    workloads = _build_workloads(plan)
+    workloads = build_workloads(plan)
     unsupported = _check_limits(plan, workloads, kernels, dev.platform)
     return PreparedRun(plan, workloads, kernels, roof, dev.platform, dev.device_kind, mesh.num_devices, mesh.label,
                        unsupported)
@@ -411,3 +415,93 @@ def execute(prep: PreparedRun, store: RunStore, *, run_id: str, progress: bool =
                 _point_rows(prep, run, entry, wl, p, todo, store, on_rows)
     bar.close()
     return counts
+
+
+# --- the run folder ------------------------------------------------------------------
+VOLATILE_RUN_KEYS = ("name", "results_dir", "progress", "report")  # a resume may change these
+
+
+def _comparable(config: dict) -> dict:
+    out = dict(config)
+    out["run"] = {k: v for k, v in dict(out.get("run") or {}).items() if k not in VOLATILE_RUN_KEYS}
+    return out
+
+
+def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            out += _diff(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+def open_store(store: RunStore, config: dict, prep: PreparedRun, run_id: str, *, command: list[str]) -> None:
+    """Resume the run in ``store`` (refusing a different config) or start it: the manifest
+    and the workloads' tables. The writer's job."""
+    plan = prep.plan
+    run_dir = store.root
+    if store.exists():
+        old = store.read_manifest()
+        changed = _diff(_comparable(old.get("config") or {}), _comparable(config))
+        if changed:
+            raise ValueError(
+                f"{run_dir} holds a run with a different config ({', '.join(changed[:10])}); "
+                "resume with the same overrides, or choose a new run.name"
+            )
+        check_same_workloads(old, {e.name: workload_manifest(e, w, plan.max_points)
+                                    for e, w in prep.workloads}, run_dir)
+        store.clean_temporaries()
+        for e, w in prep.workloads:  # tables a kill before they were written lost: rebuilt
+            if not any((run_dir / "workloads" / e.name).glob("*.parquet")):
+                write_workload_tables(store, e, w)
+        store.update_manifest(status="running", resumed_utc=[*old.get("resumed_utc", []), now_utc()],
+                              resumed_from_status=old.get("status"))
+        print(f"rpa-bench: resuming {run_dir} ({len(store.done_keys())} (point, kernel) pairs done)", file=sys.stderr)
+        retry = sorted(store.retry_keys())
+        if retry:
+            print(f"rpa-bench: retrying {len(retry)} (point, kernel) pair(s) that failed for an environmental "
+                  "reason: " + ", ".join(f"{w}:{p}:{k}" for w, p, k in retry[:8]) + (" ..." if len(retry) > 8 else ""),
+                  file=sys.stderr)
+    else:
+        manifest = {
+            "schema_version": schema.SCHEMA_VERSION,
+            "run_id": run_id,
+            "created_utc": now_utc(),
+            "command": list(command),
+            "config": config,
+            "environment": environment.environment(),
+            "flags": environment.flags(dict(plan.timing.compiler_options)),
+            "git": environment.git_state(),
+            "kernels": environment.portable(kernel_provenance(prep)),
+            "workloads": {e.name: workload_manifest(e, w, plan.max_points) for e, w in prep.workloads},
+            "device_spec": prep.roof.device.to_dict(),
+            "calibration": prep.roof.calibration.to_dict() if prep.roof.calibration is not None else None,
+            "status": "running",
+            "experiment": plan.experiment,
+            "scale": {"name": plan.scale.name, "reduced": plan.scale.reduced},
+            "seeds": {"run": plan.seed},
+            "mesh": prep.mesh_label,
+            "processes": distributed.describe(),
+        }
+        for e, w in prep.workloads:  # before the manifest says the run (and its tables) exist
+            write_workload_tables(store, e, w)
+        store.write_manifest(manifest)
+
+
+def check_same_workloads(old: dict, new: dict, run_dir: Path) -> None:
+    """A resume measures the same inputs: trace files (sha256) and point ids must not have changed."""
+    changes = []
+    for name, now in new.items():
+        before = (old.get("workloads") or {}).get(name)
+        if before is None:
+            changes.append(f"workload {name} is new")
+            continue
+        if (before.get("sources") or {}) != (now.get("sources") or {}):
+            changes.append(f"workload {name}'s source files changed (sha256 differs from the stored run)")
+        if before.get("point_ids") != now.get("point_ids"):
+            changes.append(f"workload {name}'s points changed ({len(before.get('point_ids') or [])} stored, "
+                           f"{len(now.get('point_ids') or [])} now)")
+    if changes:
+        raise ValueError(f"{run_dir} cannot be resumed: " + "; ".join(changes)
+                         + "; choose a new run.name to measure the new inputs")

@@ -1,0 +1,170 @@
+"""rpa-bench tune: the search space follows the kernel's rules, pruning is per generation, the
+search finds the optimum within its budget, the exported lines reach the kernel, resume."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from rpa_bench import cli
+from rpa_bench.kernels import tpu_target
+from rpa_bench.kernels.registry import KernelConfig, get_backend
+from rpa_bench.measure import tune as tn
+from rpa_bench.store.run_store import RunStore
+from rpa_bench.workloads.batch import RaggedBatch
+from rpa_bench.workloads.model import ModelSpec
+
+LLAMA = ModelSpec("llama3_8b", num_q_heads=32, num_kv_heads=8, head_dim=128)
+PAGE = 256
+
+
+def _v3_heuristic(batch: RaggedBatch, case: str) -> tuple[int, ...]:
+    plan = get_backend("rpa_v3", options={"generation": "TPU7x"}).plan(LLAMA, batch)
+    return tuple({"decode": plan.d_block_sizes, "mixed": plan.m_block_sizes}[case])
+
+
+@pytest.mark.parametrize("phase", ["decode", "mixed", "verify", "prefill"])
+def test_the_space_obeys_the_kernels_rules_and_always_holds_the_heuristic(phase):
+    batch = RaggedBatch(q_lens=(1, 1, 37), kv_lens=(3000, 700, 900), page_size=PAGE)
+    heuristic = _v3_heuristic(batch, "decode" if phase == "decode" else "mixed")
+    cands = tn.candidates("rpa_v3", phase, heuristic=heuristic, page_size=PAGE, max_kv=3000, max_q=37)
+    assert cands[0].heuristic and cands[0].values == heuristic and sum(c.heuristic for c in cands) == 1
+    assert len({c.label for c in cands}) == len(cands)
+    for c in cands[1:]:
+        bq, bkv, bq_c, bkv_c = c.values
+        assert bq % bq_c == 0 and bkv % bkv_c == 0 and bkv % PAGE == 0 and bkv_c % PAGE == 0
+        assert bkv <= 3072  # up to the longest kv, rounded up to a page
+        if phase == "decode":
+            assert bq == bq_c == 1
+        else:
+            assert tn.MIN_BQ <= bq <= 64  # doubling up to the longest query (37 -> 64)
+    # every fetch size from one page to the longest kv, and every page-multiple compute size that divides it
+    fetch = {c.values[1] for c in cands[1:]}
+    assert fetch == {256, 512, 1024, 2048, 3072}
+    assert {c.values[3] for c in cands[1:] if c.values[1] == 2048} == {256, 512, 1024, 2048}
+    ref = tn.candidates("reference", phase, heuristic=(256 * 2**20,))
+    assert ref[0].values == (256 * 2**20,) and all(len(c.values) == 1 for c in ref)
+
+
+def test_pruning_drops_a_tuple_that_overflows_vmem_on_one_generation_and_keeps_it_on_another():
+    backend = get_backend("rpa_v3")
+    big = (1, 8192, 1, 1024)  # the kernel's own estimate: ~72 MiB of VMEM
+    est = backend.vmem_estimate_bytes(LLAMA, {"block_sizes": {"decode": big}})
+    tpu7x, v6e = (tpu_target.vmem_capacity_bytes(k) for k in ("TPU7x", "TPU v6 lite"))
+    assert tpu7x < est < v6e
+    assert tn.verdict_from_estimate(est, tpu7x).status == "vmem_oom"
+    assert tn.verdict_from_estimate(est, v6e).status == "ok" and tn.verdict_from_estimate(est, v6e).source == "estimate"
+
+
+@pytest.mark.slow
+def test_the_real_compiler_prunes_the_same_tuple_per_generation():
+    from rpa_bench.kernels import compiling
+
+    ok, reason = compiling.libtpu_status()
+    if not ok:
+        pytest.skip(reason)
+    batch = RaggedBatch(q_lens=(1,) * 8, kv_lens=(8192,) * 8, page_size=PAGE)
+    cand = tn.Candidate("rpa_v3", "decode", (1, 8192, 1, 1024))
+    jobs = [compiling.CompileJob(KernelConfig("rpa_v3", options=cand.options()).to_dict(), cand.label, LLAMA,
+                                 __import__("rpa_bench.workloads.model", fromlist=["AttentionSpec"]).AttentionSpec(),
+                                 batch, gen, "decode") for gen in ("tpu7x", "v6e")]
+    r7, r6 = compiling.compile_many(jobs, timeout_s=600)
+    assert tn.verdict_from_compile(r7, "TPU7x", "decode").status == "vmem_oom", r7.error
+    assert tn.verdict_from_compile(r6, "TPU v6 lite", "decode").fits, r6.error
+
+
+def test_halving_finds_the_optimum_of_a_synthetic_timing_function_within_its_budget():
+    cands = tn.candidates("rpa_v3", "decode", heuristic=(1, 4096, 1, 4096), page_size=PAGE, max_kv=16384)
+    best = (1, 2048, 1, 512)
+
+    def seconds(values):  # a bowl in log2(bkv), log2(bkv_c) with its bottom at `best`
+        return 1e-3 * (1 + 0.05 * (math.log2(values[1] / best[1]) ** 2 + math.log2(values[3] / best[3]) ** 2))
+
+    rng = np.random.default_rng(0)
+    calls = []
+
+    def evaluate(alive, rung, samples):
+        calls.append(len(alive))
+        noise = 0.005 / math.sqrt(samples)  # noise shrinks with samples, as a median's does
+        return ({c.label: seconds(c.values) * (1 + noise * rng.standard_normal()) for c in alive},
+                samples * len(alive) * 1e-3)
+
+    rungs = tn.successive_halving(cands, evaluate, eta=3, min_samples=5)
+    final = rungs[-1]
+    winner = min((lab for lab in final.kept if not lab.startswith("decode-1.4096.1.4096")),
+                 key=lambda lab: final.scores[lab])
+    assert winner == tn.Candidate("rpa_v3", "decode", best).label
+    assert "decode-1.4096.1.4096" in final.kept  # the heuristic is kept to the end, head to head
+    assert sum(calls) < len(cands) * len(rungs)  # fewer evaluations than the grid at every rung
+    # a budget of one rung's cost stops the search after that rung
+    short = tn.successive_halving(cands, evaluate, eta=3, min_samples=5, budget_s=1e-9)
+    assert len(short) == 1
+
+
+def test_exported_env_lines_round_trip_into_the_kernels_arguments():
+    answers = {"decode": tn.Candidate("rpa_v3", "decode", (1, 1024, 1, 512)),
+               "mixed": tn.Candidate("rpa_v3", "mixed", (32, 2048, 16, 1024)),
+               "verify": tn.Candidate("rpa_v3", "verify", (8, 512, 8, 256))}
+    lines = tn.env_lines({k: v for k, v in answers.items() if k != "verify"})
+    assert lines == ["RPA_V3_DECODE_BLOCK_SIZES=1,1024,1,512", "RPA_V3_MIXED_BLOCK_SIZES=32,2048,16,1024"]
+    options = dict(tn.parse_env_line(line) for line in lines)
+    batch = RaggedBatch(q_lens=(1, 1, 40), kv_lens=(900, 3000, 100), page_size=PAGE)
+    plan = KernelConfig("rpa_v3", options={k: list(v) for k, v in options.items()}).backend().plan(LLAMA, batch)
+    assert tuple(plan.d_block_sizes) == (1, 1024, 1, 512) and tuple(plan.m_block_sizes) == (32, 2048, 16, 1024)
+    assert plan.block_sizes_source == {"decode": "config", "mixed": "config"}
+    assert answers["verify"].options() == {"m_block_sizes": [8, 512, 8, 256]}  # verify tunes the mixed kernel
+
+
+def test_buckets_and_regret():
+    weights = {"a": 0.5, "b": 0.5}
+    buckets = {"a": "small", "b": "large"}
+    lat = {"H": {"a": 10.0, "b": 10.0}, "X": {"a": 6.0, "b": 11.0}, "Y": {"a": 11.0, "b": 7.0}}
+    ans = tn.analyze(lat, weights, buckets, "decode", "H")
+    assert ans.best == "X" and ans.per_bucket["small"]["best"] == "X" and ans.per_bucket["large"]["best"] == "Y"
+    # X everywhere: 3 + 5.5 = 8.5; each bucket's best: 3 + 3.5 = 6.5
+    assert ans.regret_pct == pytest.approx((8.5 / 6.5 - 1) * 100)
+    assert ans.speedup_vs_heuristic == pytest.approx(10.0 / 8.5)
+    assert tn.bucket_of(5, 900, [512.0]) == "seqs<=8 kv>512"
+
+
+TUNE = ["tune", "kernel=reference", "workload=batch_spec", "workload.spec=[4q1s256,2q1s512]", "scale=cpu_smoke",
+        "timing=quick", "timing.capture=false", "tune.strategy=grid", "tune.max_candidates=2", "run.progress=false",
+        "tune.json=true"]
+
+
+def test_tune_on_the_reference_end_to_end_and_resume_after_a_kill_redoes_nothing(tmp_path, monkeypatch, capsys):
+    argv = [*TUNE, f"run.results_dir={tmp_path}", "run.name=t"]
+    real_append = RunStore.append
+    calls = {"n": 0}
+
+    def killed(self, rows):  # the process is killed after its first stored part
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real_append(self, rows)
+
+    monkeypatch.setattr(RunStore, "append", killed)
+    assert cli.main(argv) == 130
+    monkeypatch.setattr(RunStore, "append", real_append)
+    capsys.readouterr()
+    assert cli.main(argv) == 0
+    first = json.loads(capsys.readouterr().out)
+    decode = first["phases"]["decode"]
+    assert decode["timed"] and decode["measured"][0] == decode["heuristic"] and len(decode["measured"]) == 2
+    # the resumed run measured only what the killed one had not stored (one point of two)
+    assert 0 < first["stats"]["rows_measured"] < 2 * 2 * 2
+    assert set(decode["answer"]["totals"]) == set(decode["measured"])
+    assert (tmp_path / "tune" / "t" / "tune.html").is_file() and (tmp_path / "tune" / "t" / "tune_decode.png").is_file()
+    assert cli.main(argv) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["stats"]["rows_measured"] == 0 and again["phases"]["decode"]["best"] == decode["best"]
+
+
+def test_bad_tune_settings_are_refused_in_one_line(tmp_path, capsys):
+    assert cli.main([*TUNE, "tune.strategy=bayes", f"run.results_dir={tmp_path}"]) == 2
+    assert "tune.strategy='bayes'; allowed: halving, grid" in capsys.readouterr().err
+    assert cli.main([*TUNE, "kernel=jax_rpa", f"run.results_dir={tmp_path}"]) == 2
+    assert "rpa-bench tune tunes rpa_v3, reference" in capsys.readouterr().err
