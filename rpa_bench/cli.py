@@ -20,7 +20,7 @@ COMMANDS = {
     "run": ("rpa_bench.commands.run", "measure kernels on workloads; store results"),
     "report": ("rpa_bench.commands.report", "render a stored run as HTML + PNG"),
     "compare": ("rpa_bench.commands.compare", "compare two stored runs (or two kernels in one run)"),
-    "xprof": ("rpa_bench.commands.xprof", "open a run's profiler captures in xprof (one session per measurement)"),
+    "xprof": ("rpa_bench.commands.xprof", "open a run's profiler captures in xprof (one session per point and kernel)"),
     "history": ("rpa_bench.commands.history", "a kernel across tpu-inference commits: correctness, compile, speed"),
     "capture": ("rpa_bench.commands.capture", "per-call device time of every program in a profiler capture"),
     "tune": ("rpa_bench.commands.tune", "tune the kernel's block sizes per phase for a workload's batches"),

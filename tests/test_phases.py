@@ -39,9 +39,10 @@ def test_a_run_accounts_for_its_time_by_phase(tmp_path, capsys):
     assert "overhead" in capsys.readouterr().out
     m = json.loads((tmp_path / "p" / "manifest.json").read_text())
     phases = m["phases"]
-    for name in ("start-up", "workload build", "materialise", "reference", "compile", "check", "warm-up",
+    for name in ("start-up", "workload build", "materialise", "compile", "check", "warm-up",
                  "timed samples", "capture", "capture parse", "statistics", "store write", "other"):
         assert name in phases, name
+    assert not phases.get("reference")  # the default reference kernel's checked output stood in for it
     assert abs(sum(phases.values()) - m["process_wall_s"]) < 0.05 * m["process_wall_s"] + 0.1
     assert m["overhead_ratio"] > 1.0
     df = pd.read_parquet(tmp_path / "p" / "measurements.parquet")
@@ -50,3 +51,18 @@ def test_a_run_accounts_for_its_time_by_phase(tmp_path, capsys):
     assert cli.main(["report", str(tmp_path / "p")]) == 0
     assert "Where the run&#39;s time went" in (tmp_path / "p" / "report" / "index.html").read_text() or \
         "Where the run's time went" in (tmp_path / "p" / "report" / "index.html").read_text()
+
+
+def test_the_default_reference_kernel_stands_in_for_the_points_reference():
+    from rpa_bench.kernels.reference import ReferenceBackend
+    from rpa_bench.measure.point import PointReference
+
+    computed = []
+    ref = PointReference(lambda: computed.append(1) or "computed")
+    ref.offer(ReferenceBackend(options={"extra_work": 0.5}), "slower reference")  # not the reference itself
+    ref.offer(ReferenceBackend(options={"block_bytes": 2**20}), "other blocks")
+    assert ref.get() == "computed" and computed == [1]
+    ref = PointReference(lambda: computed.append(2) or "computed")
+    ref.offer(ReferenceBackend(), "the reference's own output")
+    ref.offer(ReferenceBackend(), "a later offer")
+    assert ref.get() == "the reference's own output" and computed == [1]  # computed once at most, here never

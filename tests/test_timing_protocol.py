@@ -57,8 +57,8 @@ def test_long_kernel_is_timed_once_per_sample():
     cfg = TimingConfig(warmup_calls=1, num_samples=4, min_sample_s=0.01)
     res = time_function(kern, (), config=cfg, clock=clock, block=_noblock)
     assert res.loops_per_sample == 1
-    # 1 warm-up + 1 calibration sample + 4 samples
-    assert kern.calls == 6
+    # 1 warm-up call (timed: it is also the calibration's one-call sample) + 4 samples
+    assert kern.calls == 5
     assert res.samples_us == pytest.approx((2e5,) * 4)
 
 
@@ -76,7 +76,7 @@ def test_unstable_samples_warn_with_advice_and_keep_every_sample():
 
 def test_first_sample_outlier_is_flagged_not_dropped():
     clock = FakeClock()
-    costs = [1e-3, 1e-3] + [5e-3] + [1e-3 + 1e-6 * (i % 3) for i in range(9)]
+    costs = [1e-3] + [5e-3] + [1e-3 + 1e-6 * (i % 3) for i in range(9)]  # warm-up (= calibration), samples
     kern = FakeKernel(clock, costs)
     cfg = TimingConfig(warmup_calls=1, num_samples=10, min_sample_s=0.0)
     res = time_function(kern, (), config=cfg, clock=clock, block=_noblock)

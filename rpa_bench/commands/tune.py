@@ -270,16 +270,15 @@ class Tuner:
             _say(f"  {phase}: compiling {len(jobs)} candidates for {self.generation} "
                  f"({len(cands) - len(jobs)} verdicts cached)", self.quiet)
 
-        def progress(r) -> None:
-            _say(f"    {r.kernel:<28} {r.status:<9} {r.compile_s:6.1f} s", self.quiet)
-
-        by_label = {c.label: c for c in todo}
-        for r in compiling.compile_many(jobs, timeout_s=self.tcfg.compile_timeout_s, progress=progress):
+        def progress(r) -> None:  # each verdict is cached as it comes: a killed tune keeps them
             v = tn.verdict_from_compile(r, self.generation, phase)
             verdicts[r.kernel] = v
             self.stats["compiles"] += 1
             if r.status != "skipped":
-                self.cache.put(keys[by_label[r.kernel].label], v)
+                self.cache.put(keys[r.kernel], v)
+            _say(f"    {r.kernel:<28} {r.status:<9} {r.compile_s:6.1f} s", self.quiet)
+
+        compiling.compile_many(jobs, timeout_s=self.tcfg.compile_timeout_s, progress=progress)
         return verdicts
 
     # --- measuring ------------------------------------------------------------------------

@@ -34,6 +34,7 @@ and says why in ``warnings`` (the caller falls back to the wall clock). Nothing 
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import glob
 import os
@@ -154,6 +155,21 @@ def capture(
     block: Callable[[Any], Any] | None = None,
 ) -> Path:
     """Profile ``call(0) .. call(num_calls - 1)`` (each blocked on) into ``dest`` (xplane.pb)."""
+    return capture_programs([(call, contextlib.nullcontext)], num_calls, dest, hlo=hlo, block=block)
+
+
+def capture_programs(
+    programs: Sequence[tuple[Callable[[int], Any], Callable[[], contextlib.AbstractContextManager]]],
+    num_calls: int,
+    dest: Path,
+    *,
+    hlo: bool = False,
+    block: Callable[[Any], Any] | None = None,
+) -> Path:
+    """One profiler session for several programs (e.g. every kernel and variant of a point):
+    each ``(call, context)`` makes ``num_calls`` annotated calls in turn, inside its context.
+    Device time is read per program (its own module), so one session serves all of them, and
+    the session's start-up and write are paid once."""
     import jax
 
     block = block or jax.block_until_ready
@@ -163,9 +179,11 @@ def capture(
     opts.enable_hlo_proto = hlo
     with tempfile.TemporaryDirectory(prefix="rpa_bench_capture_") as tmp:
         with jax.profiler.trace(tmp, profiler_options=opts):
-            for i in range(num_calls):
-                with jax.profiler.TraceAnnotation(ANNOTATION, call=i):
-                    block(call(i))
+            for call, context in programs:
+                with context():
+                    for i in range(num_calls):
+                        with jax.profiler.TraceAnnotation(ANNOTATION, call=i):
+                            block(call(i))
         found = sorted(glob.glob(os.path.join(tmp, "**", "*.xplane.pb"), recursive=True))
         if not found:
             raise RuntimeError(f"jax.profiler.trace wrote no xplane.pb under {tmp}")

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from rpa_bench.kernels.checking import compare_outputs, tolerance_for
+from rpa_bench.kernels.reference import DEFAULT_BLOCK_BYTES, ReferenceBackend
 from rpa_bench.measure import capture as cap, xspace
 from rpa_bench.measure.calls import TimedCall, VARIANTS, build_timed_calls
 from rpa_bench.measure.devtime import PerDeviceTiming, per_device_timing
@@ -110,36 +111,76 @@ def _call_devices(call: TimedCall) -> list:
     return [jax.devices()[0]]
 
 
-def _time_variant(call: TimedCall, cfg: TimingConfig, *, capture_to: Path | None,
+@dataclasses.dataclass(frozen=True)
+class Captured:
+    """A point's profiler session (every kernel and variant of the point): the stored file
+    (None when it could not be kept) and its parsed records."""
+
+    path: Path | None
+    space: Any
+    note: str | None = None
+
+
+def _wall(call: TimedCall, cfg: TimingConfig, clock: Callable[[], float]) -> Any:
+    with call.context():
+        return time_function(call, call.args, config=cfg, donates=call.donates, clock=clock,
+                             label=f"{call.variant} samples", in_order=_in_order(), agree=_agree())
+
+
+def _program(call: TimedCall, num_calls: int) -> Callable[[int], Any]:
+    """Call ``i`` of a capture on fresh arguments (made when the program starts: one
+    program's copies alive at a time)."""
+    sets: list = []
+
+    def run(i: int) -> Any:
+        if i == 0:
+            sets[:] = [call.fresh_args() for _ in range(num_calls)]
+        args, sets[i] = sets[i], None
+        return call(*args)
+    return run
+
+
+def capture_point(readies: list["_Ready"], *, stem: str | None = None) -> Captured | None:
+    """One profiler session for every kernel and variant given (after their timing): the
+    point's interleaved kernels, or one kernel's two variants (``stem``: the session's name)."""
+    if not readies:
+        return None
+    job, cfg = readies[0].job, readies[0].job.timing
+    if not cfg.capture or cfg.capture_calls <= 0 or job.captures_dir is None:
+        return None
+    dest = cap.session_path(Path(job.captures_dir), stem or job.point_capture_stem or job.capture_stem)
+    programs = [(_program(r.calls[v], cfg.capture_calls), r.calls[v].context) for r in readies
+                for v in VARIANTS if v in r.calls]
+    try:
+        with phase("capture"):
+            path = cap.capture_programs(programs, cfg.capture_calls, dest, hlo=cfg.capture_hlo)
+        with phase("capture parse"):
+            return Captured(path, xspace.read(path))
+    except cap.CaptureNotKept as err:  # the timing stands; only the file is lost
+        return Captured(None, err.space, f"the profiler capture could not be kept ({err}); device time was read "
+                                         "from it before it was discarded")
+
+
+def _time_variant(call: TimedCall, cfg: TimingConfig, *, captured: Captured | None,
                   kernel_regex: str | None, clock: Callable[[], float],
                   devices: Any = None, wall: Any = None) -> tuple[dict, PerDeviceTiming | None]:
-    """The variant's timing columns, and the per-device timing of its capture (parsed once).
+    """The variant's timing columns, and the per-device timing read from the point's capture.
     ``wall``: its wall-clock timing when already taken (interleaved with other kernels)."""
     with call.context():
         if wall is None:
-            wall = time_function(call, call.args, config=cfg, donates=call.donates, clock=clock,
-                                 label=f"{call.variant} samples", in_order=_in_order(), agree=_agree())
+            wall = _wall(call, cfg, clock)
         notes = list(wall.warnings)
         device, per_device, path = None, None, None
-        if cfg.capture and cfg.capture_calls > 0 and capture_to is not None:
-            sets = [call.fresh_args() for _ in range(cfg.capture_calls)]
-            try:
-                with phase("capture"):
-                    path = cap.capture(lambda i: call(*sets[i]), cfg.capture_calls, capture_to, hlo=cfg.capture_hlo)
-                with phase("capture parse"):
-                    space = xspace.read(path)
-            except cap.CaptureNotKept as err:  # the timing stands; only the file is lost
-                path, space = None, err.space
-                notes.append(f"the profiler capture could not be kept ({err}); device time was read from it "
-                             "before it was discarded")
+        if cfg.capture and cfg.capture_calls > 0 and captured is not None:
+            path, space = captured.path, captured.space
+            if captured.note:
+                notes.append(captured.note)
             with phase("capture parse"):
                 per_device = per_device_timing(space, module_name=call.module_name, num_calls=cfg.capture_calls,
                                                devices=devices if devices is not None else _call_devices(call),
                                                wall_latency_us=wall.summary.median_us, kernel_regex=kernel_regex)
             device = per_device.as_step()
             notes += device.warnings
-            if not cfg.keep_captures and path is not None:
-                path.unlink(missing_ok=True)
     on_device_plane = device is not None and device.available and str(device.plane).startswith("/device:")
     if device is not None and device.available and not on_device_plane:
         notes.append(
@@ -172,10 +213,40 @@ def _time_variant(call: TimedCall, cfg: TimingConfig, *, capture_to: Path | None
     cols = record.timing_columns(
         source=source, samples_us=samples, summary=summary, wall=wall, device_samples_us=dev,
         compile_time_s=call.compile_time_s,
-        capture_path=str(capture_to) if (device is not None and cfg.keep_captures and path is not None) else None,
+        capture_path=str(path) if (device is not None and cfg.keep_captures and path is not None) else None,
     )
     cols["warnings"] = notes
     return cols, per_device
+
+
+class PointReference:
+    """A point's reference output, computed once, when a kernel's check first needs it.
+
+    The reference kernel with its default options computes exactly the reference (the
+    same functions on the same inputs): when it is checked first at a point, its checked
+    output stands in, and the point does not compile and run the reference a second time.
+    """
+
+    def __init__(self, compute: Callable[[], Any]) -> None:
+        self._compute = compute
+        self._value: Any = None
+
+    def get(self) -> Any:
+        if self._value is None:
+            import jax
+
+            with phase("reference"):
+                self._value = jax.block_until_ready(self._compute())
+        return self._value
+
+    def offer(self, backend: Any, output: Any) -> None:
+        if self._value is None and is_default_reference(backend):
+            self._value = output
+
+
+def is_default_reference(backend: Any) -> bool:
+    return (isinstance(backend, ReferenceBackend) and backend.block_bytes == DEFAULT_BLOCK_BYTES
+            and backend.extra_work == 0.0)
 
 
 @dataclasses.dataclass
@@ -185,7 +256,7 @@ class KernelJob:
     backend: Any
     interpret: bool
     inputs: Any
-    reference: Any
+    reference: Any  # KernelOutput, or a PointReference computed on first use
     attn: Any
     causal: bool
     timing: TimingConfig
@@ -196,6 +267,7 @@ class KernelJob:
     captures_dir: Path | None
     run_dir: Path | None = None
     capture_stem: str = "capture"
+    point_capture_stem: str | None = None  # the point's one profiler session (every kernel and variant)
     kernel_regex: str | None = None  # None: from the call's meta (pallas_name_prefix)
     context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
     clock: Callable[[], float] = time.perf_counter
@@ -226,7 +298,28 @@ def measure_job(job: KernelJob) -> list[dict]:
     ready = _prepare(job)
     if isinstance(ready, list):
         return ready
-    return _finish(ready, {})
+    return _measure_ready(ready)
+
+
+def _measure_ready(ready: "_Ready") -> list[dict]:
+    """One kernel: both variants timed, then one capture session for both."""
+    accounts = {v: Account() for v in VARIANTS}
+    walls = {}
+    for variant in VARIANTS:
+        with scope(accounts[variant]):
+            walls[variant] = (_wall(ready.calls[variant], ready.job.timing, ready.job.clock), None)
+    with scope(ready.account or Account()):
+        captured = capture_point([ready], stem=ready.job.capture_stem)
+    try:
+        return _finish(ready, walls, captured, accounts)
+    finally:
+        _discard(captured, [ready])
+
+
+def _discard(captured: Captured | None, readies: list["_Ready"]) -> None:
+    """``timing.keep_captures=false``: the file goes once every row has read it."""
+    if captured is not None and captured.path is not None and readies and not readies[0].job.timing.keep_captures:
+        captured.path.unlink(missing_ok=True)
 
 
 def _with_phases(rows: list[dict], job_account: Account, variant_accounts: dict[str, Account]) -> list[dict]:
@@ -259,7 +352,15 @@ def measure_interleaved(jobs: list[KernelJob], *, order: str = "alternate", seed
             positions = interleave(samplers, cfg, clock=timed[0].job.clock, agree=_agree(), order=order, seed=seed)
             for r, sampler, pos in zip(timed, samplers, positions):
                 walls[id(r)][variant] = (sampler.result(), pos)
-    return [r if isinstance(r, list) else _finish(r, walls[id(r)]) for r in readies]
+    for r in timed:  # a kernel timed alone (the others failed or were not timed): its own samples
+        for variant in VARIANTS:
+            if variant not in walls[id(r)]:
+                walls[id(r)][variant] = (_wall(r.calls[variant], r.job.timing, r.job.clock), None)
+    captured = capture_point(timed)
+    try:
+        return [r if isinstance(r, list) else _finish(r, walls[id(r)], captured) for r in readies]
+    finally:
+        _discard(captured, timed)
 
 
 def _prepare(job: KernelJob) -> "_Ready | list[dict]":
@@ -303,7 +404,11 @@ def _prepare_in_scope(job: KernelJob) -> "_Ready | list[dict]":
                 out = prepared.finish(check(*check.fresh_args()))
                 jax.block_until_ready(out)
             tolerance = tolerance_for(model)
-            max_abs_err, ok = compare_outputs(out, job.reference, inputs, tolerance=tolerance)
+            reference = job.reference
+            if isinstance(reference, PointReference):
+                reference.offer(job.backend, out)
+                reference = reference.get()
+            max_abs_err, ok = compare_outputs(out, reference, inputs, tolerance=tolerance)
         del out  # a full KV cache: free it before timing
         prefix = (prepared.meta or {}).get("pallas_name_prefix")
         if kernel_regex is None and prefix:
@@ -326,13 +431,14 @@ def _prepare_in_scope(job: KernelJob) -> "_Ready | list[dict]":
     return _Ready(job, prepared, calls, cost, base_more, gate, kernel_regex)
 
 
-def _finish(ready: _Ready, walls: dict) -> list[dict]:
-    """Time (unless ``walls`` holds a variant's interleaved samples), capture, and make the rows."""
+def _finish(ready: _Ready, walls: dict, captured: Captured | None,
+            accounts: dict[str, Account] | None = None) -> list[dict]:
+    """The rows from each variant's wall samples and the point's capture."""
     out_rows = []
-    accounts = {v: Account() for v in VARIANTS}
+    accounts = accounts or {v: Account() for v in VARIANTS}
     for variant in VARIANTS:
         with scope(accounts[variant]):
-            out_rows.append(_finish_variant(ready, walls, variant))
+            out_rows.append(_finish_variant(ready, walls, variant, captured))
     _check_incl_not_below_excl(out_rows)
     return _with_phases(out_rows, ready.account or Account(), accounts)
 
@@ -352,16 +458,13 @@ def _check_incl_not_below_excl(rows: list[dict]) -> None:
             r["warnings"] = [*(r.get("warnings") or []), note]
 
 
-def _finish_variant(ready: _Ready, walls: dict, variant: str) -> dict:
+def _finish_variant(ready: _Ready, walls: dict, variant: str, captured: Captured | None) -> dict:
     job, prepared, calls, cost = ready.job, ready.prepared, ready.calls, ready.cost
     base_more, gate, kernel_regex, timing = ready.base_more, ready.gate, ready.kernel_regex, job.timing
     try:
-        capture_to = None
-        if job.captures_dir is not None:
-            capture_to = cap.session_path(Path(job.captures_dir), f"{job.capture_stem}.{variant}")
         sharded = prepared.plan is not None
         wall, order = walls.get(variant, (None, None))
-        cols, per_device = _time_variant(calls[variant], timing, capture_to=capture_to,
+        cols, per_device = _time_variant(calls[variant], timing, captured=captured,
                                          kernel_regex=kernel_regex if variant == "excl_prep" else None,
                                          clock=job.clock, devices=_local(prepared.devices) if sharded else None,
                                          wall=wall)

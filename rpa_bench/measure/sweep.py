@@ -26,7 +26,7 @@ from rpa_bench.measure import environment
 from rpa_bench.measure.compile_only import compile_variants, target_devices
 from rpa_bench.measure.phases import phase
 from rpa_bench.measure.plan import RunPlan, WorkloadEntry
-from rpa_bench.measure.point import KernelJob, cost_of, error_text, measure_interleaved, measure_job
+from rpa_bench.measure.point import KernelJob, PointReference, cost_of, error_text, measure_interleaved, measure_job
 from rpa_bench.parallel import distributed
 from rpa_bench.parallel.backend import ShardedBackend
 from rpa_bench.parallel.mesh import chip_major_order, mesh_spec_from_config
@@ -252,8 +252,7 @@ def _point_rows(prep: PreparedRun, run: record.RunColumns, entry: WorkloadEntry,
                                          max_num_seqs=p.max_num_seqs, seed=plan.seed, poison=True,
                                          device=jax.local_devices()[0])  # the same data on every host
                     jax.block_until_ready(inputs.k_cache)
-                with phase("reference"):
-                    reference = jax.block_until_ready(reference_attention(inputs, attn))
+                reference = PointReference(lambda i=inputs: reference_attention(i, attn))
             except Exception as exc:  # noqa: BLE001 - every kernel of the point gets the error
                 err = f"materialise/reference failed: {error_text(exc)}"
                 for s in todo[todo.index(slot):]:
@@ -265,6 +264,7 @@ def _point_rows(prep: PreparedRun, run: record.RunColumns, entry: WorkloadEntry,
             causal=p.causal, timing=plan.timing, roof=prep.roof, run=run, point_cols=point_cols,
             kernel_cols=kcols, captures_dir=store.captures_dir, run_dir=store.root,
             capture_stem=f"{_slug(entry.name)}.{_slug(p.point_id)}.{_slug(slot.entry.label)}",
+            point_capture_stem=f"{_slug(entry.name)}.{_slug(p.point_id)}",
             context=lambda s=slot: call_context(s.interpret),
             compiler_options={**plan.timing.compiler_options, **slot.entry.compiler_options},
         )

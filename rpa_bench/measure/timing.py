@@ -169,12 +169,17 @@ class Sampler:
     def calibrate(self) -> None:
         """Warm-up calls, then calls per sample grown until a sample lasts ``min_sample_s``."""
         config = self.config
+        elapsed = None
         with phase("warm-up"):
-            for _ in range(config.warmup_calls):
-                self.block(self.fn(*self._arg_sets(1)[0]))
+            for i in range(config.warmup_calls):
+                if i == config.warmup_calls - 1:  # the last warm-up call is also a one-call sample
+                    elapsed = self.agree(self._sample(1))
+                else:
+                    self.block(self.fn(*self._arg_sets(1)[0]))
         with phase("calibration"):
             loops, cap = 1, self.loop_cap
-            elapsed = self.agree(self._sample(loops))
+            if elapsed is None:  # no warm-up call to read it from
+                elapsed = self.agree(self._sample(loops))
             while elapsed < config.min_sample_s and loops < cap:
                 grow = config.min_sample_s / elapsed * 1.2 if elapsed > 0 else 10.0
                 loops = min(cap, max(loops * 2, math.ceil(loops * grow)))

@@ -251,6 +251,44 @@ _generate_jit = jax.jit(
 )
 
 
+_SQRT3 = np.float32(3.0**0.5)
+
+
+def _host_values(rng: np.random.Generator, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """Values drawn on the host (numpy's PCG64), in the target dtype: uniform on [-sqrt(3),
+    sqrt(3)] (mean 0 and variance 1, as :func:`random_values`' N(0, 1); three times faster to
+    draw on a CPU, where drawing the caches was most of a point's set-up)."""
+    dtype = jnp.dtype(dtype)
+    x = rng.random(shape, dtype=np.float32)
+    x *= 2 * _SQRT3
+    x -= _SQRT3
+    if dtype == jnp.int8:
+        return np.clip(np.round(x * INT8_UNIT), -127, 127).astype(np.int8)
+    return x.astype(dtype)  # ml_dtypes: bfloat16 and the 8-bit floats round from float32
+
+
+def _generate_host(seed, num_tokens, poison, ctx_lens, page_owner, page_ordinal, *, t_pad, h_q, h_kv, d,
+                   num_pages, page_size, dtype, kv_dtype):
+    """:func:`_generate` on the host: same shapes, masks and poison, without a compile per
+    shape (on a CPU device the host is the device, and compiling the generator for every new
+    point shape cost seconds per point)."""
+    rng = np.random.default_rng([int(seed), 0x5250_4142])  # a stream of its own for this seed
+    queries = _host_values(rng, (t_pad, h_q, d), dtype)
+    new_k = _host_values(rng, (t_pad, h_kv, d), kv_dtype)
+    new_v = _host_values(rng, (t_pad, h_kv, d), kv_dtype)
+    k_cache = _host_values(rng, (num_pages, page_size, h_kv, d), kv_dtype)
+    v_cache = _host_values(rng, (num_pages, page_size, h_kv, d), kv_dtype)
+    if poison:
+        rows_bad = np.arange(t_pad) >= num_tokens
+        owner = np.maximum(page_owner, 0)
+        pos = page_ordinal[:, None] * page_size + np.arange(page_size)[None, :]
+        ctx_bad = ~((page_owner[:, None] >= 0) & (pos < ctx_lens[owner][:, None]))
+        for arr, bad in ((queries, rows_bad), (new_k, rows_bad), (new_v, rows_bad), (k_cache, ctx_bad),
+                         (v_cache, ctx_bad)):
+            arr[bad] = np.asarray(poison_value(arr.dtype))
+    return queries, new_k, new_v, k_cache, v_cache
+
+
 def materialize(
     batch: RaggedBatch,
     model: ModelSpec,
@@ -291,13 +329,16 @@ def materialize(
     def put(x):
         return jax.device_put(x, device)
 
-    queries, new_k, new_v, k_cache, v_cache = _generate_jit(
-        put(jax.random.key(seed)), put(np.int32(batch.num_tokens)), put(np.bool_(poison)),
-        put(ctx_lens), put(owner), put(ordinal),
-        t_pad=shape.max_num_batched_tokens, h_q=model.num_q_heads,
-        h_kv=model.num_kv_heads, d=model.head_dim, num_pages=shape.num_pages,
-        page_size=batch.page_size, dtype=jnp.dtype(model.dtype), kv_dtype=jnp.dtype(model.kv_dtype),
-    )
+    sizes = dict(t_pad=shape.max_num_batched_tokens, h_q=model.num_q_heads, h_kv=model.num_kv_heads,
+                 d=model.head_dim, num_pages=shape.num_pages, page_size=batch.page_size,
+                 dtype=jnp.dtype(model.dtype), kv_dtype=jnp.dtype(model.kv_dtype))
+    if device.platform == "cpu":  # the host is the device: draw there, no compile per shape
+        host = _generate_host(seed, batch.num_tokens, poison, ctx_lens, owner, ordinal, **sizes)
+        queries, new_k, new_v, k_cache, v_cache = (put(x) for x in host)
+    else:  # accelerators: draw on the device (inputs can be many GiB)
+        queries, new_k, new_v, k_cache, v_cache = _generate_jit(
+            put(jax.random.key(seed)), put(np.int32(batch.num_tokens)), put(np.bool_(poison)),
+            put(ctx_lens), put(owner), put(ordinal), **sizes)
     return KernelInputs(
         batch=batch,
         model=model,
