@@ -69,3 +69,14 @@ def test_report_loads_in_chromium_with_every_image_and_table(report_page, tmp_pa
         histogram = im.convert("L").histogram()
         inked = sum(histogram[:200]) / sum(histogram)
         assert inked > 0.01, f"screenshot is nearly blank ({inked:.2%} non-white pixels)"
+
+
+def test_the_summary_fits_the_first_screen_and_the_page_stays_short(report_page, tmp_path):
+    dom = _chromium(tmp_path / "profile-layout", "--window-size=1400,900", "--virtual-time-budget=5000",
+                    "--dump-dom", report_page.as_uri())
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    attrs = dict(re.findall(r'([\w-]+)="([^"]*)"', re.search(r"<body([^>]*)>", dom.stdout).group(1)))
+    # the summary (what ran, headline numbers, what failed) ends within a 1400 x 900 first screen
+    assert int(attrs["data-summary-bottom"]) <= 900, attrs
+    # the sample run's page was ~21,000 px before its caveats, repeated warnings and paper rows were folded
+    assert int(attrs["data-page-height"]) < 20000, attrs

@@ -96,3 +96,23 @@ def test_a_sweep_folder_is_reported_as_one_page_with_the_swept_values_as_columns
     html = (sweep / "report" / "index.html").read_text()
     assert "timing.num_samples" in html and "Measurements of every job" in html
     assert (sweep / "kernel=reference,timing.num_samples=3" / "report" / "index.html").is_file()
+
+
+def test_two_sweeps_are_compared_job_by_job_on_one_page(tmp_path, capsys):
+    import json
+
+    for side, seed in (("a", 0), ("b", 1)):
+        for value in ("3", "5"):
+            write_synthetic_run(tmp_path / side / f"kernel=reference,timing.num_samples={value}",
+                                SyntheticRunSpec(include_trace=False, include_prefill=False, seed=seed))
+    write_synthetic_run(tmp_path / "b" / "kernel=reference,timing.num_samples=9",
+                        SyntheticRunSpec(include_trace=False, include_prefill=False))
+    rc = cli.main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert rc in (0, 1) and out["jobs"] == ["kernel=reference,timing.num_samples=3",
+                                            "kernel=reference,timing.num_samples=5"]
+    assert out["jobs_one_side"] == ["kernel=reference,timing.num_samples=9"]
+    assert {p["timing.num_samples"] for p in out["points"]} == {"3", "5"}
+    html = (tmp_path / "b" / "compare-a" / "index.html").read_text()
+    assert "timing.num_samples" in html and "in one sweep only" in html
+    assert cli.main(["compare", str(tmp_path / "a"), str(tmp_path / "nope")]) == 2

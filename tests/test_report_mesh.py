@@ -80,6 +80,6 @@ def test_sharded_run_stored_before_the_new_columns_renders_what_it_has(tmp_path,
     assert not any("lacks columns" in p for p in run.problems)  # optional columns are not a defect
     result = write_report(run)
     text = _text(result.index_html.read_text())
-    assert "do not record whose peaks" in text and "No per-chip figures are stored" in text
+    assert "Rows without figures_per" in text and "No per-chip figures are stored" in text
     assert "data=2,model=1" in text  # per-device latencies and the measured imbalance still show
     assert json.loads((path / "manifest.json").read_text())["mesh"] == "data=2,model=1"

@@ -135,15 +135,20 @@ def test_paper_section_on_a_full_scale_tpu7x_run_drops_the_caveats(tmp_path):
     assert len(paper.tables) == 3
 
 
-def test_paper_rows_are_shown_even_when_no_length_matches(tmp_path):
+def test_paper_tables_show_only_comparable_rows_and_count_the_rest(tmp_path):
     spec = SyntheticRunSpec(decode_context_lens=(256,), include_prefill=False, include_trace=False)
     run = load_run(write_synthetic_run(tmp_path / "short", spec))
     rows = side_by_side(run, "table4")
     assert len(rows) == 14 and set(rows["status"]) == {"not measured here"}  # 7 lengths x 2 variants
     assert rows["paper_bound_us"].notna().all()
     paper = [s for s in write_report(run).sections if s.id == "paper"][0]
-    assert len(paper.tables) == 1  # decode only: the run measured no prefill experiment
+    assert not paper.tables  # no length of this run is one of the paper's: no row to set side by side
     assert any("256 are not in the paper's sweep" in n for n in paper.notes)
+    assert any("14 more paper rows" in n and "roofline --paper table4" in n for n in paper.notes)
+    run = load_run(write_synthetic_run(tmp_path / "one", SyntheticRunSpec(decode_context_lens=(256, 1024),
+                                                                          include_prefill=False, include_trace=False)))
+    (table,) = [s for s in write_report(run).sections if s.id == "paper"][0].tables
+    assert len(table.rows) == 2 * len({r for r in side_by_side(run, "table4")["kernel"].dropna()})  # c=1024 only
 
 
 def test_provenance_shows_the_workload_values_actually_used(tmp_path):

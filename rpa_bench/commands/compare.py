@@ -14,10 +14,14 @@ import argparse
 import json
 import re
 import sys
+from pathlib import Path
+
+import pandas as pd
 
 from rpa_bench.measure.environment import flag_differences
 from rpa_bench.reports.compare import CompareOptions, compare_kernels, compare_measurements
 from rpa_bench.reports.compare_report import manifest_differences, write_compare
+from rpa_bench.reports.sweep_report import sweep_jobs, swept_values
 from rpa_bench.store.load import NotARunError, load_run
 
 
@@ -55,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         options = CompareOptions(threshold=args.threshold, alpha=args.alpha, n_resamples=args.resamples,
                                  across_flags=args.across_flags)
+        if not args.kernels and all(_is_sweep(Path(r)) for r in args.runs):
+            return _compare_sweeps(Path(args.runs[0]), Path(args.runs[1]), options, args, err)
         runs = [load_run(r) for r in args.runs]
     except (NotARunError, ValueError) as e:
         err(str(e))
@@ -149,3 +155,50 @@ def main(argv: list[str] | None = None) -> int:
             + "; ".join(f"{n}x {r}" for r, n in reasons.head(3).items()) + ")")
         return 2
     return s.exit_status
+
+
+def _is_sweep(path: Path) -> bool:
+    return path.is_dir() and not (path / "manifest.json").is_file() and bool(sweep_jobs(path))
+
+
+def _compare_sweeps(a_dir: Path, b_dir: Path, options: CompareOptions, args: argparse.Namespace, err) -> int:
+    """Two sweeps (``run -m``): jobs paired by their override names, compared job by job, on
+    one page with the job and its swept values as the first columns."""
+    a_jobs, b_jobs = {p.name: p for p in sweep_jobs(a_dir)}, {p.name: p for p in sweep_jobs(b_dir)}
+    common = sorted(set(a_jobs) & set(b_jobs))
+    if not common:
+        err(f"the sweeps share no job (A: {', '.join(sorted(a_jobs))}; B: {', '.join(sorted(b_jobs))}): "
+            "nothing to compare")
+        return 2
+    frames, keys = [], []
+    for name in common:
+        a, b = load_run(a_jobs[name]), load_run(b_jobs[name])
+        result = compare_measurements(a.measurements, b.measurements, options)
+        flags = flag_differences(a.manifest.get("flags"), b.manifest.get("flags"))
+        if flags and not options.across_flags and not result.empty:
+            result = result.assign(mark="not comparable", reason=f"different compiler/runtime flags: {', '.join(flags)}")
+        swept = swept_values(name)
+        keys += [k for k in swept if k not in keys]
+        frames.append(result.assign(job=name, **swept))
+    only = sorted(set(a_jobs) ^ set(b_jobs))
+    result = pd.concat(frames, ignore_index=True)
+    out = args.out or b_dir / f"compare-{_slug(a_dir.name)}"
+    banners = (f"jobs in one sweep only (not compared): {', '.join(only)}",) if only else ()
+    output = write_compare(result, out, side_a=a_dir.name, side_b=b_dir.name, device="see each job",
+                           options=options, banners=banners, leading=("job", *keys))
+    s = output.summary
+    status = 2 if s.num_comparable == 0 else s.exit_status
+    if args.json:
+        points = json.loads(result.drop(columns=[c for c in result.columns if c.startswith("_")])
+                            .to_json(orient="records"))
+        print(json.dumps({"a": str(a_dir), "b": str(b_dir), "jobs": common, "jobs_one_side": only,
+                          "counts": s.counts, "geomean_ratio": s.geomean_ratio, "exit_status": status,
+                          "report": str(output.index_html), "points": points}, indent=1, default=str))
+    else:
+        geo = "n/a" if s.geomean_ratio is None else f"{s.geomean_ratio:.3f}x"
+        print(f"sweep {b_dir.name} vs {a_dir.name}: {len(common)} jobs, "
+              + ", ".join(f"{m}: {n}" for m, n in s.counts.items()) + f"; geometric mean B/A {geo}")
+        print(f"report: {output.index_html}")
+    if s.num_comparable == 0:
+        err("no point is comparable")
+    return status

@@ -397,7 +397,7 @@ class Tuner:
 
 def latencies(df: Any) -> dict[str, dict[str, float]]:
     """label -> point -> median latency (us) of ok rows (the kernel-only variant when present)."""
-    ok = df[df["status"] == Status.OK]
+    ok = df[(df["status"] == Status.OK) & df["latency_us"].notna()]
     if ok.empty:
         return {}
     variant = "excl_prep" if (ok["variant"] == "excl_prep").any() else ok["variant"].iloc[0]

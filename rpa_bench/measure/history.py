@@ -103,8 +103,8 @@ def correctness(rows: pd.DataFrame) -> dict[tuple, str]:
     """Per (workload, point, variant): correct | incorrect | failed | not checked."""
     out = {}
     for _, r in rows.iterrows():
-        status, error = r.get("status"), str(r.get("error") or "")
-        if status == Status.OK or (status == Status.SKIPPED and error.startswith("checked ok")):
+        status = r.get("status")
+        if status == Status.OK:
             v = CORRECT
         elif status == Status.INCORRECT:
             v = INCORRECT

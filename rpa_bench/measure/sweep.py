@@ -383,7 +383,8 @@ def execute(prep: PreparedRun, store: RunStore, *, run_id: str, progress: bool =
     run = record.RunColumns(run_id=run_id, experiment=plan.experiment, scale=plan.scale.name,
                             device=spec.name, device_kind=prep.device_kind,
                             num_devices=prep.num_devices, mesh=prep.mesh_label, seed=plan.seed,
-                            figures_per=record.figures_per(spec.num_devices, spec.devices_per_chip))
+                            figures_per=record.figures_per(spec.num_devices, spec.devices_per_chip,
+                                                           vendor=spec.vendor))
     done = store.done_keys() if done is None else set(done)
     counts: Counter = Counter()
     bar = tqdm(total=prep.num_jobs, disable=not progress, unit="job", dynamic_ncols=True, desc=plan.experiment)

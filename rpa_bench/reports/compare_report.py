@@ -56,8 +56,10 @@ def write_compare(
     options: CompareOptions,
     differences: pd.DataFrame | None = None,
     banners: tuple[str, ...] = (),
+    leading: tuple[str, ...] = (),
 ) -> CompareOutput:
-    """Write ``index.html`` and ``ratio.png`` (when any point is comparable) to ``out_dir``."""
+    """Write ``index.html`` and ``ratio.png`` (when any point is comparable) to ``out_dir``.
+    ``leading``: extra columns shown first (a sweep's job and swept values)."""
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     summary = summarize(result)
@@ -80,6 +82,7 @@ def write_compare(
         rows = result.assign(ci=[f"{fmt_num(lo)} \u2013 {fmt_num(hi)}" if not pd.isna(lo) else "\u2014"
                                  for lo, hi in zip(result["ci_low"], result["ci_high"])])
         table = table_from_frame(rows, [
+            *(Column(c, c) for c in leading),
             Column("mark", "mark", css=_mark_css), Column("workload", "workload"), Column("point_id", "point"),
             Column("kernel", "kernel"), Column("variant", "variant"), Column("phase", "phase"),
             Column("latency_a_us", "A median (us)", fmt_num, numeric=True),

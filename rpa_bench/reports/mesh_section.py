@@ -72,8 +72,9 @@ def _figures_notes(rows: pd.DataFrame) -> list[str]:
     kinds = sorted({str(v) for v in rows["figures_per"].dropna()})
     notes = [FIGURES_PER_NOTE[k] for k in kinds if k in FIGURES_PER_NOTE]
     if rows["figures_per"].isna().any():
-        notes.append("Some rows do not record whose peaks their MBU / MFU divide by (figures_per: stored before "
-                     "the column existed); they divide by the summed peaks of the devices used.")
+        notes.append("Rows without figures_per ran where a chip is one device (a CPU host, a GPU, a single-core "
+                     "TPU) or were stored before the column existed: their MBU / MFU divide by the summed peaks "
+                     "of the devices used.")
     return notes
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pathlib
 import re
 
+import numpy as np
 import pandas as pd
 
 from rpa_bench.measure.phases import PHASES
@@ -74,9 +75,10 @@ def measurements_section(run: LoadedRun) -> Section:
         return Section("measurements", "Measured speed", omitted=(
             "no measurement has status ok outside interpret mode, so this run has no speed to show"))
     rows = ordered(rows)
+    shared, cells = shared_warnings(rows["warnings"])
     rows = rows.assign(ci=[f"{fmt_num(lo)} \u2013 {fmt_num(hi)}" for lo, hi in
                            zip(rows["latency_ci_low_us"], rows["latency_ci_high_us"])],
-                       session=[_session(p) for p in rows["capture_path"]])
+                       session=[_session(p) for p in rows["capture_path"]], warnings=cells)
     table = table_from_frame(rows, [
         Column("workload", "workload"), Column("point_id", "point"), Column("phase", "phase"),
         Column("kernel", "kernel"), Column("variant", "variant"), Column("timing_source", "timing"),
@@ -89,11 +91,25 @@ def measurements_section(run: LoadedRun) -> Section:
         Column("session", "xprof session"), Column("warnings", "warnings"),
     ], f"Median per-call latency and utilisation on {run.device}; MBU/MFU columns use the convention in "
        "'Metric conventions' (SI columns are always SI)")
-    notes = ()
+    notes = tuple(f"[{tag}] ({n} of {len(rows)} rows): {text}" for tag, text, n in shared)
     if rows["session"].astype(bool).any():
-        notes = (f"Each measurement's profiler capture is an xprof session: `rpa-bench xprof {run.path}` starts "
-                 "xprof on the run; pick the row's session under Runs, then the trace viewer.",)
+        notes += (f"Each measurement's profiler capture is an xprof session: `rpa-bench xprof {run.path}` starts "
+                  "xprof on the run; pick the row's session under Runs, then the trace viewer.",)
     return Section("measurements", "Measured speed", tables=(table,), notes=notes)
+
+
+def shared_warnings(values: pd.Series, *, min_rows: int = 2) -> tuple[list[tuple[str, str, int]], list[str]]:
+    """Warnings repeated on several rows, stated once: ([(tag, text, rows)], each row's cell
+    with the shared ones as tags ``[W1]`` and its own warnings in full)."""
+    lists = [list(v) if isinstance(v, (list, tuple, np.ndarray)) else [] for v in values]
+    counts: dict[str, int] = {}
+    for ws in lists:
+        for w in dict.fromkeys(str(x) for x in ws):
+            counts[w] = counts.get(w, 0) + 1
+    common = [w for w, n in sorted(counts.items(), key=lambda kv: -kv[1]) if n >= min_rows]
+    tags = {w: f"W{i + 1}" for i, w in enumerate(common)}
+    cells = ["; ".join(f"[{tags[str(w)]}]" if str(w) in tags else str(w) for w in ws) for ws in lists]
+    return [(tags[w], w, counts[w]) for w in common], cells
 
 
 def _session(capture_path) -> str:

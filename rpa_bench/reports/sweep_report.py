@@ -25,7 +25,7 @@ def sweep_jobs(folder: pathlib.Path) -> list[pathlib.Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and (p / MANIFEST).is_file())
 
 
-def _swept(name: str) -> dict[str, str]:
+def swept_values(name: str) -> dict[str, str]:
     """``kernel=reference,timing=quick`` -> {kernel: reference, timing: quick} (Hydra's override_dirname)."""
     out = {}
     for part in name.split(","):
@@ -44,13 +44,13 @@ def write_sweep_report(folder: str | pathlib.Path) -> pathlib.Path:
     for job in jobs:
         run: LoadedRun = load_run(job)
         write_report(run)
-        swept = _swept(job.name)
+        swept = swept_values(job.name)
         speed = charts.speed_rows(run.measurements)
         if not speed.empty:
             frames.append(speed.assign(**swept, job=job.name))
         counts.append({"job": job.name, **swept, **run.measurements["status"].value_counts().to_dict(),
                        "report": f"{job.name}/report/index.html"})
-    keys = sorted({k for c in counts for k in _swept(c["job"])})
+    keys = sorted({k for c in counts for k in swept_values(c["job"])})
     sections = []
     table = pd.DataFrame(counts)
     sections.append(Section("jobs", "Jobs", tables=(table_from_frame(

@@ -34,18 +34,21 @@ class RunColumns:
     num_devices: int
     mesh: str
     seed: int
-    figures_per: str = "device"  # device | chip: whose peaks the metrics divide by (FIGURES_PER)
+    figures_per: str | None = None  # device | chip: whose peaks the metrics divide by; None: a chip is one device
 
     def __post_init__(self) -> None:
-        if self.figures_per not in FIGURES_PER:
+        if self.figures_per is not None and self.figures_per not in FIGURES_PER:
             raise ValueError(f"figures_per={self.figures_per!r}; allowed: {', '.join(FIGURES_PER)}")
 
 
-def figures_per(num_devices: int, devices_per_chip: int) -> str:
+def figures_per(num_devices: int, devices_per_chip: int, *, vendor: str = "google") -> str | None:
     """``chip`` when ``num_devices`` devices make up whole chips of ``devices_per_chip``
-    devices each (every device of a chip used), else ``device``."""
+    devices each (every device of a chip used), else ``device``; None where the distinction
+    means nothing: a chip of one device, or a CPU host (its forced devices share the host)."""
     if num_devices < 1 or devices_per_chip < 1:
         raise ValueError(f"num_devices={num_devices} and devices_per_chip={devices_per_chip} must be >= 1")
+    if vendor == "cpu" or devices_per_chip == 1:
+        return None
     return "chip" if num_devices % devices_per_chip == 0 else "device"
 
 

@@ -110,7 +110,7 @@ COLUMNS: dict[str, tuple[str, str]] = {
                            "its devices), mbu_si_pct, mfu_si_pct (SI, against the whole chip's peaks)}"),
     "figures_per": ("string", "device | chip: whose peaks mbu/mfu columns divide by. chip: the devices used make up "
                               "whole chips; device: part of a chip (one TPU7x TensorCore reaches at most 50% of "
-                              "its chip's peak)"),
+                              "its chip's peak); null where a chip is one device (CPU, GPU, single-core TPUs)"),
     "compile_target": ("string", "run.compile_only: the TPU generation compiled for, else null"),
     "compile_status": ("string", "run.compile_only: ok | vmem_oom | hbm_oom | failed, else null"),
     "vmem_used_bytes": ("Int64", "run.compile_only: scoped VMEM of the largest Mosaic kernel (per TensorCore)"),
