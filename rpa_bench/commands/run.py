@@ -306,7 +306,6 @@ def _task_body(cfg: DictConfig, held: list, account: Any) -> int:
     print(one_line(seconds, wall))
     print(f"results: {run_dir}")
     if cfg.run.get("report"):
-
         if report.main([str(run_dir)]) != 0:
             print(f"rpa-bench run: the report could not be rendered; try rpa-bench report {run_dir}",
                   file=sys.stderr)

@@ -39,11 +39,16 @@ from omegaconf import DictConfig, OmegaConf
 
 from rpa_bench.commands._hydra import run_hydra
 from rpa_bench.kernels.generations import generation_kind
+from rpa_bench.kernels.registry import KernelConfig
 from rpa_bench.measure import tune as tn
 from rpa_bench.measure.plan import plan_from_config
+from rpa_bench.reports.compare import compare_kernels, summarize
+from rpa_bench.reports.tune_report import write_tune_report
 from rpa_bench.roofline.specs import listed_device_spec
 from rpa_bench.status import Status
+from rpa_bench.store.run_store import RunStore
 from rpa_bench.typed import from_dict
+from rpa_bench.workloads.batch import RaggedBatch
 
 EXTRA_OVERRIDES = ("+tune=default", "hydra.output_subdir=null", "hydra.run.dir=.", "hydra/job_logging=disabled",
                    "hydra/hydra_logging=disabled")
@@ -157,7 +162,6 @@ class Tuner:
         (self.out / "tune.json").write_text(json.dumps(summary, indent=1, default=str))
         env = summary["env"]
         (self.out / "env.txt").write_text("".join(f"{line}\n" for line in env))
-        from rpa_bench.reports.tune_report import write_tune_report
 
         page = write_tune_report(summary, self.out)
         if self.tcfg.json:
@@ -172,7 +176,7 @@ class Tuner:
 
     def heuristic(self, phase: str, rep: Any) -> tuple[int, ...]:
         if self.kernel.name == "reference":
-            from rpa_bench.kernels.reference import DEFAULT_BLOCK_BYTES
+            from rpa_bench.kernels.reference import DEFAULT_BLOCK_BYTES  # imports JAX: loaded when the command runs
 
             return (int(self.kernel.options.get("block_bytes", DEFAULT_BLOCK_BYTES)),)
         backend = self.base_config().backend()
@@ -181,7 +185,6 @@ class Tuner:
         return tuple(int(v) for v in sizes[tn.KERNEL_CASE[phase]])
 
     def base_config(self, options: dict | None = None, label: str | None = None):
-        from rpa_bench.kernels.registry import KernelConfig
 
         opts = {k: v for k, v in dict(self.kernel.options).items()}
         if self.kernel.name == "rpa_v3":
@@ -237,7 +240,7 @@ class Tuner:
         if self.kernel.name != "rpa_v3":  # the reference is XLA: no VMEM to fit, nothing to prune
             return {c.label: tn.Verdict("ok", "none") for c in cands}
         from rpa_bench.kernels import compiling, tpu_target  # imports JAX: loaded when the command runs
-        from rpa_bench.workloads.materialize import padded_shape
+        from rpa_bench.workloads.materialize import padded_shape  # imports JAX: loaded when the command runs
 
         backend = self.base_config().backend()
         sha = backend.provenance().kernel_sha256 or "unknown"
@@ -313,7 +316,6 @@ class Tuner:
 
     def measure_rung(self, phase: str, alive: list, rung: int, samples: int, ids: set) -> Any:
         from rpa_bench.measure import sweep  # imports JAX: loaded when the command runs
-        from rpa_bench.store.run_store import RunStore
 
         timing = dataclasses.replace(self.plan.timing, num_samples=samples,
                                      min_samples=min(self.plan.timing.min_samples, samples))
@@ -353,10 +355,9 @@ class Tuner:
                 else "the kernel's heuristic (no schedule figures to rank by)", "interpret_check": check}
 
     def interpret_check(self, phase: str, cand: Any) -> dict:
-        from rpa_bench.kernels.cases import check_model
-        from rpa_bench.kernels.checking import check_on_inputs
-        from rpa_bench.workloads.batch import RaggedBatch
-        from rpa_bench.workloads.materialize import materialize
+        from rpa_bench.kernels.cases import check_model  # imports JAX: loaded when the command runs
+        from rpa_bench.kernels.checking import check_on_inputs  # imports JAX: loaded when the command runs
+        from rpa_bench.workloads.materialize import materialize  # imports JAX: loaded when the command runs
 
         page = self.plan.workloads[0].config.get("page_size") or 256
         bq, bkv = (cand.values[0], cand.values[1]) if len(cand.values) == 4 else (8, page)
@@ -410,7 +411,6 @@ def latencies(df: Any) -> dict[str, dict[str, float]]:
 
 def vs_heuristic(df: Any, heuristic: str, best: str) -> dict:
     """The heuristic (A) vs the tuned tuple (B) on the same points: paired ratios with CIs."""
-    from rpa_bench.reports.compare import compare_kernels, summarize
 
     if heuristic == best:
         return {"same": True}
@@ -454,7 +454,8 @@ def format_summary(summary: dict) -> str:
             lines.append(f"  {b:<26} {v['best']:<28} {v['best_us']:>10.1f} {v['heuristic_us']:>12.1f} "
                          f"{v['global_us']:>12.1f}")
     if summary["env"]:
-        lines.append("\nserving (paste):")
+        lines.append("\nserving (paste):" if summary["timed_here"] else
+                     "\nto time on a TPU first (chosen by static schedule length, NOT timed here):")
         lines += [f"  export {line}" for line in summary["env"]]
     st = summary["stats"]
     lines.append(f"\n{st['compiles']} compiles, {st['cached_verdicts']} cached verdicts, {st['rows_measured']} rows "

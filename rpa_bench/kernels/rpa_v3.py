@@ -93,7 +93,7 @@ def _valid_blocks(raw: Mapping[str, int], page_size: int) -> BlockSizes:
     return (bq, bkv, bq_c, bkv_c)
 
 
-def _check_blocks(kernel: str, field: str, sizes: BlockSizes, page_size: int) -> None:
+def check_blocks(kernel: str, field: str, sizes: BlockSizes, page_size: int) -> None:
     bq, bkv, bq_c, bkv_c = sizes
     if bq % bq_c:
         raise ValueError(f"kernel={kernel}: {field}={list(sizes)}: bq_csz={bq_c} must divide bq_sz={bq}")
@@ -180,7 +180,7 @@ class RpaV3Backend:
                 sizes[case], source[case] = given, "config"
             else:
                 sizes[case], source[case] = self._heuristic(mod, model, batch, case, kind)
-            _check_blocks(self.name, field, sizes[case], batch.page_size)
+            check_blocks(self.name, field, sizes[case], batch.page_size)
         vmem = self.vmem_limit_bytes or tpu_target.vmem_capacity_bytes(kind)
         for case, blocks in sizes.items():
             if blocks is None:

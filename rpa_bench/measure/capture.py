@@ -42,11 +42,13 @@ import re
 import shutil
 import socket
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from rpa_bench.measure import xspace
+from rpa_bench.measure.phases import credit
 from rpa_bench.measure.xspace import ANNOTATION, Event, Plane, Space, union_us
 
 # RPA v3 names its Pallas calls RPAd-/RPAp-/RPAm- (decode, prefill, mixed); older
@@ -155,11 +157,11 @@ def capture(
     block: Callable[[Any], Any] | None = None,
 ) -> Path:
     """Profile ``call(0) .. call(num_calls - 1)`` (each blocked on) into ``dest`` (xplane.pb)."""
-    return capture_programs([(call, contextlib.nullcontext)], num_calls, dest, hlo=hlo, block=block)
+    return capture_programs([(call, contextlib.nullcontext, 0.0)], num_calls, dest, hlo=hlo, block=block)
 
 
 def capture_programs(
-    programs: Sequence[tuple[Callable[[int], Any], Callable[[], contextlib.AbstractContextManager]]],
+    programs: Sequence[tuple[Callable[[int], Any], Callable[[], contextlib.AbstractContextManager], float]],
     num_calls: int,
     dest: Path,
     *,
@@ -167,9 +169,11 @@ def capture_programs(
     block: Callable[[Any], Any] | None = None,
 ) -> Path:
     """One profiler session for several programs (e.g. every kernel and variant of a point):
-    each ``(call, context)`` makes ``num_calls`` annotated calls in turn, inside its context.
-    Device time is read per program (its own module), so one session serves all of them, and
-    the session's start-up and write are paid once."""
+    each ``(call, context, seconds)`` makes ``num_calls`` annotated calls in turn, inside its
+    context. Device time is read per program (its own module), so one session serves all of
+    them, and the session's start-up and write are paid once. ``seconds``: the program's
+    per-call time without the profiler; up to that much of each call is counted as timed
+    samples (the device-time samples), the rest (the profiler's own slowdown) as capture."""
     import jax
 
     block = block or jax.block_until_ready
@@ -179,11 +183,13 @@ def capture_programs(
     opts.enable_hlo_proto = hlo
     with tempfile.TemporaryDirectory(prefix="rpa_bench_capture_") as tmp:
         with jax.profiler.trace(tmp, profiler_options=opts):
-            for call, context in programs:
+            for call, context, seconds in programs:
                 with context():
                     for i in range(num_calls):
                         with jax.profiler.TraceAnnotation(ANNOTATION, call=i):
+                            t0 = time.perf_counter()
                             block(call(i))
+                            credit("timed samples", min(time.perf_counter() - t0, seconds))
         found = sorted(glob.glob(os.path.join(tmp, "**", "*.xplane.pb"), recursive=True))
         if not found:
             raise RuntimeError(f"jax.profiler.trace wrote no xplane.pb under {tmp}")

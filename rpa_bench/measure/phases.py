@@ -76,6 +76,18 @@ def phase(name: str) -> Iterator[None]:
             stack[-1][2] += elapsed
 
 
+def credit(name: str, seconds: float) -> None:
+    """Count ``seconds`` of the enclosing phase's time as ``name`` instead (e.g. the kernel's
+    own time inside a capture session, whose rest is the profiler's cost)."""
+    accounts, stack = _accounts.get(), _stack.get()
+    if not accounts or seconds <= 0:
+        return
+    for acc in accounts:
+        acc.add(name, seconds)
+    if stack:
+        stack[-1][2] += seconds
+
+
 def since_import() -> float:
     """Seconds since rpa_bench was imported (the run's start-up, when taken at its first work)."""
     return time.perf_counter() - _IMPORTED

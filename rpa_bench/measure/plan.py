@@ -155,7 +155,6 @@ def plan_from_config(
         raise ValueError(f"run.max_points={max_points} must be >= 1 or null")
     compile_only = run.get("compile_only")
     if compile_only is not None:
-
         try:
             compile_only = generation_kind(str(compile_only))
         except ValueError as exc:

@@ -140,7 +140,8 @@ def _program(call: TimedCall, num_calls: int) -> Callable[[int], Any]:
     return run
 
 
-def capture_point(readies: list["_Ready"], *, stem: str | None = None) -> Captured | None:
+def capture_point(readies: list["_Ready"], walls: dict[int, dict[str, tuple]], *,
+                  stem: str | None = None) -> Captured | None:
     """One profiler session for every kernel and variant given (after their timing): the
     point's interleaved kernels, or one kernel's two variants (``stem``: the session's name)."""
     if not readies:
@@ -149,8 +150,12 @@ def capture_point(readies: list["_Ready"], *, stem: str | None = None) -> Captur
     if not cfg.capture or cfg.capture_calls <= 0 or job.captures_dir is None:
         return None
     dest = cap.session_path(Path(job.captures_dir), stem or job.point_capture_stem or job.capture_stem)
-    programs = [(_program(r.calls[v], cfg.capture_calls), r.calls[v].context) for r in readies
-                for v in VARIANTS if v in r.calls]
+    def unprofiled_s(r: "_Ready", v: str) -> float:  # the call's median wall time without the profiler
+        wall = (walls.get(id(r)) or {}).get(v, (None, None))[0]
+        return wall.summary.median_us * 1e-6 if wall is not None else 0.0
+
+    programs = [(_program(r.calls[v], cfg.capture_calls), r.calls[v].context, unprofiled_s(r, v))
+                for r in readies for v in VARIANTS if v in r.calls]
     try:
         with phase("capture"):
             path = cap.capture_programs(programs, cfg.capture_calls, dest, hlo=cfg.capture_hlo)
@@ -309,7 +314,7 @@ def _measure_ready(ready: "_Ready") -> list[dict]:
         with scope(accounts[variant]):
             walls[variant] = (_wall(ready.calls[variant], ready.job.timing, ready.job.clock), None)
     with scope(ready.account or Account()):
-        captured = capture_point([ready], stem=ready.job.capture_stem)
+        captured = capture_point([ready], {id(ready): walls}, stem=ready.job.capture_stem)
     try:
         return _finish(ready, walls, captured, accounts)
     finally:
@@ -356,7 +361,7 @@ def measure_interleaved(jobs: list[KernelJob], *, order: str = "alternate", seed
         for variant in VARIANTS:
             if variant not in walls[id(r)]:
                 walls[id(r)][variant] = (_wall(r.calls[variant], r.job.timing, r.job.clock), None)
-    captured = capture_point(timed)
+    captured = capture_point(timed, walls)
     try:
         return [r if isinstance(r, list) else _finish(r, walls[id(r)], captured) for r in readies]
     finally:

@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from rpa_bench.kernels.rpa_v3 import _check_blocks
+from rpa_bench.kernels.rpa_v3 import check_blocks
 from rpa_bench.workloads.batch import DECODE, MIXED, PREFILL, RaggedBatch, cdiv
 
 PHASES = ("decode", "prefill", "mixed", "verify")
@@ -132,7 +132,7 @@ def v3_tuples(phase: str, *, page_size: int, max_kv: int, max_q: int) -> list[tu
                     if bq_c >= 1 and bq % bq_c == 0 and (bq, bkv, bq_c, bkv_c) not in out:
                         out.append((bq, bkv, bq_c, bkv_c))
     for t in out:
-        _check_blocks("rpa_v3", f"{KERNEL_CASE[phase][0]}_block_sizes", t, page_size)
+        check_blocks("rpa_v3", f"{KERNEL_CASE[phase][0]}_block_sizes", t, page_size)
     return out
 
 

@@ -77,7 +77,6 @@ def lower_sharded_for_tpu(backend: Any, model: ModelSpec, attn: AttentionSpec, b
     try:
         tpu_target.generation(generation)
         if device_spec is None:
-
             device_spec = spec_for_device_kind(generation)
         target = backend
         if hasattr(backend, "generation"):  # defaults (block sizes, VMEM) for the target

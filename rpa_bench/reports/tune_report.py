@@ -77,7 +77,8 @@ def write_tune_report(summary: dict, out: Path) -> Path:
                      "is the survivor with the shortest static schedule, a hint to time on a TPU, not a speed "
                      "claim.</p>")
     if summary["env"]:
-        parts.append("<h2>For serving</h2><pre>" + html.escape("\n".join(f"export {e}" for e in summary["env"]))
+        parts.append(("<h2>For serving</h2>" if summary["timed_here"] else
+                      "<h2>To time on a TPU first (not timed here)</h2>") + "<pre>" + html.escape("\n".join(f"export {e}" for e in summary["env"]))
                      + "</pre>")
     for ph, r in summary["phases"].items():
         parts.append(f"<h2>{html.escape(ph)}</h2>")

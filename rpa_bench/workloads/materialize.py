@@ -18,6 +18,7 @@ with ``jax.random`` directly on the target device.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import os
 from typing import Any
@@ -272,12 +273,13 @@ def _generate_host(seed, num_tokens, poison, ctx_lens, page_owner, page_ordinal,
     """:func:`_generate` on the host: same shapes, masks and poison, without a compile per
     shape (on a CPU device the host is the device, and compiling the generator for every new
     point shape cost seconds per point)."""
-    rng = np.random.default_rng([int(seed), 0x5250_4142])  # a stream of its own for this seed
-    queries = _host_values(rng, (t_pad, h_q, d), dtype)
-    new_k = _host_values(rng, (t_pad, h_kv, d), kv_dtype)
-    new_v = _host_values(rng, (t_pad, h_kv, d), kv_dtype)
-    k_cache = _host_values(rng, (num_pages, page_size, h_kv, d), kv_dtype)
-    v_cache = _host_values(rng, (num_pages, page_size, h_kv, d), kv_dtype)
+    streams = [np.random.default_rng(s) for s in np.random.SeedSequence([int(seed), 0x5250_4142]).spawn(5)]
+    shapes = [((t_pad, h_q, d), dtype), ((t_pad, h_kv, d), kv_dtype), ((t_pad, h_kv, d), kv_dtype),
+              ((num_pages, page_size, h_kv, d), kv_dtype), ((num_pages, page_size, h_kv, d), kv_dtype)]
+    # numpy draws and converts with the GIL released: the five arrays (two of them the caches) in parallel
+    with concurrent.futures.ThreadPoolExecutor(max_workers=min(5, os.cpu_count() or 1)) as pool:
+        queries, new_k, new_v, k_cache, v_cache = pool.map(lambda job: _host_values(job[0], *job[1]),
+                                                           zip(streams, shapes))
     if poison:
         rows_bad = np.arange(t_pad) >= num_tokens
         owner = np.maximum(page_owner, 0)
