@@ -11,6 +11,7 @@ from rpa_bench.parallel.layout import plan_for
 from rpa_bench.parallel.mesh import DeviceInfo, MeshSpec
 from rpa_bench.roofline.cost import batch_cost
 from rpa_bench.roofline.specs import get_device_spec
+from rpa_bench.store.rows import mesh_columns
 from rpa_bench.workloads.batch import RaggedBatch
 from rpa_bench.workloads.model import AttentionSpec, ModelSpec
 
@@ -77,7 +78,7 @@ def test_imbalance_and_step_time_follow_the_slowest_device():
     assert acc.load_imbalance == pytest.approx(30.0 / 15.0)
     assert [c.time_us for c in acc.per_chip] == [10.0, 30.0]
     assert acc.chips == ("chip(0,0,0)", "chip(0,0,0)", "chip(1,0,0)", "chip(1,0,0)")
-    cols = acc.schema_columns()
+    cols = mesh_columns(acc)
     chips = json.loads(cols.pop("per_chip"))
     assert cols == {"num_devices": 4, "mesh": "data=4,model=1", "per_device_latency_us": [10.0, 10.0, 10.0, 30.0],
                     "load_imbalance": pytest.approx(2.0), "modelled_load_imbalance": pytest.approx(1.0),
@@ -95,7 +96,7 @@ def test_wall_time_gives_no_per_device_figures_and_says_so():
     assert acc.load_imbalance is None and acc.per_device_mbu_pct == (None, None)
     assert acc.mbu_pct == pytest.approx(2000 / 50e-6 / 2e9 * 100)
     assert any("wall" in w for w in acc.warnings)
-    assert acc.schema_columns()["per_device_latency_us"] is None
+    assert mesh_columns(acc)["per_device_latency_us"] is None
 
 
 def test_an_idle_device_is_named_in_a_warning():

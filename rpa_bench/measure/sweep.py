@@ -134,7 +134,10 @@ def _check_limits(plan: RunPlan, workloads, kernels: list[KernelSlot], platform:
                     f"{nbytes / 2**30:.2f} GiB of inputs and {flops / 1e12:.2f} TFLOP per call (limits: "
                     f"scale.cpu_max_input_bytes={plan.scale.cpu_max_input_bytes:.3g}, "
                     f"scale.cpu_max_call_flops={plan.scale.cpu_max_call_flops:.3g}); it would not fit or "
-                    "would take hours on this CPU. Use scale=cpu_smoke, or run on a TPU/GPU"
+                    "would take hours on this CPU. "
+                    + ("Use a smaller workload (e.g. scheduler.max_num_batched_tokens, workload.max_requests, "
+                       "shorter contexts), or run on a TPU/GPU" if plan.scale.reduced
+                       else "Use scale=cpu_smoke, or run on a TPU/GPU")
                 )
     if problems:
         head = problems[:8] + ([f"... and {len(problems) - 8} more"] if len(problems) > 8 else [])

@@ -19,7 +19,6 @@ metrics module's business.
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -136,36 +135,10 @@ class MeshAccounting:
             if len(getattr(self, field)) != n:
                 raise ValueError(f"len({field})={len(getattr(self, field))} must equal num_devices={n}")
 
-    def schema_columns(self) -> dict:
-        """The run store's multi-device columns (see measure/schema.py).
-
-        Per-device costs and the per-chip breakdown are always recorded; per-device
-        times (and the chips' times and utilisation from them) only when they were
-        measured per device: with wall timing each chip's time is the step's wall time.
-        """
-        return {
-            "num_devices": self.num_devices,
-            "mesh": self.mesh,
-            "per_device_latency_us": list(self.time_us) if self.timing_source == "device" else None,
-            "load_imbalance": self.load_imbalance,
-            "modelled_load_imbalance": self.modelled_imbalance,
-            "per_device_hbm_bytes": list(self.hbm_bytes),
-            "per_device_flops": list(self.flops),
-            "per_chip": per_chip_json(self.per_chip),
-        }
-
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
         out["per_chip"] = [dataclasses.asdict(c) for c in self.per_chip]
         return out
-
-
-def per_chip_json(chips: Sequence[ChipFigures]) -> str:
-    """The schema's ``per_chip`` column: one JSON object per chip, SI utilisation against
-    the whole chip's peaks (``mbu_si_pct`` / ``mfu_si_pct``)."""
-    return json.dumps([{"chip": c.chip, "device_ids": list(c.device_ids), "hbm_bytes": c.hbm_bytes,
-                        "flops": c.flops, "latency_us": c.time_us, "mbu_si_pct": c.mbu_pct,
-                        "mfu_si_pct": c.mfu_pct} for c in chips], separators=(",", ":"))
 
 
 def account(costs: Sequence[DeviceCost], devices: Sequence[DeviceInfo], time_us: Sequence[float], *,

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from rpa_bench.parallel.accounting import MeshAccounting
 from rpa_bench.parallel.backend import mesh_accounting
 from rpa_bench.parallel.distributed import allgather_device_times
+from rpa_bench.store.rows import mesh_columns
 
 if TYPE_CHECKING:  # a type only: parallel never imports measure (measure drives parallel)
     from rpa_bench.measure.devtime import PerDeviceTiming
@@ -65,7 +66,7 @@ def mesh_row_columns(plan: Any, attn: Any, timing: PerDeviceTiming, devices: Any
         steps = (max(times),)
     warnings = tuple(dict.fromkeys([*timing.warnings, *acc.warnings]))
     planes_ok = source == "device" and all(str(p).startswith("/device:") for p in timing.planes)
-    return MeshColumns(columns=acc.schema_columns(), timing_source=source, on_device_planes=planes_ok,
+    return MeshColumns(columns=mesh_columns(acc), timing_source=source, on_device_planes=planes_ok,
                        step_latency_us=float(statistics.median(steps)), step_samples_us=steps,
                        accounting=acc, warnings=warnings)
 
@@ -95,4 +96,4 @@ def row_updates(backend: Any, plan: Any, attn: Any, *, timing_source: str, per_d
     notes += acc.warnings
     if acc.modelled_imbalance is not None:
         notes.append(f"modelled load imbalance (roofline bound times, max/mean): {acc.modelled_imbalance:.3f}")
-    return acc.schema_columns(), list(dict.fromkeys(notes))
+    return mesh_columns(acc), list(dict.fromkeys(notes))

@@ -198,3 +198,31 @@ def row(run: RunColumns, point: Mapping[str, Any], kernel: Mapping[str, Any], *,
            **point, **kernel, "variant": variant, "status": status, "timestamp": now_utc()}
     out.update(more)
     return out
+
+
+def mesh_columns(acc: Any) -> dict:
+    """The multi-device columns of a sharded call from its
+    :class:`rpa_bench.parallel.accounting.MeshAccounting`.
+
+    Per-device costs and the per-chip breakdown are always recorded; per-device times
+    (and the chips' times and utilisation from them) only when they were measured per
+    device: with wall timing each chip's time is the step's wall time.
+    """
+    return {
+        "num_devices": acc.num_devices,
+        "mesh": acc.mesh,
+        "per_device_latency_us": list(acc.time_us) if acc.timing_source == "device" else None,
+        "load_imbalance": acc.load_imbalance,
+        "modelled_load_imbalance": acc.modelled_imbalance,
+        "per_device_hbm_bytes": list(acc.hbm_bytes),
+        "per_device_flops": list(acc.flops),
+        "per_chip": per_chip_json(acc.per_chip),
+    }
+
+
+def per_chip_json(chips: Sequence[Any]) -> str:
+    """The ``per_chip`` column: one JSON object per chip, SI utilisation against the whole
+    chip's peaks (``mbu_si_pct`` / ``mfu_si_pct``)."""
+    return json.dumps([{"chip": c.chip, "device_ids": list(c.device_ids), "hbm_bytes": c.hbm_bytes,
+                        "flops": c.flops, "latency_us": c.time_us, "mbu_si_pct": c.mbu_pct,
+                        "mfu_si_pct": c.mfu_pct} for c in chips], separators=(",", ":"))
