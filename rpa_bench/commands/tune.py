@@ -426,7 +426,8 @@ def format_summary(summary: dict) -> str:
     for ph, r in summary["phases"].items():
         n_fit = len(r["survivors"])
         lines.append(f"\n[{ph}] space {r['space']}, compiled/checked {r['compiled']}, fit {n_fit}, "
-                     f"measured {len(r['measured'])}; heuristic {r['heuristic']}; best {r['best']}")
+                     + (f"measured {len(r['measured'])}" if r["timed"] else "none timed here")
+                     + f"; heuristic {r['heuristic']}; {'best' if r['timed'] else 'chosen'} {r['best']}")
         if not r["timed"]:
             lines.append(f"  chosen by {r['chosen_by']}")
             chk = r.get("interpret_check")

@@ -82,9 +82,10 @@ def write_tune_report(summary: dict, out: Path) -> Path:
                      + "</pre>")
     for ph, r in summary["phases"].items():
         parts.append(f"<h2>{html.escape(ph)}</h2>")
+        measured = f"{len(r['measured'])} measured" if r["timed"] else "none timed here"
         parts.append(f"<p>space {r['space']} tuples, {r['compiled']} compiled or checked, {len(r['survivors'])} fit, "
-                     f"{len(r['measured'])} measured; heuristic <b>{html.escape(r['heuristic'])}</b>, best "
-                     f"<b>{html.escape(r['best'])}</b></p>")
+                     f"{measured}; heuristic <b>{html.escape(r['heuristic'])}</b>, "
+                     f"{'best' if r['timed'] else 'chosen'} <b>{html.escape(r['best'])}</b></p>")
         png = out / f"tune_{ph}.png"
         if _chart(r, png):
             parts.append(f"<img src='{png.name}' alt='{html.escape(ph)} chart'>")
