@@ -109,6 +109,7 @@ class RunStore:
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
+        self._part_cache: dict[str, pa.Table] = {}  # part file name -> its table (parts never change)
 
     # --- paths -------------------------------------------------------------------------
     @property
@@ -162,9 +163,16 @@ class RunStore:
         return path
 
     def part_tables(self) -> list[pa.Table]:
+        """Every part, in order. Parts are immutable once written (atomic rename), so each is read
+        from disk once per store object: consolidating after every append stays linear in reads."""
         if not self.parts_dir.is_dir():
             return []
-        return [pq.read_table(p, schema=arrow_schema()) for p in sorted(self.parts_dir.glob("*.parquet"))]
+        cache = self._part_cache
+        paths = sorted(self.parts_dir.glob("*.parquet"))
+        for p in paths:
+            if p.name not in cache:
+                cache[p.name] = pq.read_table(p, schema=arrow_schema())
+        return [cache[p.name] for p in paths]
 
     def consolidate(self) -> Path:
         tables = self.part_tables()
