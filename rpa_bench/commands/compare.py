@@ -85,11 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         out = args.out or run.path / f"compare-{_slug(ka)}-vs-{_slug(kb)}"
     else:
         a, b = runs
-        flag_diffs = flag_differences(a.manifest.get("flags"), b.manifest.get("flags"))
-        result = compare_measurements(a.measurements, b.measurements, options)
-        if flag_diffs and not args.across_flags and not result.empty:
-            result = result.assign(mark="not comparable",
-                                   reason=f"different compiler/runtime flags: {', '.join(flag_diffs)}")
+        result, flag_diffs = _compare_runs(a, b, options)
         side_a, side_b = a.name, b.name
         device = a.device if a.device == b.device else f"{a.device} (A) / {b.device} (B)"
         diffs = manifest_differences(a, b)
@@ -157,6 +153,16 @@ def main(argv: list[str] | None = None) -> int:
     return s.exit_status
 
 
+def _compare_runs(a, b, options: CompareOptions) -> tuple[pd.DataFrame, list[str]]:
+    """Run B vs run A point by point; runs whose compiler/runtime flags differ are not
+    comparable unless ``options.across_flags`` (the differing flags are returned)."""
+    flags = flag_differences(a.manifest.get("flags"), b.manifest.get("flags"))
+    result = compare_measurements(a.measurements, b.measurements, options)
+    if flags and not options.across_flags and not result.empty:
+        result = result.assign(mark="not comparable", reason=f"different compiler/runtime flags: {', '.join(flags)}")
+    return result, flags
+
+
 def _is_sweep(path: Path) -> bool:
     return path.is_dir() and not (path / "manifest.json").is_file() and bool(sweep_jobs(path))
 
@@ -172,11 +178,7 @@ def _compare_sweeps(a_dir: Path, b_dir: Path, options: CompareOptions, args: arg
         return 2
     frames, keys = [], []
     for name in common:
-        a, b = load_run(a_jobs[name]), load_run(b_jobs[name])
-        result = compare_measurements(a.measurements, b.measurements, options)
-        flags = flag_differences(a.manifest.get("flags"), b.manifest.get("flags"))
-        if flags and not options.across_flags and not result.empty:
-            result = result.assign(mark="not comparable", reason=f"different compiler/runtime flags: {', '.join(flags)}")
+        result, _ = _compare_runs(load_run(a_jobs[name]), load_run(b_jobs[name]), options)
         swept = swept_values(name)
         keys += [k for k in swept if k not in keys]
         frames.append(result.assign(job=name, **swept))

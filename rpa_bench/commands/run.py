@@ -218,7 +218,6 @@ def _task_body(cfg: DictConfig, held: list, account: Any) -> int:
         prep = sweep.prepare_run(plan)  # every check, before anything is allocated
     _checkpoint()
     if prep.platform == "cpu":  # repeatable CPU timings (see rpa_bench/measure/host.py)
-
         fix_mmap_threshold()
 
     run_dir, run_id = _run_dir(cfg)

@@ -146,11 +146,10 @@ class Tuner:
         # plan is checked as a compile-only run for the target generation)
         check = self.plan if self.timed_here else dataclasses.replace(self.plan, compile_only=self.generation)
         ((entry, workload),) = sweep.prepare_run(check).workloads
+        self.entry, self.workload = entry, workload
         pairs = [(p.batch, workload.kind) for p in workload.points]
-        phases = self.tcfg.phases or tn.phases_in(pairs)
-        if self.kernel.name == "reference":
-            phases = [ph for ph in phases if ph != "prefill" or any(tn.phase_of_point(b, k, ph) for b, k in pairs)]
-        phases = [ph for ph in phases if any(tn.phase_of_point(b, k, ph) for b, k in pairs)]
+        exercised = tn.phases_in(pairs)
+        phases = [ph for ph in (self.tcfg.phases or exercised) if ph in exercised]
         if not phases:
             raise ValueError(f"workload {entry.name} exercises none of the phases {self.tcfg.phases}")
         self.out.mkdir(parents=True, exist_ok=True)
@@ -186,7 +185,7 @@ class Tuner:
 
     def base_config(self, options: dict | None = None, label: str | None = None):
 
-        opts = {k: v for k, v in dict(self.kernel.options).items()}
+        opts = dict(self.kernel.options)
         if self.kernel.name == "rpa_v3":
             opts.setdefault("generation", self.generation)
         opts.update(options or {})
@@ -323,9 +322,9 @@ class Tuner:
         folder = self.out / phase
         plan = dataclasses.replace(self.plan, kernels=kernels, timing=timing, results_dir=folder,
                                    run_name=f"rung{rung}", experiment=f"tune-{phase}")
-        prep = sweep.prepare_run(plan)
-        prep.workloads = [(e, dataclasses.replace(w, points=[p for p in w.points if p.point_id in ids]))
-                          for e, w in prep.workloads]
+        # the workload built once (a trace simulated once), each rung on the phase's points only
+        prep = sweep.prepare_run(plan, [(self.entry, dataclasses.replace(
+            self.workload, points=[p for p in self.workload.points if p.point_id in ids]))])
         store = RunStore(folder / f"rung{rung}")
         store.acquire_lock()
         try:

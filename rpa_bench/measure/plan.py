@@ -121,15 +121,12 @@ class RunPlan:
         return self.results_dir / self.run_name
 
 
-SAFE_NAME = SAFE_LABEL
-
-
 def workload_entry(cfg: Mapping[str, Any]) -> WorkloadEntry:
     cfg = dict(cfg)
     name, kind = cfg.get("name"), cfg.get("kind")
     if not name or not kind:
         raise ValueError(f"workload: 'name' and 'kind' are required (got name={name!r}, kind={kind!r})")
-    if not SAFE_NAME.fullmatch(str(name)) or str(name) in (".", ".."):
+    if not SAFE_LABEL.fullmatch(str(name)) or str(name) in (".", ".."):
         raise ValueError(f"workload.name={name!r}: a folder name under the run is made from it; allowed: "
                          "letters, digits and . _ = - (not '.' or '..')")
     return WorkloadEntry(name=str(name), kind=str(kind), config=cfg)

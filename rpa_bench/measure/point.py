@@ -479,7 +479,6 @@ def _finish_variant(ready: _Ready, walls: dict, variant: str, captured: Captured
             cols["warnings"].insert(0, "samples interleaved with the other kernels of this point "
                                        f"({timing.interleave_order} order); wall_samples_us are paired by index")
         if sharded:  # per-device times, load imbalance (rpa_bench.parallel)
-
             mesh_cols, notes = row_updates(
                 job.backend, prepared.plan, job.attn, timing_source=cols["timing_source"], per_device=per_device,
                 module_name=calls[variant].module_name, num_calls=timing.capture_calls,

@@ -176,8 +176,9 @@ def _compile_targets(plan: RunPlan) -> tuple:
     return target_devices(plan.compile_only)
 
 
-def prepare_run(plan: RunPlan) -> PreparedRun:
-    """Everything but the measurements; raises ValueError for any config problem."""
+def prepare_run(plan: RunPlan, workloads: list[tuple[WorkloadEntry, Any]] | None = None) -> PreparedRun:
+    """Everything but the measurements; raises ValueError for any config problem.
+    ``workloads``: the plan's workloads already built (e.g. a subset of their points)."""
 
     devices = _compile_targets(plan)
     dev = devices[0]
@@ -194,13 +195,12 @@ def prepare_run(plan: RunPlan) -> PreparedRun:
                 slot.backend.check_vmem_estimate = False  # the compiler, not the estimate, decides
     roof = _roofline(plan, mesh.num_devices)
     if mesh.num_devices > 1:  # each kernel sharded over the mesh, canonical in and out (rpa_bench.parallel)
-
         for slot in kernels:
             if slot.available:
                 slot.backend = ShardedBackend(slot.backend, mesh, device_spec=roof.device,
                                               devices=devices if plan.compile_only else None)
                 slot.provenance = dataclasses.replace(slot.provenance, mesh=mesh.label)
-    workloads = build_workloads(plan)
+    workloads = build_workloads(plan) if workloads is None else workloads
     unsupported = _check_limits(plan, workloads, kernels, dev.platform)
     return PreparedRun(plan, workloads, kernels, roof, dev.platform, dev.device_kind, mesh.num_devices, mesh.label,
                        unsupported)
