@@ -1,7 +1,10 @@
 """rpa_bench: performance analysis and roofline benchmarking for Ragged Paged Attention."""
 
-from rpa_bench.measure import phases as _phases  # noqa: F401 - start-up is counted from this import
-from rpa_bench import _libtpu_env
+import time as _time
+
+IMPORTED_AT = _time.perf_counter()  # start-up is counted from here (rpa_bench.measure.phases)
+
+from rpa_bench import _libtpu_env  # noqa: E402 - after the clock starts
 
 _libtpu_env.apply()  # before anything imports JAX: libtpu stays quiet off TPU
 

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rpa_bench.reports.compare import (
+from rpa_bench.measure.compare import (
     IMPROVED,
     NOT_COMPARABLE,
     NOT_SIGNIFICANT,

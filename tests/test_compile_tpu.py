@@ -59,9 +59,50 @@ def test_the_command_times_out_a_compile_and_goes_on(capsys):
 def test_bad_compile_config_is_refused_in_one_line(capsys):
     assert cli.main(["compile", "compile.cases=[nosuch]"]) == 2
     err = capsys.readouterr().err
-    assert "compile.cases ['nosuch'] unknown; allowed: all, lower" in err and "Traceback" not in err
+    assert "compile.cases: 'nosuch' unknown; allowed: all, lower" in err and "Traceback" not in err
     assert cli.main(["compile", "compile.generations=[v9z]"]) == 2
     assert "generation='v9z' unknown; allowed: v5e" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("override, says", [
+    ("compile.generations=[]", "compile.generations is empty; allowed: a list of v5e"),
+    ("compile.cases=[]", "compile.cases is empty; allowed: [all]"),
+    ("compile.cases=[all,decode_8x1k]", "'all' stands alone"),
+    ("compile.timeout_s=abc", "compile.timeout_s='abc': a number of seconds > 0"),
+    ("compile.schedule=maybe", "compile.schedule='maybe'; allowed: true, false"),
+    ("compile.generations=[v4]", "libtpu's compile-only client does not compile for it); allowed: v5e, v6e, v5p, tpu7x"),
+])
+def test_each_bad_compile_setting_is_one_line_naming_the_field(override, says, capsys):
+    assert cli.main(["compile", "kernel=rpa_v3", override]) == 2
+    err = capsys.readouterr().err
+    assert says in err and "Traceback" not in err and "KeyError" not in err
+
+
+def test_compile_json_flag_prints_json_on_failure_too(capsys):
+    assert cli.main(["compile", "--json", "kernel=rpa_v3", "compile.generations=[]"]) == 2
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["exit"] == 2 and "compile.generations" in doc["error"]
+
+
+def test_a_generation_named_twice_is_compiled_once():
+    from rpa_bench.generations import generation_kinds
+
+    assert generation_kinds(["tpu7x", "TPU7x", " v6e"], compilable=True) == ("TPU7x", "TPU v6 lite")
+
+
+@needs_libtpu
+def test_compile_json_flag_prints_json(capsys):
+    rc = cli.main(["compile", "--json", "kernel=jax_rpa", "compile.generations=[v5e]", "compile.cases=[decode_8x1k]",
+                   "compile.timeout_s=0.01"])
+    rows = json.loads(capsys.readouterr().out)
+    assert rc == 1 and [r["status"] for r in rows] == ["timeout"]
+
+
+def test_the_compile_table_prints_no_none():
+    from rpa_bench.commands.compile import format_table
+
+    res = compiling.CompileResult("rpa_v3", "TPU7x", "decode_8x1k", "failed", error="boom")
+    assert "None" not in format_table([res]) and "nan" not in format_table([res]).lower()
 
 
 def test_missing_libtpu_degrades_to_skips(monkeypatch, capsys):

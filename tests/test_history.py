@@ -13,7 +13,8 @@ import pytest
 
 from rpa_bench import cli
 from rpa_bench.kernels import compiling, loader
-from rpa_bench.measure import history as hist
+from rpa_bench.pipeline import history as hist
+from rpa_bench.reports import history_events as events
 
 V3 = Path("kernels") / "ragged_paged_attention" / "v3"
 TINY = ["workload=batch_spec", "workload.spec=[2q1s40_q24]", "workload.page_size=16", "model.num_q_heads=4",
@@ -87,10 +88,10 @@ def test_history_finds_each_event_at_its_commit(repo, tmp_path, capsys):
 
 def test_change_points_find_a_step_and_ignore_jitter():
     flat = [100.0, 101.0, 99.5, 100.4, 100.2, 99.9]
-    assert hist.change_points(flat, threshold=1.1, sigma=1.0) == []
+    assert events.change_points(flat, threshold=1.1, sigma=1.0) == []
     step = [100.0, 101.0, 99.5, 131.0, 130.2, 129.9]
-    assert hist.change_points(step, threshold=1.1, sigma=1.0) == [3]
-    assert hist.change_points([3.6e6, 7.9e5, 7.9e5], threshold=1.0 + 1e-9) == [1]  # deterministic: any change
+    assert events.change_points(step, threshold=1.1, sigma=1.0) == [3]
+    assert events.change_points([3.6e6, 7.9e5, 7.9e5], threshold=1.0 + 1e-9) == [1]  # deterministic: any change
     revs = [hist.Revision(str(i) * 40, "2026-01-01", f"c{i}") for i in range(6)]
     assert hist.bisect(revs, lambda r: int(r.sha[0]) >= 4).sha == revs[4].sha
 

@@ -66,11 +66,11 @@ def test_prepare_must_return_a_tuple():
 
 
 def test_incl_prep_faster_than_excl_prep_beyond_noise_is_flagged():
-    from rpa_bench.measure.point import _check_incl_not_below_excl
+    from rpa_bench.pipeline.point import _check_incl_not_below_excl
 
     rows = [{"variant": "excl_prep", "status": "ok", "latency_us": 230.0, "latency_ci_low_us": 220.0, "warnings": []},
             {"variant": "incl_prep", "status": "ok", "latency_us": 120.0, "latency_ci_high_us": 125.0, "warnings": []}]
-    _check_incl_not_below_excl(rows)
+    rows = _check_incl_not_below_excl(rows)
     assert all(any("beyond noise although it does more work" in w for w in r["warnings"]) for r in rows)
     calm = [{"variant": "excl_prep", "status": "ok", "latency_us": 100.0, "latency_ci_low_us": 95.0, "warnings": []},
             {"variant": "incl_prep", "status": "ok", "latency_us": 98.0, "latency_ci_high_us": 104.0, "warnings": []}]

@@ -78,7 +78,7 @@ def test_imbalance_and_step_time_follow_the_slowest_device():
     assert acc.load_imbalance == pytest.approx(30.0 / 15.0)
     assert [c.time_us for c in acc.per_chip] == [10.0, 30.0]
     assert acc.chips == ("chip(0,0,0)", "chip(0,0,0)", "chip(1,0,0)", "chip(1,0,0)")
-    cols = mesh_columns(acc)
+    cols = mesh_columns(acc).columns()
     chips = json.loads(cols.pop("per_chip"))
     assert cols == {"num_devices": 4, "mesh": "data=4,model=1", "per_device_latency_us": [10.0, 10.0, 10.0, 30.0],
                     "load_imbalance": pytest.approx(2.0), "modelled_load_imbalance": pytest.approx(1.0),

@@ -10,7 +10,7 @@ import pytest
 
 from rpa_bench import cli
 from rpa_bench.measure.timing import Sampler, TimingConfig, interleave
-from rpa_bench.reports.compare import (CompareOptions, NOT_SIGNIFICANT, UNRELIABLE, WORSE, compare_point,
+from rpa_bench.measure.compare import (CompareOptions, NOT_SIGNIFICANT, UNRELIABLE, WORSE, compare_point,
                                        min_p_value, samples_needed)
 
 FAST = ["scale=cpu_smoke", "timing=quick", "timing.capture=false", "run.progress=false", "timing.warmup_calls=1",

@@ -8,8 +8,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from rpa_bench.commands._hydra import compose, conf_dir
-from rpa_bench.measure import sweep
-from rpa_bench.measure.plan import plan_from_config
+from rpa_bench.pipeline import prepare as sweep
+from rpa_bench.pipeline.plan import plan_from_config
 from rpa_bench.parallel.mesh import MeshSpec, mesh_spec_from_config
 
 EXPERIMENTS = sorted(p.stem for p in (conf_dir() / "experiment").glob("*.yaml"))

@@ -65,7 +65,7 @@ def test_run_end_to_end_reference_timed_and_rpa_v3_checked_in_interpret_mode(tmp
 
 
 def test_incorrect_kernel_is_recorded_and_not_timed(tmp_path, monkeypatch):
-    from rpa_bench.measure import point
+    from rpa_bench.pipeline import point
 
     monkeypatch.setattr(point, "tolerance_for", lambda model: -1.0)  # nothing can pass
     rc = cli.main(["run", *TINY, *FAST, "workload.spec=[2q1s40]", "run.kernels=[reference]",

@@ -190,7 +190,7 @@ def _pipeline(tmp):
                                wall_latency_us=1.0)
     mc = mesh_row_columns(prepared.plan, attn, timing, prepared.devices, wall_latency_us=1.0, device_spec=spec)
     acc = mc.accounting
-    return {"ok": errs, "columns": mc.columns, "step_us": mc.step_latency_us, "source": mc.timing_source,
+    return {"ok": errs, "columns": mc.columns.columns(), "step_us": mc.step_latency_us, "source": mc.timing_source,
             "on_device_planes": mc.on_device_planes, "max_device_us": max(acc.time_us),
             "total_bytes_match": acc.total_hbm_bytes == batch_cost(batch, model).hbm_bytes
             == sum(c.hbm_bytes for c in device_costs(backend.last_plan, attn))}

@@ -48,4 +48,4 @@ def test_a_model_split_that_does_not_divide_the_heads_is_a_failed_result():
 def test_unknown_generation_is_a_failed_result():
     res = lower_sharded_for_tpu(_backend("reference"), LLAMA, AttentionSpec(), lowering_batch(16), "TPU v99",
                                 MeshSpec(2, 1))
-    assert not res.ok and "generation='TPU v99' unknown; allowed: TPU v4" in res.error and "TPU7x" in res.error
+    assert not res.ok and "generation='TPU v99' unknown; allowed: TPU v5 lite" in res.error and "TPU7x" in res.error

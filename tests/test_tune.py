@@ -12,7 +12,7 @@ import pytest
 from rpa_bench import cli
 from rpa_bench.kernels import tpu_target
 from rpa_bench.kernels.registry import KernelConfig, get_backend
-from rpa_bench.measure import tune as tn
+from rpa_bench.pipeline import tune_space as tn
 from rpa_bench.store.run_store import RunStore
 from rpa_bench.workloads.batch import RaggedBatch
 from rpa_bench.workloads.model import ModelSpec

@@ -6,6 +6,7 @@ import datetime
 import hashlib
 import sys
 from collections.abc import Callable
+from typing import Any
 from importlib import resources
 from pathlib import Path
 
@@ -53,6 +54,65 @@ for _name, _fn in (("rpa_bench_job_dir", job_dir),  # conf/config.yaml's hydra.s
         OmegaConf.register_new_resolver(_name, _fn)
 
 
+def container(node: Any) -> Any:
+    """A DictConfig / ListConfig as plain, resolved Python containers (anything else as is)."""
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) or OmegaConf.is_list(node) else node
+
+
+def compose_entries(group: str, entries: Any, fallback: DictConfig, task: list[str],
+                    composer: Callable[..., DictConfig]) -> list[dict]:
+    """Each listed ``conf/<group>`` entry composed by Hydra with the run's other overrides
+    (``task``); ``composer``: Hydra's ``compose`` inside a running app, else :func:`compose_root`.
+
+    A ``<group>=...`` / ``<group>.field=...`` override on the command line wins over an
+    experiment's list: ``experiment=paper_decode kernel=rpa_v3 kernel.source=...`` measures
+    that one kernel.
+    """
+    explicit = any(o.lstrip("+~").startswith((f"{group}=", f"{group}.")) for o in task)
+    if entries is None or explicit:
+        return [container(fallback)]
+    base = [o for o in task if not o.lstrip("+~").startswith(f"run.{group}")]
+    out = []
+    for item in container(entries):
+        over = {}
+        if isinstance(item, dict):
+            item = dict(item)
+            name = item.pop("use", None)
+            over = item
+            if not name:
+                raise ValueError(f"run.{group} entry {item} needs 'use: <conf/{group} name>'")
+        else:
+            name = str(item)
+        try:
+            cfg = composer(config_name="config", overrides=[*base, f"{group}={name}"])
+        except Exception as exc:  # hydra's MissingConfigException and friends
+            raise ValueError(f"run.{group}: cannot compose {group}={name!r}: {exc}") from None
+        entry = container(cfg[group])
+        entry.update(over)
+        out.append(entry)
+    return out
+
+
+def compose_root(config_name: str = "config", overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """Hydra's ``compose`` signature over :func:`compose` (outside a running Hydra app)."""
+    assert config_name == "config"
+    return compose(overrides)
+
+
+def compose_run(overrides: list[str]) -> tuple[dict, list[dict], list[dict], str]:
+    """Outside a Hydra app: what ``rpa-bench run <overrides>`` would plan (config, workload
+    entries, kernel entries, experiment), for commands that drive the run pipeline."""
+    cfg = compose(overrides)
+    from hydra.core.hydra_config import HydraConfig
+
+    experiment = HydraConfig.get().runtime.choices.get("experiment") or "adhoc"
+    config = container(cfg)
+    workloads = compose_entries("workload", cfg.run.get("workloads"), cfg.workload, list(overrides), compose_root)
+    kernels = compose_entries("kernel", cfg.run.get("kernels"), cfg.kernel, list(overrides), compose_root)
+    config["composed"] = {"workloads": workloads, "kernels": kernels}
+    return config, workloads, kernels, str(experiment)
+
+
 def conf_dir() -> Path:
     """The config tree: ``conf/`` of a source checkout, else the copy shipped in the wheel."""
     here = Path(__file__).resolve().parents[2] / "conf"
@@ -92,6 +152,17 @@ def check_group_choices(argv: list[str]) -> str | None:
 
 
 JSON_OUTPUT = False  # set by run_hydra from a --json flag (not a Hydra override)
+
+
+def fail(prog: str, message: str, *, rc: int = 2, as_json: bool | None = None) -> int:
+    """A command's failure: one line on stderr, and with ``--json`` a JSON object with the
+    error on stdout (one rule for every command that takes ``--json``)."""
+    import json
+
+    print(f"{prog}: {message}", file=sys.stderr)
+    if JSON_OUTPUT if as_json is None else as_json:
+        print(json.dumps({"error": message, "exit": rc}))
+    return rc
 
 GROUP_HELP = {
     "experiment": "a paper table or trace study as overrides (sets workloads, kernels, mesh)",
@@ -141,8 +212,7 @@ def run_hydra(prog: str, task: Callable[[DictConfig], int | None], argv: list[st
     argv = [a for a in argv if a != "--json"]
     problem = check_group_choices(argv)
     if problem:
-        print(f"{prog}: {problem}", file=sys.stderr)
-        return 2
+        return fail(prog, problem)
 
     result: dict[str, int | None] = {}
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from rpa_bench.measure.environment import flag_differences
-from rpa_bench.reports.compare import CompareOptions, compare_kernels, compare_measurements
+from rpa_bench.measure.compare import CompareOptions, compare_kernels, compare_measurements
 from rpa_bench.reports.compare_report import manifest_differences, write_compare
 from rpa_bench.reports.sweep_report import sweep_jobs, swept_values
 from rpa_bench.store.load import NotARunError, load_run

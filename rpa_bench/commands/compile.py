@@ -18,9 +18,10 @@ import json
 import sys
 
 from omegaconf import DictConfig, OmegaConf
+from rpa_bench.commands import _hydra
 from rpa_bench.commands._hydra import run_hydra
 from rpa_bench.commands.lower import kernel_was_chosen
-from rpa_bench.kernels.generations import generation_kind
+from rpa_bench.generations import COMPILABLE, generation_kinds
 from rpa_bench.kernels.registry import PALLAS_BACKENDS, kernel_config_from_dict
 from rpa_bench.workloads.batch import RaggedBatch
 from rpa_bench.workloads.model import AttentionSpec, ModelSpec
@@ -56,12 +57,17 @@ def case_batches(names: list[str]) -> dict:
         "paper_prefill": lambda: (RaggedBatch.ordered([8192], [8192], page_size=PAGE_SIZE), {}),
         "serving_mixed": serving_mixed,
     }
-    if list(names) == ["all"]:
+    names = [str(n) for n in names]
+    if not names:
+        raise ValueError(f"compile.cases is empty; allowed: [all] or a list of {', '.join(known)}")
+    if "all" in names and len(names) > 1:
+        raise ValueError(f"compile.cases={names}: 'all' stands alone ([all]); or list cases from {', '.join(known)}")
+    if names == ["all"]:
         names = list(known)
     unknown = [n for n in names if n not in known]
     if unknown:
-        raise ValueError(f"compile.cases {unknown} unknown; allowed: all, {', '.join(known)}")
-    return {n: known[n]() for n in names}
+        raise ValueError(f"compile.cases: {', '.join(map(repr, unknown))} unknown; allowed: all, {', '.join(known)}")
+    return {n: known[n]() for n in dict.fromkeys(names)}
 
 
 def jobs_for(cfg: DictConfig, *, all_pallas: bool) -> list:
@@ -70,7 +76,14 @@ def jobs_for(cfg: DictConfig, *, all_pallas: bool) -> list:
     model = ModelSpec.from_dict(OmegaConf.to_container(cfg.model, resolve=True))
     attn = AttentionSpec(**OmegaConf.to_container(cfg.attention, resolve=True))
     comp = cfg.compile
-    gens = [generation_kind(str(g)) for g in comp.generations]
+    if not list(comp.generations):
+        raise ValueError(f"compile.generations is empty; allowed: a list of {', '.join(COMPILABLE)}")
+    try:
+        gens = generation_kinds(list(comp.generations), compilable=True)
+    except ValueError as exc:
+        raise ValueError(f"compile.generations: {exc}") from None
+    if not isinstance(comp.schedule, bool):
+        raise ValueError(f"compile.schedule={comp.schedule!r}; allowed: true, false")
     chosen = OmegaConf.to_container(cfg.kernel, resolve=True)
     kernel_config_from_dict(chosen)  # refuse unknown keys before any compile
     kernels = [{"name": n} for n in PALLAS_BACKENDS] if all_pallas else [chosen]
@@ -91,24 +104,27 @@ def format_table(results: list) -> str:
     frame["error"] = frame["error"].str.slice(0, 110)
     if frame["bundles"].isna().all():
         frame = frame.drop(columns=["bundles"])
-    return frame.to_string(index=False, na_rep="-")
+    frame = frame.astype(object).where(frame.notna(), "-")  # no None / NaN in the table
+    return frame.to_string(index=False)
 
 
 def task(cfg: DictConfig) -> int:
     from rpa_bench.kernels.compiling import compile_many, libtpu_status  # imports JAX: loaded when the command runs
 
+    as_json = bool(cfg.compile.json) or _hydra.JSON_OUTPUT  # --json, or compile.json=true
     try:
-        jobs = jobs_for(cfg, all_pallas=not kernel_was_chosen())
-        timeout = float(cfg.compile.timeout_s)
+        try:
+            timeout = float(cfg.compile.timeout_s)
+        except (TypeError, ValueError):
+            raise ValueError(f"compile.timeout_s={cfg.compile.timeout_s!r}: a number of seconds > 0") from None
         if not timeout > 0:
             raise ValueError(f"compile.timeout_s={cfg.compile.timeout_s!r} must be > 0")
+        jobs = jobs_for(cfg, all_pallas=not kernel_was_chosen())
     except (ValueError, TypeError) as err:
-        print(f"rpa-bench compile: {err}", file=sys.stderr)
-        return 2
+        return _hydra.fail("rpa-bench compile", str(err), as_json=as_json)
     ok, reason = libtpu_status()
     if not ok:
         print(f"rpa-bench compile: skipped: {reason}", file=sys.stderr)
-    as_json = bool(cfg.compile.json)
 
     def progress(r) -> None:
         if not as_json:

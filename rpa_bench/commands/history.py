@@ -4,12 +4,13 @@
         -- experiment=paper_decode scale=cpu_smoke
     rpa-bench history --repo ~/tpu-inference --revisions GOOD..BAD --steps -- experiment=paper_decode
 
-For each revision: ``rpa-bench run`` with the overrides after ``--`` and
-``kernel=<--kernel> kernel.source=<repo>@<sha>`` (every point checked against the reference;
+For each revision: the run plan of ``rpa-bench run`` with the overrides after ``--`` and
+``kernel=<--kernel> kernel.source=<repo>@<sha>``, run through the pipeline (every point checked against the reference;
 timed where the device allows: on CPU the RPA kernels are checked in interpret mode only),
 then the kernel compiled for ``--generations`` (libtpu compile-only: does it still compile
-and fit VMEM?). Results live under ``<--out>/<machine>/<sha>/``; a stored revision is never
-recomputed, so a history is resumed or extended by running it again. The page
+and fit VMEM?). Results live under ``<--out>/<machine>/<sha>/<request>/`` (``<request>``: a hash of the run
+config, kernel, generations and cases); a complete stored result for the same request is
+reused and a failed one recomputed, so a history is resumed or extended by running it again. The page
 ``<--out>/<machine>/index.html`` has one chart per series (latency per point, VMEM per
 generation) against the commits, the steps and status changes marked, and a table of the
 events with the commit that introduced each. ``--steps`` bisects between a good first and a
@@ -20,17 +21,18 @@ found, 2 on bad input.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
 
-from rpa_bench import cli
-from rpa_bench.commands._hydra import compose
+from rpa_bench.commands._hydra import compose_run
 from rpa_bench.commands.compile import case_batches
 from rpa_bench.kernels import compiling
-from rpa_bench.measure import history as hist
+from rpa_bench.pipeline import history as hist
+from rpa_bench.pipeline.plan import plan_from_config
 from rpa_bench.reports.history_report import write_history
-from rpa_bench.workloads.model import AttentionSpec, ModelSpec
+from rpa_bench.workloads.model import AttentionSpec
 
 
 def parser() -> argparse.ArgumentParser:
@@ -50,33 +52,34 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _evaluate(rev: hist.Revision, repo: Path, args, overrides: list[str], folder: Path) -> hist.RevisionResult:
-    stored = hist.load_result(folder, rev)
-    if stored is not None:
-        print(f"  {rev.short} {rev.subject[:60]}: stored, not recomputed")
-        return stored
-    folder.mkdir(parents=True, exist_ok=True)
+def _request(args, overrides: list[str], repo: Path) -> tuple:
+    """The run plan a revision is measured with, and the request key of its stored result."""
+    config, workloads, kernels, experiment = compose_run(
+        [*overrides, f"kernel={args.kernel}", f"kernel.source={repo}@HEAD", "run.progress=false"])
+    plan = plan_from_config(config, workloads=workloads, kernels=kernels, experiment=experiment)
+    gens = tuple(compiling.generation_kind(g.strip(), compilable=True) for g in args.generations.split(",") if g.strip())
+    cases = tuple(c.strip() for c in args.cases.split(",") if c.strip())
+    request = hist.HistoryRequest(kernel=args.kernel, config=hist.request_config(config), generations=gens,
+                                  cases=cases, compile_timeout_s=float(args.compile_timeout))
+    return config, plan, request
+
+
+def _evaluate(rev: hist.Revision, repo: Path, args, base: tuple, folder: Path) -> hist.RevisionResult:
+    config, plan, request = base
     source = f"{repo}@{rev.sha}"
-    print(f"  {rev.short} {rev.subject[:60]}: run + compile", flush=True)
-    rc = cli.main(["run", *overrides, f"kernel={args.kernel}", f"kernel.source={source}",
-                   f"run.results_dir={folder}", "run.name=run", "run.progress=false"])
-    if rc not in (0,):
-        (folder / "revision.json").write_text(json.dumps({"status": "failed", "run_exit": rc, "sha": rev.sha}))
-        raise RuntimeError(f"rpa-bench run for {rev.short} exited {rc}")
-    compiles = []
-    gens = [g for g in args.generations.split(",") if g.strip()]
-    if gens:
-        cfg = compose(overrides)
-        model = ModelSpec.from_dict(dict(cfg.model))
-        cases = case_batches([c.strip() for c in args.cases.split(",") if c.strip()])
-        jobs = [compiling.CompileJob({"name": args.kernel, "source": source}, args.kernel, model, AttentionSpec(),
-                                     batch, compiling.generation_kind(g.strip()), case, False, padding)
-                for g in gens for case, (batch, padding) in cases.items()]
-        compiles = [r.as_dict() for r in compiling.compile_many(jobs, timeout_s=args.compile_timeout)]
-    (folder / "revision.json").write_text(json.dumps(
-        {"status": "complete", "sha": rev.sha, "date": rev.date, "subject": rev.subject, "compiles": compiles},
-        indent=1, default=str))
-    return hist.load_result(folder, rev)
+    kernels = tuple(dataclasses.replace(k, source=source) for k in plan.kernels)
+    config = {**config, "kernel": {**dict(config.get("kernel") or {}), "source": source}}
+    rev_plan = dataclasses.replace(plan, kernels=kernels)
+
+    def jobs() -> list:
+        cases = case_batches(list(request.cases))
+        return [compiling.CompileJob({"name": args.kernel, "source": source}, args.kernel, plan.model,
+                                     AttentionSpec(), batch, g, case, False, padding)
+                for g in request.generations for case, (batch, padding) in cases.items()]
+
+    return hist.evaluate(rev, plan=rev_plan, config=config, request=request, folder=folder,
+                         compile_jobs=jobs, compile_many=compiling.compile_many,
+                         say=lambda m: print(m, flush=True))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,24 +97,33 @@ def main(argv: list[str] | None = None) -> int:
         repo = hist.git_toplevel(Path(args.repo).expanduser().resolve())
         revs = hist.revisions(repo, args.revisions, every=args.every)
         for g in [g for g in args.generations.split(",") if g.strip()]:
-            compiling.generation_kind(g.strip())
+            compiling.generation_kind(g.strip(), compilable=True)
         if not args.threshold > 1.0:
             raise ValueError(f"--threshold={args.threshold} must be > 1")
     except (ValueError, FileNotFoundError) as e:
         err(str(e))
         return 2
+    try:
+        base = _request(args, overrides, repo)
+    except ValueError as e:
+        err(str(e))
+        return 2
+    key = base[2].key()
     root = Path(args.out) / hist.machine_name()
-    print(f"history of {args.kernel} in {repo}: {len(revs)} revisions -> {root}")
+    print(f"history of {args.kernel} in {repo}: {len(revs)} revisions -> {root} (request {key})")
+    if len(revs) == 1:
+        print(f"note: --revisions={args.revisions} names one revision ({revs[0].short}): nothing to compare it "
+              "with; give A..B with B after A, or a comma-separated list")
 
     def folder(rev: hist.Revision) -> Path:
-        return root / rev.sha
+        return root / rev.sha / key
 
     try:
         if args.steps:
-            first = _evaluate(revs[0], repo, args, overrides, folder(revs[0]))
+            first = _evaluate(revs[0], repo, args, base, folder(revs[0]))
 
             def is_bad(rev: hist.Revision) -> bool:
-                res = _evaluate(rev, repo, args, overrides, folder(rev))
+                res = _evaluate(rev, repo, args, base, folder(rev))
                 return bool(hist.find_events([first, res], threshold=args.threshold))
 
             found = hist.bisect(revs, is_bad)
@@ -120,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"first revision that differs from {revs[0].short}: "
                   + (f"{found.short} {found.subject}" if found else "none (or the last one does not differ)"))
         else:
-            results = [_evaluate(r, repo, args, overrides, folder(r)) for r in revs]
+            results = [_evaluate(r, repo, args, base, folder(r)) for r in revs]
     except RuntimeError as e:
         err(str(e))
         return 1

@@ -29,61 +29,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from rpa_bench.commands import _hydra, report
 from rpa_bench.commands._hydra import compose, run_hydra
 from rpa_bench.measure.environment import load_average
 from rpa_bench.measure.host import fix_mmap_threshold
 from rpa_bench.measure.phases import Account, one_line, overhead_ratio, phase, scope, since_import
-from rpa_bench.measure.plan import plan_from_config
-from rpa_bench.measure.summary import final_table
+from rpa_bench.pipeline.plan import plan_from_config
+from rpa_bench.pipeline.summary import final_table
 from rpa_bench.parallel import distributed
 from rpa_bench.status import Status
-from rpa_bench.store import schema
 from rpa_bench.store.rows import now_utc
 from rpa_bench.store.run_store import RunStore
 
-
-
-def _container(node: Any) -> Any:
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) or OmegaConf.is_list(node) else node
-
-
-def _compose_entries(group: str, entries: Any, fallback: DictConfig) -> list[dict]:
-    """Each listed ``conf/<group>`` entry composed by Hydra with the run's other overrides.
-
-    A ``<group>=...`` / ``<group>.field=...`` override on the command line wins over an
-    experiment's list: ``experiment=paper_decode kernel=rpa_v3 kernel.source=...`` measures
-    that one kernel.
-    """
-    from hydra import compose
-    from hydra.core.hydra_config import HydraConfig
-
-    task = list(HydraConfig.get().overrides.task)
-    explicit = any(o.lstrip("+~").startswith((f"{group}=", f"{group}.")) for o in task)
-    if entries is None or explicit:
-        return [_container(fallback)]
-    base = [o for o in task if not o.lstrip("+~").startswith(f"run.{group}")]
-    out = []
-    for item in _container(entries):
-        over = {}
-        if isinstance(item, dict):
-            item = dict(item)
-            name = item.pop("use", None)
-            over = item
-            if not name:
-                raise ValueError(f"run.{group} entry {item} needs 'use: <conf/{group} name>'")
-        else:
-            name = str(item)
-        try:
-            cfg = compose(config_name="config", overrides=[*base, f"{group}={name}"])
-        except Exception as exc:  # hydra's MissingConfigException and friends
-            raise ValueError(f"run.{group}: cannot compose {group}={name!r}: {exc}") from None
-        entry = _container(cfg[group])
-        entry.update(over)
-        out.append(entry)
-    return out
 
 
 def _run_dir(cfg: DictConfig) -> tuple[Path, str]:
@@ -177,7 +136,7 @@ def _remove_unstarted_run_dir(cfg: DictConfig) -> None:
 
 
 def _task(cfg: DictConfig) -> int:
-    from rpa_bench.measure import point, summary, sweep  # noqa: F401 - imported here: start-up
+    from rpa_bench.pipeline import execute, point, summary  # noqa: F401 - imported here: start-up
     from rpa_bench.store import run_store  # noqa: F401 - imported here: start-up
 
     _checkpoint()
@@ -198,10 +157,10 @@ def _task_body(cfg: DictConfig, held: list, account: Any) -> int:
 
     from hydra.core.hydra_config import HydraConfig
 
-    from rpa_bench.measure import sweep  # imports JAX: loaded when the command runs
+    from rpa_bench.pipeline import execute, prepare, run_folder  # imports JAX: loaded when the command runs
 
     t0 = time.perf_counter()
-    config = _container(cfg)
+    config = _hydra.container(cfg)
     # multi-host: join the other processes before the first JAX device use (no-op when disabled)
     distributed.initialize(distributed.DistributedConfig.from_config(config.get("distributed")))
     import jax
@@ -210,12 +169,15 @@ def _task_body(cfg: DictConfig, held: list, account: Any) -> int:
         jax.devices()  # backend initialisation: start-up, paid once per process
     _checkpoint()
     experiment = HydraConfig.get().runtime.choices.get("experiment") or "adhoc"
-    workloads = _compose_entries("workload", cfg.run.get("workloads"), cfg.workload)
-    kernels = _compose_entries("kernel", cfg.run.get("kernels"), cfg.kernel)
+    from hydra import compose as hydra_compose
+
+    task_overrides = list(HydraConfig.get().overrides.task)
+    workloads = _hydra.compose_entries("workload", cfg.run.get("workloads"), cfg.workload, task_overrides, hydra_compose)
+    kernels = _hydra.compose_entries("kernel", cfg.run.get("kernels"), cfg.kernel, task_overrides, hydra_compose)
     config["composed"] = {"workloads": workloads, "kernels": kernels}
     plan = plan_from_config(config, workloads=workloads, kernels=kernels, experiment=str(experiment))
     with phase("workload build"):
-        prep = sweep.prepare_run(plan)  # every check, before anything is allocated
+        prep = prepare.prepare_run(plan)  # every check, before anything is allocated
     _checkpoint()
     if prep.platform == "cpu":  # repeatable CPU timings (see rpa_bench/measure/host.py)
         fix_mmap_threshold()
@@ -228,7 +190,7 @@ def _task_body(cfg: DictConfig, held: list, account: Any) -> int:
         store.acquire_lock()  # a second run with this run.name is refused (RunLockedError)
         held.append(store)
         try:
-            sweep.open_store(store, config, prep, run_id, command=["rpa-bench", "run", *sys.argv[1:]])
+            run_folder.open_store(store, config, prep, run_id, command=["rpa-bench", "run", *sys.argv[1:]])
             decision["done"] = sorted(list(k) for k in store.done_keys())
         except ValueError as exc:
             decision["error"] = str(exc)
@@ -256,7 +218,7 @@ def _task_body(cfg: DictConfig, held: list, account: Any) -> int:
         # a sweep's jobs may run in parallel processes: their bars would overwrite each other,
         # so each job prints its summary when it ends instead
         multirun = HydraConfig.get().mode == RunMode.MULTIRUN
-        sweep.execute(prep, store, run_id=run_id, progress=bool(cfg.run.get("progress", True)) and not multirun,
+        execute.execute(prep, store, run_id=run_id, progress=bool(cfg.run.get("progress", True)) and not multirun,
                       should_stop=lambda: stop["requested"], done={tuple(k) for k in decision["done"]})
     except KeyboardInterrupt:
         store.update_manifest(status="interrupted", interrupted_utc=now_utc())
@@ -315,11 +277,11 @@ def _task_body(cfg: DictConfig, held: list, account: Any) -> int:
 
 def _follow(prep: Any, scratch: Any, run_id: str, done: set, run_dir: Path) -> int:
     """A process other than the writer: the same measurements, nothing stored."""
-    from rpa_bench.measure import sweep  # imports JAX: loaded when the command runs
+    from rpa_bench.pipeline import execute  # imports JAX: loaded when the command runs
 
     try:
         _checkpoint(arm=True)
-        counts = sweep.execute(prep, scratch, run_id=run_id, progress=False, write=False, done=done)
+        counts = execute.execute(prep, scratch, run_id=run_id, progress=False, write=False, done=done)
     except KeyboardInterrupt:
         return 130
     print(f"rpa-bench run: process {distributed.process_index()} measured {sum(counts.values())} rows; "

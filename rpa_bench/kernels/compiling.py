@@ -272,8 +272,7 @@ class CompileJob:
 
 
 def _run_job(job: CompileJob) -> CompileResult:
-    # a worker process (spawned): the package's import sets libtpu's environment before JAX starts
-    import rpa_bench  # noqa: F401
+    import rpa_bench  # noqa: F401 - a spawned worker: the package import sets libtpu's environment before JAX
 
     backend = kernel_config_from_dict(job.kernel).backend()
     return compile_for_tpu(backend, job.model, job.attn, job.batch, job.generation, case=job.case,

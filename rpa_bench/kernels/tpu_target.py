@@ -15,9 +15,11 @@ from types import ModuleType
 
 import jax
 
+from rpa_bench import generations as _generations
+
 # Device kinds JAX lowers Pallas TPU kernels for (as jax.Device.device_kind spells them).
-GENERATIONS = ("TPU v4", "TPU v5 lite", "TPU v5p", "TPU v6 lite", "TPU7x")
-DEFAULT_GENERATIONS = ("TPU v5 lite", "TPU v5p", "TPU v6 lite", "TPU7x")  # v3 has no defaults for v4
+GENERATIONS = tuple(g.device_kind for g in _generations.GENERATIONS)
+DEFAULT_GENERATIONS = tuple(g.device_kind for g in _generations.GENERATIONS if g.compile_only)
 
 _override_lock = threading.RLock()
 

@@ -89,8 +89,13 @@ def build_timed_calls(
     clock: Clock = time.perf_counter,
     variants: tuple[str, ...] = VARIANTS,
     compiler_options: dict | None = None,
+    program_tag: str | None = None,
 ) -> dict[str, TimedCall]:
-    """Compile the ``variants`` (default both) for ``inputs`` (see the module docstring)."""
+    """Compile the ``variants`` (default both) for ``inputs`` (see the module docstring).
+
+    ``program_tag``: appended to the program names (``rpa_bench_excl_prep__<tag>``) so that
+    several kernel entries profiled in one capture session (interleaved) each own their
+    programs' executions: device time is attributed by program name."""
     import jax
 
     donates = bool(prepared.donates)
@@ -118,7 +123,8 @@ def build_timed_calls(
             if variant not in variants:
                 continue
             donate = tuple(range(len(leaves))) if donates else ()
-            jitted = jax.jit(_named(f"rpa_bench_{variant}", fn), donate_argnums=donate)
+            name = f"rpa_bench_{variant}" + (f"__{program_tag}" if program_tag else "")
+            jitted = jax.jit(_named(name, fn), donate_argnums=donate)
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
                 compiled, seconds = compile_apart(jitted, tuple(leaves), clock=clock,

@@ -17,12 +17,15 @@ import time
 from collections import defaultdict
 from collections.abc import Iterator
 
+from rpa_bench import IMPORTED_AT
+
 PHASES = ("start-up", "workload build", "materialise", "reference", "compile", "check", "warm-up", "calibration",
           "timed samples", "capture", "capture parse", "statistics", "store write", "report")
 MEASURED_WORK = ("compile", "warm-up", "timed samples")  # what a run is for: the overhead ratio's denominator
 # Set when rpa_bench is first imported: start-up is counted from here (interpreter start
 # itself, ~50 ms, is before it).
-_IMPORTED = time.perf_counter()
+_IMPORTED = IMPORTED_AT
+_clock = time.perf_counter  # the phase clock (tests substitute a deterministic one)
 
 
 class Account:
@@ -62,14 +65,14 @@ def phase(name: str) -> Iterator[None]:
     if not accounts:
         yield
         return
-    frame = [name, time.perf_counter(), 0.0]  # name, start, time spent in nested phases
+    frame = [name, _clock(), 0.0]  # name, start, time spent in nested phases
     stack = _stack.get()
     token = _stack.set((*stack, frame))
     try:
         yield
     finally:
         _stack.reset(token)
-        elapsed = time.perf_counter() - frame[1]
+        elapsed = _clock() - frame[1]
         for acc in accounts:
             acc.add(name, elapsed - frame[2])
         if stack:

@@ -49,7 +49,9 @@ class TimingConfig:
     max_total_s: float = 60.0  # per (point, kernel, variant) sampling budget
     max_copy_bytes: int = 1 << 30  # fresh copies of donated inputs per sample
     capture: bool = True  # profiler capture for device time
-    capture_calls: int = 5
+    # profiled calls per (point, kernel, variant): on an accelerator the device-time samples
+    # latency_us and its CI rest on. None: as many as num_samples (the protocol's promise)
+    capture_calls: int | None = None
     capture_hlo: bool = False  # embed HLO protos in captures (larger files)
     keep_captures: bool = True  # copy xplane.pb files into the run's captures/
     time_interpret: bool = False  # time Pallas interpret-mode kernels (never performance)
@@ -60,9 +62,19 @@ class TimingConfig:
     interleave_order: str = "alternate"  # alternate (ABAB, BABA, ...) | random (seeded shuffle per round)
     stats: StatsConfig = StatsConfig()
 
+    @property
+    def profiled_calls(self) -> int:
+        """Calls profiled per capture: ``capture_calls``, or ``num_samples`` when unset."""
+        return self.num_samples if self.capture_calls is None else int(self.capture_calls)
+
+    @property
+    def device_samples_setting(self) -> str:
+        """The setting that governs how many device-time samples a row has."""
+        return "timing.num_samples" if self.capture_calls is None else "timing.capture_calls"
+
     def __post_init__(self) -> None:
         for name in ("warmup_calls", "capture_calls"):
-            if getattr(self, name) < 0:
+            if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise ValueError(f"timing.{name}={getattr(self, name)} must be >= 0")
         for name in ("num_samples", "min_samples", "max_loops_per_sample", "max_copy_bytes"):
             if getattr(self, name) < 1:

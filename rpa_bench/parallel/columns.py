@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # a type only: parallel never imports measure (measure drives
 
 @dataclasses.dataclass(frozen=True)
 class MeshColumns:
-    columns: dict  # schema columns: num_devices, mesh, per_device_latency_us, load_imbalance
+    columns: Any  # the row part (rpa_bench.store.rows.MeshColumns): num_devices, mesh, per-device figures
     timing_source: str  # device | wall
     on_device_planes: bool  # device times from accelerator planes (False: CPU host-op spans or wall)
     step_latency_us: float  # slowest device (median over calls of the per-call maximum)
@@ -73,7 +73,7 @@ def mesh_row_columns(plan: Any, attn: Any, timing: PerDeviceTiming, devices: Any
 
 def row_updates(backend: Any, plan: Any, attn: Any, *, timing_source: str, per_device: PerDeviceTiming | None,
                 wall_latency_us: float, device_spec: Any, kernel_only: bool = False,
-                ckv: int | None = None, **_: Any) -> tuple[dict, list[str]]:
+                ckv: int | None = None, **_: Any) -> tuple[Any, list[str]]:
     """The multi-device columns of a run row, consistent with the row's ``timing_source``.
 
     Per-device times and the measured imbalance come only from accelerator device planes
@@ -90,7 +90,7 @@ def row_updates(backend: Any, plan: Any, attn: Any, *, timing_source: str, per_d
                               device_spec=device_spec, kernel_only=kernel_only, ckv=ckv)
         notes += mc.warnings
         if timing_source == "device" and mc.on_device_planes:
-            return dict(mc.columns), notes
+            return mc.columns, notes
     acc = mesh_accounting(plan, attn, devices, [float(wall_latency_us)] * len(devices),
                           timing_source="wall", device_spec=device_spec, ckv=ckv)
     notes += acc.warnings

@@ -1,4 +1,4 @@
-"""Render a comparison (see :mod:`rpa_bench.reports.compare`) as HTML + a ratio PNG."""
+"""Render a comparison (see :mod:`rpa_bench.measure.compare`) as HTML + a ratio PNG."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pandas as pd
 
 from rpa_bench import __version__
 from rpa_bench.reports import charts
-from rpa_bench.reports.compare import CompareOptions, CompareSummary, NOT_COMPARABLE, WORSE, summarize
+from rpa_bench.measure.compare import CompareOptions, CompareSummary, NOT_COMPARABLE, WORSE, summarize
 from rpa_bench.reports.html import Column, Image, Section, flatten, fmt_num, render, table_from_frame
 from rpa_bench.store.load import LoadedRun
 

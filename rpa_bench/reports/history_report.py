@@ -11,7 +11,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from rpa_bench import __version__
-from rpa_bench.measure.history import Event, RevisionResult, correctness, series_of
+from rpa_bench.reports.history_events import Event, correctness, series_of
+from rpa_bench.store.revisions import RevisionResult
 from rpa_bench.reports.html import Column, Image, Section, render, table_from_frame
 
 DPI = 110

@@ -52,18 +52,18 @@ NOT_MEASURED = "not measured here"
 
 def _side_row(spec, p: pd.Series, m: pd.Series | None) -> dict:
     util = spec.util_column
-    row = {"sweep": int(p["sweep_value"]), "variant": p["variant"], "kernel": None, "status": NOT_MEASURED,
+    entry = {"sweep": int(p["sweep_value"]), "variant": p["variant"], "kernel": None, "status": NOT_MEASURED,
            "paper_latency_us": p["latency_us"], "paper_util_pct": p["util_printed_pct"],
            "paper_bound_us": p["bound_time_us"], "paper_eff_pct": p["roofline_efficiency_pct"]}
     if m is None:
-        return row
+        return entry
     speed = m.get("status") == Status.OK and not pd.isna(m.get("latency_us"))
     lat = float(m["latency_us"]) if speed else None
     mutil = _measured_util(m, util) if speed else None
     eff = float(m["roofline_efficiency_pct"]) if speed and not pd.isna(m.get("roofline_efficiency_pct")) else None
     work_col = "hbm_bytes" if spec.phase == "decode" else "flops"
     work = m.get(work_col)
-    row.update({
+    entry.update({
         "kernel": m["kernel"], "status": m.get("status"),
         "latency_us": lat, "util_pct": mutil, "bound_us": m.get("bound_time_us") if speed else None, "eff_pct": eff,
         "latency_ratio": lat / p["latency_us"] if lat else None,
@@ -71,7 +71,7 @@ def _side_row(spec, p: pd.Series, m: pd.Series | None) -> dict:
         "eff_delta_pp": eff - p["roofline_efficiency_pct"] if eff is not None else None,
         "work_ratio": float(work) / float(p[work_col]) if speed and not pd.isna(work) and work > 0 else None,
     })
-    return row
+    return entry
 
 
 def side_by_side(run: LoadedRun, table: str) -> pd.DataFrame:

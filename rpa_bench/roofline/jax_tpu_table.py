@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import dataclasses
 
+from rpa_bench.generations import GENERATIONS
 from rpa_bench.roofline.specs import DeviceSpec
 
-# spec name -> JAX ChipVersion value
-CHIP_VERSION_BY_SPEC = {"tpu_v4": "v4", "tpu_v5e": "v5e", "tpu_v5p": "v5p", "tpu_v6e": "v6e", "tpu7x": "7x"}
+# spec name -> JAX ChipVersion value (from the one generation table)
+CHIP_VERSION_BY_SPEC = {g.spec_name: g.jax_chip_version for g in GENERATIONS}
 COMPARED_FIELDS = (
     "hbm_bw_bytes_per_s",
     "peak_bf16_flops_per_s",

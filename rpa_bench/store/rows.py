@@ -1,7 +1,10 @@
-"""Measurement rows: the columns of :data:`rpa_bench.store.schema.COLUMNS`, filled in.
+"""Measurement rows, built in one place (:func:`build_row`) from typed parts.
 
-Pure functions of their inputs (no timing, no kernels run here): the workload point's
-columns, the kernel's, the timing result's, and the roofline metrics'.
+Each part is a frozen dataclass whose fields are columns of :class:`rpa_bench.store.row.Row`:
+the run's (:class:`RunColumns`), the workload point's, the kernel entry's, its block sizes,
+the analytic cost, the correctness gate, the timing, the roofline metrics, the mesh
+accounting, the offline compile. Pure functions of their inputs (no timing, no kernels run
+here). No other module adds a key to a row.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rpa_bench.kernels.base import KernelProvenance
+from rpa_bench.store.row import Row
 from rpa_bench.workloads.batch import RaggedBatch
 from rpa_bench.workloads.model import AttentionSpec, ModelSpec
 from rpa_bench.workloads.spec import format_batch_spec
@@ -25,6 +29,10 @@ FIGURES_PER = ("device", "chip")
 @dataclasses.dataclass(frozen=True)
 class RunColumns:
     """Columns shared by every row of one run."""
+
+    def columns(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
 
     run_id: str
     experiment: str
@@ -74,10 +82,199 @@ def _batch_spec(batch: RaggedBatch) -> str | None:
     return text if len(text) <= MAX_BATCH_SPEC_CHARS else None
 
 
+class _Part:
+    """A typed part of a row: its fields are row columns."""
+
+    def columns(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def __getitem__(self, name: str) -> Any:  # read like the row it becomes part of
+        return getattr(self, name)
+
+
+@dataclasses.dataclass(frozen=True)
+class PointColumns(_Part):
+    workload: str
+    workload_kind: str
+    point_id: str
+    workload_hash: str
+    phase: str
+    num_seqs: int
+    num_tokens: int
+    max_kv_len: int
+    context_len: int | None
+    seq_len: int | None
+    causal: bool
+    sliding_window: int | None
+    weight: float
+    batch_spec: str | None
+    model: str
+    num_q_heads: int
+    num_kv_heads: int
+    head_dim: int
+    dtype: str
+    kv_dtype: str
+    page_size: int
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelColumns(_Part):
+    kernel: str
+    backend: str
+    compiler_options: str | None
+    kernel_source: str | None
+    kernel_commit: str | None
+    interpret: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockColumns(_Part):
+    """The block sizes a kernel was built with and where they came from (its ``meta``)."""
+
+    block_sizes: str | None
+    block_sizes_source: str | None
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, Any] | None) -> "BlockColumns":
+        meta = dict(meta or {})
+        if "block_sizes" in meta:  # rpa_v3 family: per case (bq, bkv) tokens
+            sizes: Any = {k: list(v) for k, v in (meta.get("block_sizes") or {}).items() if v is not None}
+        elif "num_kv_pages_per_block" in meta:  # rpa_v2 / jax_rpa: pages and queries per block
+            sizes = {"num_kv_pages_per_block": meta.get("num_kv_pages_per_block"),
+                     "num_queries_per_block": meta.get("num_queries_per_block")}
+        elif "block_bytes" in meta:  # the reference's KV block
+            sizes = {"block_bytes": meta["block_bytes"]}
+        else:
+            return cls(None, None)
+        source = meta.get("block_sizes_source", "config" if "block_bytes" in meta else None)
+        return cls(json.dumps(sizes, sort_keys=True, default=str),
+                   None if source is None else (source if isinstance(source, str)
+                                                else json.dumps(source, sort_keys=True, default=str)))
+
+
+@dataclasses.dataclass(frozen=True)
+class CostColumns(_Part):
+    hbm_bytes: int
+    flops: int
+    flops_count: str
+    arithmetic_intensity: float
+
+
+@dataclasses.dataclass(frozen=True)
+class GateColumns(_Part):
+    """The correctness gate: the check against the reference on the same batch."""
+
+    max_abs_err: float | None
+    tolerance: float | None
+
+
+@dataclasses.dataclass(frozen=True)
+class TimingColumns(_Part):
+    timing_source: str | None = None
+    compile_time_s: float | None = None
+    loops_per_sample: int | None = None
+    samples_us: list | None = None
+    wall_samples_us: list | None = None
+    sample_order: list | None = None
+    device_samples_us: list | None = None
+    latency_us: float | None = None
+    latency_iqr_us: float | None = None
+    latency_ci_low_us: float | None = None
+    latency_ci_high_us: float | None = None
+    wall_latency_us: float | None = None
+    device_latency_us: float | None = None
+    per_device_latency_us: list | None = None
+    capture_path: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class MetricColumns(_Part):
+    convention: str
+    throughput_gb_per_s: float | None
+    throughput_gib_per_s: float | None
+    tflops: float | None
+    mbu_pct: float | None
+    mfu_pct: float | None
+    mbu_si_pct: float | None
+    mfu_si_pct: float | None
+    mbu_calibrated_pct: float | None
+    mfu_calibrated_pct: float | None
+    bound_time_us: float | None
+    bound_by: str | None
+    roofline_efficiency_pct: float | None
+    above_roof: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshColumns(_Part):
+    """A sharded call's accounting; its num_devices, mesh and per-device latency replace the run's."""
+
+    num_devices: int
+    mesh: str
+    per_device_latency_us: list | None
+    load_imbalance: float | None
+    modelled_load_imbalance: float | None
+    per_device_hbm_bytes: list | None
+    per_device_flops: list | None
+    per_chip: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class CompileColumns(_Part):
+    """``run.compile_only``: one variant's compile for a TPU generation."""
+
+    compile_target: str | None = None
+    compile_status: str | None = None
+    compile_time_s: float | None = None
+    vmem_used_bytes: int | None = None
+    vmem_capacity_bytes: int | None = None
+    vmem_headroom: float | None = None
+    compiled_hbm_bytes: int | None = None
+    compile_facts: str | None = None
+
+
+# Parts may refine what an earlier part set (a sharded call's own mesh and device times);
+# any other column set twice is a bug.
+_REFINED = {"num_devices", "mesh", "per_device_latency_us"}
+
+
+def build_row(run: "RunColumns", point: PointColumns, kernel: KernelColumns, *, variant: str, status: str,
+              error: str | None = None, warnings: Sequence[str] = (), phase_seconds: str | None = None,
+              blocks: BlockColumns | None = None, cost: CostColumns | None = None, gate: GateColumns | None = None,
+              timing: TimingColumns | None = None, metrics: MetricColumns | None = None,
+              mesh: MeshColumns | None = None, compiled: CompileColumns | None = None,
+              traffic: "_Part | None" = None) -> dict:
+    """The one place a row is made: the run's, point's and kernel's columns, then each typed
+    part given; returns the row as a dict of :class:`~rpa_bench.store.row.Row` columns."""
+    cols: dict[str, Any] = {**run.columns(), **point.columns(), **kernel.columns(), "variant": variant,
+                            "status": str(status), "error": error, "warnings": list(warnings) or None,
+                            "phase_seconds": phase_seconds, "timestamp": now_utc()}
+    for part in (blocks, cost, gate, timing, metrics, mesh, compiled, traffic):
+        if part is None:
+            continue
+        for name, value in part.columns().items():
+            if name in cols and cols[name] is not None and name not in _REFINED and value is not None:
+                raise ValueError(f"row column {name!r} set twice ({type(part).__name__})")
+            if value is not None or name not in cols:
+                cols[name] = value
+    return Row(**cols).as_dict()
+
+
+def annotate(row: dict, *, warnings: Sequence[str] = (), phase_seconds: str | None = None) -> dict:
+    """A built row with notes appended and/or its phase account set (known only once every
+    variant of its (point, kernel) is done); the row stays a :class:`Row`."""
+    out = dict(row)
+    if warnings:
+        out["warnings"] = [*(out.get("warnings") or []), *warnings]
+    if phase_seconds is not None:
+        out["phase_seconds"] = phase_seconds
+    return Row(**out).as_dict()
+
+
 def point_columns(*, workload: str, workload_kind: str, point_id: str, batch: RaggedBatch, causal: bool,
                   weight: float, model: ModelSpec, model_name: str, attn: AttentionSpec,
                   max_num_batched_tokens: int | None, max_num_seqs: int | None,
-                  meta: Mapping[str, Any] | None = None) -> dict:
+                  meta: Mapping[str, Any] | None = None) -> PointColumns:
     meta = dict(meta or {})
     context_len = meta.get("context_len")
     seq_len = meta.get("seq_len")
@@ -85,7 +282,7 @@ def point_columns(*, workload: str, workload_kind: str, point_id: str, batch: Ra
         context_len = batch.kv_lens[0] - 1
     if seq_len is None and workload_kind == "paper_prefill" and batch.num_seqs == 1:
         seq_len = batch.q_lens[0]
-    return {
+    return PointColumns(**{
         "workload": workload,
         "workload_kind": workload_kind,
         "point_id": point_id,
@@ -108,37 +305,29 @@ def point_columns(*, workload: str, workload_kind: str, point_id: str, batch: Ra
         "dtype": model.dtype,
         "kv_dtype": model.kv_dtype,
         "page_size": batch.page_size,
-    }
+    })
 
 
-def kernel_columns(entry: Any, provenance: KernelProvenance, *, interpret: bool) -> dict:
+def kernel_columns(entry: Any, provenance: KernelProvenance, *, interpret: bool) -> KernelColumns:
     """``entry``: a run's kernel entry (a KernelConfig: label, backend, compiler options) or a plain name."""
     if isinstance(entry, str):
         name, backend, options = entry, entry, {}
     else:
         name, backend, options = entry.label, entry.name, dict(entry.compiler_options)
-    return {
-        "kernel": name,
-        "backend": backend,
-        "compiler_options": json.dumps(options, sort_keys=True) if options else None,
-        "kernel_source": provenance.source_label,
-        "kernel_commit": provenance.git_commit,
-        "interpret": interpret,
-    }
+    return KernelColumns(kernel=name, backend=backend,
+                         compiler_options=json.dumps(options, sort_keys=True) if options else None,
+                         kernel_source=provenance.source_label, kernel_commit=provenance.git_commit,
+                         interpret=interpret)
 
 
-def cost_columns(cost: Any) -> dict:
-    return {
-        "hbm_bytes": int(cost.hbm_bytes),
-        "flops": int(cost.flops),
-        "flops_count": cost.flops_kind,
-        "arithmetic_intensity": float(cost.arithmetic_intensity),
-    }
+def cost_columns(cost: Any) -> CostColumns:
+    return CostColumns(hbm_bytes=int(cost.hbm_bytes), flops=int(cost.flops), flops_count=cost.flops_kind,
+                       arithmetic_intensity=float(cost.arithmetic_intensity))
 
 
-def metric_columns(paper: Any, si: Any, calibrated: Any | None) -> tuple[dict, list[str]]:
+def metric_columns(paper: Any, si: Any, calibrated: Any | None) -> tuple[MetricColumns, list[str]]:
     """Columns from three Metrics of one latency: paper convention, si, si vs calibration."""
-    cols = {
+    cols = MetricColumns(**{
         "convention": paper.convention,
         "throughput_gb_per_s": paper.throughput_gb_per_s,
         "throughput_gib_per_s": paper.throughput_gib_per_s,
@@ -153,7 +342,7 @@ def metric_columns(paper: Any, si: Any, calibrated: Any | None) -> tuple[dict, l
         "bound_by": paper.bound_by,
         "roofline_efficiency_pct": paper.roofline_efficiency_pct,
         "above_roof": bool(paper.above_roof or (calibrated is not None and calibrated.above_roof)),
-    }
+    })
     notes = []
     for m in (paper, calibrated):
         if m is not None and m.above_roof and m.above_roof_reason:
@@ -171,8 +360,8 @@ def _median(xs: Sequence[float] | None) -> float | None:
 
 def timing_columns(*, source: str, samples_us: Sequence[float], summary: Any, wall: Any,
                    device_samples_us: Sequence[float] | None, compile_time_s: float,
-                   capture_path: str | None) -> dict:
-    return {
+                   capture_path: str | None) -> TimingColumns:
+    return TimingColumns(**{
         "timing_source": source,
         "compile_time_s": compile_time_s,
         "loops_per_sample": wall.loops_per_sample,
@@ -187,20 +376,10 @@ def timing_columns(*, source: str, samples_us: Sequence[float], summary: Any, wa
         "device_latency_us": _median(device_samples_us),
         "per_device_latency_us": [summary.median_us] if source == "device" else None,
         "capture_path": capture_path,
-    }
+    })
 
 
-def row(run: RunColumns, point: Mapping[str, Any], kernel: Mapping[str, Any], *, variant: str, status: str,
-        **more: Any) -> dict:
-    out = {"run_id": run.run_id, "experiment": run.experiment, "scale": run.scale, "device": run.device,
-           "device_kind": run.device_kind, "num_devices": run.num_devices, "mesh": run.mesh, "seed": run.seed,
-           "figures_per": run.figures_per,
-           **point, **kernel, "variant": variant, "status": status, "timestamp": now_utc()}
-    out.update(more)
-    return out
-
-
-def mesh_columns(acc: Any) -> dict:
+def mesh_columns(acc: Any) -> MeshColumns:
     """The multi-device columns of a sharded call from its
     :class:`rpa_bench.parallel.accounting.MeshAccounting`.
 
@@ -208,7 +387,7 @@ def mesh_columns(acc: Any) -> dict:
     (and the chips' times and utilisation from them) only when they were measured per
     device: with wall timing each chip's time is the step's wall time.
     """
-    return {
+    return MeshColumns(**{
         "num_devices": acc.num_devices,
         "mesh": acc.mesh,
         "per_device_latency_us": list(acc.time_us) if acc.timing_source == "device" else None,
@@ -217,7 +396,7 @@ def mesh_columns(acc: Any) -> dict:
         "per_device_hbm_bytes": list(acc.hbm_bytes),
         "per_device_flops": list(acc.flops),
         "per_chip": per_chip_json(acc.per_chip),
-    }
+    })
 
 
 def per_chip_json(chips: Sequence[Any]) -> str:

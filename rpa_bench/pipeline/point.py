@@ -31,8 +31,9 @@ from typing import Any
 
 from rpa_bench.kernels.checking import compare_outputs, tolerance_for
 from rpa_bench.kernels.reference import DEFAULT_BLOCK_BYTES, ReferenceBackend
-from rpa_bench.measure import capture as cap, xspace
-from rpa_bench.measure.calls import TimedCall, VARIANTS, build_timed_calls
+from rpa_bench.measure import capture as cap
+from rpa_bench.measure import xspace
+from rpa_bench.measure.calls import VARIANTS, TimedCall, build_timed_calls
 from rpa_bench.measure.devtime import PerDeviceTiming, per_device_timing
 from rpa_bench.measure.phases import Account, phase, scope
 from rpa_bench.measure.stats import summarize
@@ -147,18 +148,18 @@ def capture_point(readies: list["_Ready"], walls: dict[int, dict[str, tuple]], *
     if not readies:
         return None
     job, cfg = readies[0].job, readies[0].job.timing
-    if not cfg.capture or cfg.capture_calls <= 0 or job.captures_dir is None:
+    if not cfg.capture or cfg.profiled_calls <= 0 or job.captures_dir is None:
         return None
     dest = cap.session_path(Path(job.captures_dir), stem or job.point_capture_stem or job.capture_stem)
     def unprofiled_s(r: "_Ready", v: str) -> float:  # the call's median wall time without the profiler
         wall = (walls.get(id(r)) or {}).get(v, (None, None))[0]
         return wall.summary.median_us * 1e-6 if wall is not None else 0.0
 
-    programs = [(_program(r.calls[v], cfg.capture_calls), r.calls[v].context, unprofiled_s(r, v))
+    programs = [(_program(r.calls[v], cfg.profiled_calls), r.calls[v].context, unprofiled_s(r, v))
                 for r in readies for v in VARIANTS if v in r.calls]
     try:
         with phase("capture"):
-            path = cap.capture_programs(programs, cfg.capture_calls, dest, hlo=cfg.capture_hlo)
+            path = cap.capture_programs(programs, cfg.profiled_calls, dest, hlo=cfg.capture_hlo)
         with phase("capture parse"):
             return Captured(path, xspace.read(path))
     except cap.CaptureNotKept as err:  # the timing stands; only the file is lost
@@ -168,20 +169,21 @@ def capture_point(readies: list["_Ready"], walls: dict[int, dict[str, tuple]], *
 
 def _time_variant(call: TimedCall, cfg: TimingConfig, *, captured: Captured | None,
                   kernel_regex: str | None, clock: Callable[[], float],
-                  devices: Any = None, wall: Any = None) -> tuple[dict, PerDeviceTiming | None]:
-    """The variant's timing columns, and the per-device timing read from the point's capture.
+                  devices: Any = None, wall: Any = None) -> tuple[record.TimingColumns, list[str],
+                                                                  PerDeviceTiming | None]:
+    """The variant's timing columns, its notes, and the per-device timing read from the point's capture.
     ``wall``: its wall-clock timing when already taken (interleaved with other kernels)."""
     with call.context():
         if wall is None:
             wall = _wall(call, cfg, clock)
         notes = list(wall.warnings)
         device, per_device, path = None, None, None
-        if cfg.capture and cfg.capture_calls > 0 and captured is not None:
+        if cfg.capture and cfg.profiled_calls > 0 and captured is not None:
             path, space = captured.path, captured.space
             if captured.note:
                 notes.append(captured.note)
             with phase("capture parse"):
-                per_device = per_device_timing(space, module_name=call.module_name, num_calls=cfg.capture_calls,
+                per_device = per_device_timing(space, module_name=call.module_name, num_calls=cfg.profiled_calls,
                                                devices=devices if devices is not None else _call_devices(call),
                                                wall_latency_us=wall.summary.median_us, kernel_regex=kernel_regex)
             device = per_device.as_step()
@@ -203,6 +205,10 @@ def _time_variant(call: TimedCall, cfg: TimingConfig, *, captured: Captured | No
             summary = summarize(per_call, cfg.stats, label="device samples")
         notes += [w for w in summary.warnings if w not in notes]
         source, samples, dev = "device", per_call, per_call
+        if len(per_call) < cfg.num_samples:
+            notes.append(f"device time rests on {len(per_call)} profiled calls (timing.capture_calls="
+                         f"{cfg.capture_calls}) < timing.num_samples={cfg.num_samples}: its CI and any comparison "
+                         "use these calls; raise timing.capture_calls (or leave it null: as many as num_samples)")
         if device.span_per_call_us is not None:
             span = statistics.median(device.span_per_call_us)
             notes.append(
@@ -220,8 +226,7 @@ def _time_variant(call: TimedCall, cfg: TimingConfig, *, captured: Captured | No
         compile_time_s=call.compile_time_s,
         capture_path=str(path) if (device is not None and cfg.keep_captures and path is not None) else None,
     )
-    cols["warnings"] = notes
-    return cols, per_device
+    return cols, notes, per_device
 
 
 class PointReference:
@@ -267,8 +272,8 @@ class KernelJob:
     timing: TimingConfig
     roof: Roofline
     run: record.RunColumns
-    point_cols: dict
-    kernel_cols: dict
+    point_cols: record.PointColumns
+    kernel_cols: record.KernelColumns
     captures_dir: Path | None
     run_dir: Path | None = None
     capture_stem: str = "capture"
@@ -277,6 +282,13 @@ class KernelJob:
     context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
     clock: Callable[[], float] = time.perf_counter
     compiler_options: dict | None = None
+    # several entries profiled in one capture session: each entry's own program names
+    program_tag: str | None = None
+
+
+def program_tag(label: str, index: int) -> str:
+    """An identifier-safe, unique program-name suffix for a point's kernel entry."""
+    return f"k{index}_" + re.sub(r"\W+", "_", label)[:40]
 
 
 @dataclasses.dataclass
@@ -287,8 +299,10 @@ class _Ready:
     prepared: Any
     calls: dict
     cost: Any
-    base_more: dict
-    gate: dict
+    cost_cols: record.CostColumns | None
+    cost_notes: list[str]
+    gate: record.GateColumns
+    blocks: record.BlockColumns
     kernel_regex: str | None
     account: Account | None = None  # the (point, kernel)'s shared phases
 
@@ -329,11 +343,12 @@ def _discard(captured: Captured | None, readies: list["_Ready"]) -> None:
 
 def _with_phases(rows: list[dict], job_account: Account, variant_accounts: dict[str, Account]) -> list[dict]:
     """Each row's ``phase_seconds``: its variant's own phases, and the (point, kernel)'s shared ones."""
+    out = []
     for row in rows:
         acc = variant_accounts.get(row.get("variant"))
-        row["phase_seconds"] = json.dumps({"variant": acc.as_dict() if acc else {},
-                                           "kernel": job_account.as_dict()}, sort_keys=True)
-    return rows
+        out.append(record.annotate(row, phase_seconds=json.dumps({"variant": acc.as_dict() if acc else {},
+                                                                  "kernel": job_account.as_dict()}, sort_keys=True)))
+    return out
 
 
 def measure_interleaved(jobs: list[KernelJob], *, order: str = "alternate", seed: int = 0) -> list[list[dict]]:
@@ -387,21 +402,25 @@ def _prepare_in_scope(job: KernelJob) -> "_Ready | list[dict]":
     batch, model = inputs.batch, inputs.model
     try:
         cost = cost_of(batch, model, job.attn, causal=job.causal)
-        base_more = record.cost_columns(cost)
+        cost_cols, cost_notes = record.cost_columns(cost), []
     except Exception as exc:  # noqa: BLE001 - a row with its error, never a missing row
-        cost, base_more = None, {"warnings": [f"cost model failed: {error_text(exc)}"]}
+        cost, cost_cols, cost_notes = None, None, [f"cost model failed: {error_text(exc)}"]
+    blocks = record.BlockColumns(None, None)
 
-    def rows(status: str, per_variant: dict | None = None, **more: Any) -> list[dict]:
-        return [record.row(job.run, job.point_cols, job.kernel_cols, variant=v, status=status,
-                           **base_more, **more, **((per_variant or {}).get(v, {}))) for v in VARIANTS]
+    def rows(status: str, *, error: str | None = None, gate: record.GateColumns | None = None,
+             timings: dict | None = None, notes: tuple[str, ...] = ()) -> list[dict]:
+        return [record.build_row(job.run, job.point_cols, job.kernel_cols, variant=v, status=status, error=error,
+                                 warnings=[*cost_notes, *notes], blocks=blocks, cost=cost_cols, gate=gate,
+                                 timing=(timings or {}).get(v)) for v in VARIANTS]
 
     kernel_regex = job.kernel_regex
     try:
         with phase("compile"):
             prepared = job.backend.build(model, job.attn, batch, interpret=job.interpret)
+            blocks = record.BlockColumns.from_meta(prepared.meta)
             check_only = job.interpret and not timing.time_interpret
             calls = build_timed_calls(prepared, inputs, context=job.context, clock=job.clock,
-                                      compiler_options=job.compiler_options,
+                                      compiler_options=job.compiler_options, program_tag=job.program_tag,
                                       variants=("incl_prep",) if check_only else VARIANTS)
         with phase("check"):
             check = calls["incl_prep"]
@@ -420,21 +439,18 @@ def _prepare_in_scope(job: KernelJob) -> "_Ready | list[dict]":
             kernel_regex = "^" + re.escape(str(prefix))
     except Exception as exc:  # noqa: BLE001
         return rows(Status.FAILED, error=error_text(exc))
-    gate = {"max_abs_err": float(max_abs_err), "tolerance": tolerance}
+    gate = record.GateColumns(max_abs_err=float(max_abs_err), tolerance=tolerance)
     if not ok:
         return rows(Status.INCORRECT, error=f"max_abs_err={max_abs_err:.3g} exceeds tolerance={tolerance:g}; not timed",
-                    **gate)
-    compile_cols = {v: {"compile_time_s": calls[v].compile_time_s} for v in VARIANTS if v in calls}
+                    gate=gate)
+    compile_cols = {v: record.TimingColumns(compile_time_s=calls[v].compile_time_s) for v in VARIANTS if v in calls}
     if job.interpret and not timing.time_interpret:
         # correct, with interpret=True and no timing: the status says the kernel passed
-        out = rows(Status.OK, compile_cols, **gate)
         note = (f"checked ok in interpret mode (max_abs_err={max_abs_err:.2g} <= {tolerance:g}), not timed: "
                 "Pallas interpret-mode timings are not kernel performance (timing.time_interpret=true times them "
                 "anyway)")
-        for r in out:
-            r["warnings"] = [*(r.get("warnings") or []), note]
-        return out
-    return _Ready(job, prepared, calls, cost, base_more, gate, kernel_regex)
+        return rows(Status.OK, gate=gate, timings=compile_cols, notes=(note,))
+    return _Ready(job, prepared, calls, cost, cost_cols, cost_notes, gate, blocks, kernel_regex)
 
 
 def _finish(ready: _Ready, walls: dict, captured: Captured | None,
@@ -445,60 +461,61 @@ def _finish(ready: _Ready, walls: dict, captured: Captured | None,
     for variant in VARIANTS:
         with scope(accounts[variant]):
             out_rows.append(_finish_variant(ready, walls, variant, captured))
-    _check_incl_not_below_excl(out_rows)
+    out_rows = _check_incl_not_below_excl(out_rows)
     return _with_phases(out_rows, ready.account or Account(), accounts)
 
 
-def _check_incl_not_below_excl(rows: list[dict]) -> None:
+def _check_incl_not_below_excl(rows: list[dict]) -> list[dict]:
     """incl_prep does everything excl_prep does and more: faster beyond the CIs is a measurement problem."""
     by = {r.get("variant"): r for r in rows if r.get("status") == Status.OK}
     excl, incl = by.get("excl_prep"), by.get("incl_prep")
     if not excl or not incl:
-        return
+        return rows
     hi, lo = incl.get("latency_ci_high_us"), excl.get("latency_ci_low_us")
     if hi is not None and lo is not None and hi < lo:
         note = (f"incl_prep ({incl['latency_us']:.1f} us, CI high {hi:.1f}) is faster than excl_prep "
                 f"({excl['latency_us']:.1f} us, CI low {lo:.1f}) beyond noise although it does more work: "
                 "a measurement artefact (host noise, caches, dispatch); do not read the difference as prep cost")
-        for r in (excl, incl):
-            r["warnings"] = [*(r.get("warnings") or []), note]
+        return [record.annotate(r, warnings=[note]) if r is excl or r is incl else r for r in rows]
+    return rows
 
 
 def _finish_variant(ready: _Ready, walls: dict, variant: str, captured: Captured | None) -> dict:
     job, prepared, calls, cost = ready.job, ready.prepared, ready.calls, ready.cost
-    base_more, gate, kernel_regex, timing = ready.base_more, ready.gate, ready.kernel_regex, job.timing
+    kernel_regex, timing = ready.kernel_regex, job.timing
+
+    def row(status: str, **parts: Any) -> dict:
+        return record.build_row(job.run, job.point_cols, job.kernel_cols, variant=variant, status=status,
+                                blocks=ready.blocks, cost=ready.cost_cols, gate=ready.gate, **parts)
+
     try:
         sharded = prepared.plan is not None
         wall, order = walls.get(variant, (None, None))
-        cols, per_device = _time_variant(calls[variant], timing, captured=captured,
-                                         kernel_regex=kernel_regex if variant == "excl_prep" else None,
-                                         clock=job.clock, devices=_local(prepared.devices) if sharded else None,
-                                         wall=wall)
+        cols, notes, per_device = _time_variant(calls[variant], timing, captured=captured,
+                                                kernel_regex=kernel_regex if variant == "excl_prep" else None,
+                                                clock=job.clock, devices=_local(prepared.devices) if sharded else None,
+                                                wall=wall)
         if order is not None:
-            cols["sample_order"] = list(order)
-            cols["warnings"].insert(0, "samples interleaved with the other kernels of this point "
-                                       f"({timing.interleave_order} order); wall_samples_us are paired by index")
+            cols = dataclasses.replace(cols, sample_order=list(order))
+            notes.insert(0, "samples interleaved with the other kernels of this point "
+                            f"({timing.interleave_order} order); wall_samples_us are paired by index")
+        mesh = None
         if sharded:  # per-device times, load imbalance (rpa_bench.parallel)
-            mesh_cols, notes = row_updates(
-                job.backend, prepared.plan, job.attn, timing_source=cols["timing_source"], per_device=per_device,
-                module_name=calls[variant].module_name, num_calls=timing.capture_calls,
-                wall_latency_us=cols["wall_latency_us"], device_spec=job.roof.device, kernel_regex=kernel_regex,
+            mesh, mesh_notes = row_updates(
+                job.backend, prepared.plan, job.attn, timing_source=cols.timing_source, per_device=per_device,
+                module_name=calls[variant].module_name, num_calls=timing.profiled_calls,
+                wall_latency_us=cols.wall_latency_us, device_spec=job.roof.device, kernel_regex=kernel_regex,
                 kernel_only=variant == "excl_prep", ckv=cost_ckv(job.causal))
-            cols.update(mesh_cols)
-            cols["warnings"] += [n for n in notes if n not in cols["warnings"]]
-        if cols["capture_path"] and job.run_dir is not None:
-            cols["capture_path"] = str(Path(cols["capture_path"]).relative_to(job.run_dir))
+            notes += [n for n in mesh_notes if n not in notes]
+        if cols.capture_path and job.run_dir is not None:
+            cols = dataclasses.replace(cols, capture_path=str(Path(cols.capture_path).relative_to(job.run_dir)))
         if job.interpret:
-            cols["warnings"].insert(0, "Pallas interpret mode: this timing is NOT kernel performance")
+            notes.insert(0, "Pallas interpret mode: this timing is NOT kernel performance")
+        metrics = None
         if cost is not None:
-            mcols, notes = metrics_of(cost, cols["latency_us"], job.roof)
-            cols.update(mcols)
-            cols["warnings"] += notes
-        cols["warnings"] = list(base_more.get("warnings", [])) + cols["warnings"]
-        more = {k: v for k, v in base_more.items() if k != "warnings"}
-        return record.row(job.run, job.point_cols, job.kernel_cols, variant=variant, status=Status.OK,
-                          **more, **gate, **cols)
+            metrics, metric_notes = metrics_of(cost, cols.latency_us, job.roof)
+            notes += metric_notes
+        return row(Status.OK, warnings=[*ready.cost_notes, *notes], timing=cols, metrics=metrics, mesh=mesh)
     except Exception as exc:  # noqa: BLE001
-        return record.row(job.run, job.point_cols, job.kernel_cols, variant=variant, status=Status.FAILED,
-                          **base_more, **gate, compile_time_s=calls[variant].compile_time_s,
-                          error=error_text(exc))
+        return row(Status.FAILED, warnings=ready.cost_notes, error=error_text(exc),
+                   timing=record.TimingColumns(compile_time_s=calls[variant].compile_time_s))

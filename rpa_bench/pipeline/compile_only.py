@@ -22,8 +22,19 @@ from rpa_bench.kernels.lowering import _ARRAY_FIELDS, abstract_inputs
 from rpa_bench.measure.calls import VARIANTS, split_arrays
 from rpa_bench.parallel.lowering import abstract_inputs as sharded_inputs
 from rpa_bench.status import Status
+from rpa_bench.store.rows import BlockColumns, CompileColumns
 
 COMPILED = Status.COMPILED
+
+
+@dataclasses.dataclass(frozen=True)
+class VariantCompile:
+    """One variant's compile for a generation: the row's status, error and typed parts."""
+
+    status: str
+    error: str | None
+    columns: CompileColumns
+    blocks: BlockColumns | None = None
 
 
 def target_devices(generation: str) -> tuple:
@@ -82,13 +93,13 @@ def _sharded_programs(call: Any, mesh: Any) -> dict:
 
 
 def compile_variants(backend: Any, model: Any, attn: Any, batch: Any, *, padding: dict, generation: str,
-                     devices: tuple) -> dict[str, dict]:
-    """Per variant: the row columns of its compile for ``generation`` (never raises)."""
+                     devices: tuple) -> dict[str, VariantCompile]:
+    """Per variant: its compile for ``generation`` (never raises)."""
     import jax
 
     kind = compiling.generation_kind(generation)
     capacity = int(tpu_target.tpu_info(kind).vmem_capacity_bytes)
-    out: dict[str, dict] = {}
+    out: dict[str, VariantCompile] = {}
     try:
         inner = getattr(backend, "inner", backend)  # the run turned its own VMEM-estimate check off
         module = inner.module() if hasattr(inner, "module") else None
@@ -99,9 +110,11 @@ def compile_variants(backend: Any, model: Any, attn: Any, batch: Any, *, padding
             programs = _single_device_programs(prepared, batch, model, padding, devices[0])
     except Exception as exc:  # noqa: BLE001 - the build itself failed: both variants say so
         err = compiling.short_error(exc)
-        return {v: {"status": Status.FAILED, "compile_status": compiling.classify(str(exc)), "error": err,
-                    "vmem_capacity_bytes": capacity} for v in VARIANTS}
+        return {v: VariantCompile(Status.FAILED, err, CompileColumns(
+            compile_target=kind, compile_status=compiling.classify(str(exc)), vmem_capacity_bytes=capacity))
+            for v in VARIANTS}
     meta = dict(prepared.meta or {})
+    blocks = BlockColumns.from_meta(meta)
     for variant in VARIANTS:
         fn, args = programs[variant]
         fn.__name__ = fn.__qualname__ = f"rpa_bench_{variant}"
@@ -114,18 +127,17 @@ def compile_variants(backend: Any, model: Any, attn: Any, batch: Any, *, padding
             vmem = compiling.vmem_used(compiled.as_text())
             hbm = compiling.hbm_of(compiled)
             used = max(vmem.values()) if vmem else None
-            out[variant] = {
-                "status": COMPILED, "compile_status": "ok", "compile_time_s": seconds,
-                "vmem_used_bytes": used, "vmem_capacity_bytes": capacity,
-                "vmem_headroom": None if used is None else 1.0 - used / capacity,
-                "compiled_hbm_bytes": compiling.hbm_footprint_bytes(hbm) or None,
-                "compile_facts": json.dumps({"vmem_used_bytes": vmem, "hbm": hbm,
-                                             "block_sizes": compiling._block_sizes(meta),
-                                             "vmem_limit_bytes": meta.get("vmem_limit_bytes")}, sort_keys=True),
-                "error": None,
-            }
+            out[variant] = VariantCompile(COMPILED, None, CompileColumns(
+                compile_target=kind, compile_status="ok", compile_time_s=seconds,
+                vmem_used_bytes=used, vmem_capacity_bytes=capacity,
+                vmem_headroom=None if used is None else 1.0 - used / capacity,
+                compiled_hbm_bytes=compiling.hbm_footprint_bytes(hbm) or None,
+                compile_facts=json.dumps({"vmem_used_bytes": vmem, "hbm": hbm,
+                                          "block_sizes": compiling._block_sizes(meta),
+                                          "vmem_limit_bytes": meta.get("vmem_limit_bytes")}, sort_keys=True)),
+                blocks)
         except Exception as exc:  # noqa: BLE001 - a failed compile is a row, the sweep goes on
-            out[variant] = {"status": Status.FAILED, "compile_status": compiling.classify(str(exc)),
-                            "compile_time_s": time.perf_counter() - start, "vmem_capacity_bytes": capacity,
-                            "error": compiling.short_error(exc)}
+            out[variant] = VariantCompile(Status.FAILED, compiling.short_error(exc), CompileColumns(
+                compile_target=kind, compile_status=compiling.classify(str(exc)),
+                compile_time_s=time.perf_counter() - start, vmem_capacity_bytes=capacity), blocks)
     return out

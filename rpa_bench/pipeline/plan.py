@@ -24,8 +24,9 @@ from rpa_bench.kernels.registry import SAFE_LABEL, KernelConfig, kernel_config_f
 from rpa_bench.measure.timing import TimingConfig
 from rpa_bench.roofline.metrics import PEAK_SOURCES
 from rpa_bench.typed import check_value, from_dict
-from rpa_bench.workloads.scheduler_spec import SchedulerSpec
 from rpa_bench.workloads.model import AttentionSpec, ModelSpec
+from rpa_bench.workloads.scheduler_spec import SchedulerSpec
+
 
 @dataclasses.dataclass(frozen=True)
 class ScaleSpec:
@@ -153,7 +154,7 @@ def plan_from_config(
     compile_only = run.get("compile_only")
     if compile_only is not None:
         try:
-            compile_only = generation_kind(str(compile_only))
+            compile_only = generation_kind(str(compile_only), compilable=True)
         except ValueError as exc:
             raise ValueError(f"run.compile_only: {exc}") from None
     if not workloads:

@@ -1,12 +1,5 @@
-"""A kernel's history across tpu-inference commits (asv's idea, for RPA revisions).
+"""Events along a kernel's history (pure functions of stored revisions).
 
-For each revision of a checkout, the same experiment runs with ``kernel.source=<repo>@<sha>``
-(correctness checked on every point; timed where the device allows) and the kernel is
-compiled for TPU generations (libtpu compile-only: does it still compile and fit VMEM?).
-Results are stored once per (machine, revision) under ``<out>/<machine>/<sha>/`` and never
-recomputed: a history is resumable and extendable.
-
-Events found along the commits:
 - status changes: correctness broke / restored (rows ``incorrect``), compile broke /
   restored per generation (``vmem_oom``, ``failed``, ...), each at the first commit showing it;
 - steps in numeric series (a point's latency, a generation's VMEM use) by change-point
@@ -20,83 +13,19 @@ Events found along the commits:
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import platform
-import socket
-import subprocess
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from rpa_bench.status import Status
-from rpa_bench.store.run_store import read_measurements
+
+from rpa_bench.store.revisions import Revision, RevisionResult
 
 CORRECT = "correct"
 INCORRECT = "incorrect"
-
-
-@dataclasses.dataclass(frozen=True)
-class Revision:
-    sha: str
-    date: str  # committer date, ISO
-    subject: str
-
-    @property
-    def short(self) -> str:
-        return self.sha[:10]
-
-
-def _git(repo: Path, *args: str) -> str:
-    out = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=False)
-    if out.returncode:
-        raise ValueError(f"git {' '.join(args)} in {repo}: {out.stderr.strip() or 'failed'}")
-    return out.stdout.strip()
-
-
-def git_toplevel(path: Path) -> Path:
-    return Path(_git(path, "rev-parse", "--show-toplevel"))
-
-
-def revisions(repo: Path, spec: str, *, every: int = 1) -> list[Revision]:
-    """``A..B`` (A excluded, as git does; both endpoints kept here: A is the baseline), or a
-    comma-separated list of refs, oldest first; ``every``: every N-th commit of a range
-    (the endpoints always kept)."""
-    if every < 1:
-        raise ValueError(f"--every={every} must be >= 1")
-    if ".." in spec:
-        a, b = spec.split("..", 1)
-        shas = _git(repo, "rev-list", "--reverse", "--first-parent", f"{a}..{b}").split()
-        base = _git(repo, "rev-parse", "--verify", f"{a}^{{commit}}")
-        shas = [base, *shas]
-        if every > 1:
-            keep = shas[::every]
-            if keep[-1] != shas[-1]:
-                keep.append(shas[-1])
-            shas = keep
-    else:
-        shas = [_git(repo, "rev-parse", "--verify", f"{r.strip()}^{{commit}}") for r in spec.split(",") if r.strip()]
-    if not shas:
-        raise ValueError(f"--revisions={spec!r} names no commit")
-    out = []
-    for sha in shas:
-        date, subject = _git(repo, "show", "-s", "--format=%cI%x00%s", sha).split("\x00", 1)
-        out.append(Revision(sha, date, subject))
-    return out
-
-
-def machine_name() -> str:
-    return f"{socket.gethostname()}-{platform.machine()}"
-
-
-@dataclasses.dataclass
-class RevisionResult:
-    revision: Revision
-    measurements: pd.DataFrame  # the run's rows
-    compiles: list[dict]  # CompileResult.as_dict() per generation and case
 
 
 def correctness(rows: pd.DataFrame) -> dict[tuple, str]:
@@ -226,28 +155,3 @@ def find_events(results: Sequence[RevisionResult], *, threshold: float = 1.1) ->
     return sorted(events, key=lambda e: [r.sha for r in revs].index(e.revision.sha))
 
 
-def bisect(revs: Sequence[Revision], is_bad: Callable[[Revision], bool]) -> Revision | None:
-    """The first bad revision of ``revs`` (first good, last bad), testing O(log n) of them."""
-    lo, hi = 0, len(revs) - 1
-    if is_bad(revs[lo]) or not is_bad(revs[hi]):
-        return None
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if is_bad(revs[mid]):
-            hi = mid
-        else:
-            lo = mid
-    return revs[hi]
-
-
-def load_result(folder: Path, revision: Revision) -> RevisionResult | None:
-    """A stored revision's result, or None when it is not complete."""
-    meta = folder / "revision.json"
-    if not meta.is_file():
-        return None
-    doc = json.loads(meta.read_text())
-    if doc.get("status") != "complete":
-        return None
-    run = folder / "run"
-    rows = read_measurements(run) if (run / "measurements.parquet").is_file() else pd.DataFrame()
-    return RevisionResult(revision, rows, doc.get("compiles") or [])

@@ -167,6 +167,15 @@ def _pairs(a: pd.Series, b: pd.Series) -> tuple[np.ndarray, np.ndarray] | None:
     return wa, wb
 
 
+def _sample_setting(a: pd.Series, b: pd.Series) -> str:
+    """The setting that governs the compared samples: device-time rows rest on the profiled
+    calls (timing.capture_calls, which follows timing.num_samples when null), wall rows on
+    timing.num_samples."""
+    if "device" in (a.get("timing_source"), b.get("timing_source")):
+        return "timing.capture_calls (device-time samples; null follows timing.num_samples)"
+    return "timing.num_samples"
+
+
 def spread(samples: np.ndarray) -> float:
     """IQR / median of a side's samples (its own noise)."""
     q1, q3 = np.percentile(samples, [25, 75])
@@ -197,7 +206,7 @@ def compare_point(a: pd.Series, b: pd.Series, options: CompareOptions) -> dict:
         need = samples_needed(options.alpha, paired=paired)
         note = (f"with {len(sa)} {'pairs' if paired else 'samples per side'} the "
                 f"{'Wilcoxon signed-rank' if paired else 'Mann-Whitney'} test cannot go below p={floor:.3g} >= "
-                f"alpha={options.alpha:g}: no verdict is possible; use timing.num_samples >= {need}")
+                f"alpha={options.alpha:g}: no verdict is possible; use {_sample_setting(a, b)} >= {need}")
     significant = p < options.alpha
     spread_a, spread_b = spread(sa), spread(sb)
     if significant and low > options.threshold:

@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from rpa_bench.kernels.rpa_v3 import check_blocks
-from rpa_bench.workloads.batch import DECODE, MIXED, PREFILL, RaggedBatch, cdiv
+from rpa_bench.workloads.batch import RaggedBatch, cdiv
 
 PHASES = ("decode", "prefill", "mixed", "verify")
 # the kernel case a phase tunes (verify: the speculative-decoding verify step runs the mixed kernel)

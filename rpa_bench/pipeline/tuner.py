@@ -1,0 +1,420 @@
+"""The block-size tuner: compile pruning, successive halving over timed rungs, the answer.
+
+:class:`Tuner` takes the typed plan (one kernel, one workload) and the ``tune`` section
+(:class:`TuneConfig`), and writes ``tune.json``, ``env.txt`` and the HTML page to its
+folder; the command only parses, calls and prints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from rpa_bench.kernels.generations import generation_kind
+from rpa_bench.kernels import compiling, tpu_target
+from rpa_bench.kernels.cases import check_model
+from rpa_bench.kernels.checking import check_on_inputs
+from rpa_bench.kernels.reference import DEFAULT_BLOCK_BYTES
+from rpa_bench.kernels.tpu_target import attached_device_kind
+from rpa_bench.workloads.materialize import materialize
+from rpa_bench.workloads.materialize import padded_shape
+from rpa_bench.kernels.registry import KernelConfig
+from rpa_bench.measure.compare import compare_kernels, summarize
+from rpa_bench.pipeline import execute, prepare, run_folder, tune_space as tn
+from rpa_bench.pipeline.plan import RunPlan
+from rpa_bench.reports.tune_report import write_tune_report
+from rpa_bench.roofline.specs import listed_device_spec
+from rpa_bench.status import Status
+from rpa_bench.store.run_store import RunStore
+from rpa_bench.workloads.batch import RaggedBatch
+
+STRATEGIES = ("halving", "grid")
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    compiles: int = 64
+    device_s: float = 120.0
+
+
+@dataclasses.dataclass(frozen=True)
+class TuneConfig:
+    """``conf/tune/default.yaml``."""
+
+    phases: list | None = None
+    generation: str | None = None
+    strategy: str = "halving"
+    eta: int = 3
+    max_candidates: int = 12
+    min_samples: int = 5
+    budget: Budget = dataclasses.field(default_factory=Budget)
+    compile_timeout_s: float = 180.0
+    schedule: bool = True
+    check_interpret: bool = True
+    kv_quantiles: list | None = None
+    out: str | None = None
+    json: bool = False
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"tune.strategy={self.strategy!r}; allowed: {', '.join(STRATEGIES)}")
+        for name in ("eta", "max_candidates", "min_samples"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"tune.{name}={getattr(self, name)} must be >= 1")
+        if self.budget.compiles < 1 or not self.budget.device_s > 0:
+            raise ValueError("tune.budget.compiles must be >= 1 and tune.budget.device_s > 0")
+        for ph in self.phases or ():
+            if ph not in tn.PHASES:
+                raise ValueError(f"tune.phases: {ph!r} unknown; allowed: {', '.join(tn.PHASES)}")
+        if self.generation is not None:
+            generation_kind(self.generation, compilable=True)
+        if not self.compile_timeout_s > 0:
+            raise ValueError(f"tune.compile_timeout_s={self.compile_timeout_s} must be > 0")
+
+
+def _say(msg: str, quiet: bool) -> None:
+    if not quiet:
+        print(msg, file=sys.stderr, flush=True)
+
+
+
+class Tuner:
+    def __init__(self, config: dict, tcfg: TuneConfig, plan: RunPlan, *, progress: bool = True) -> None:
+
+        self.config, self.tcfg, self.plan, self.progress = config, tcfg, plan, progress
+        self.kernel = plan.kernels[0]
+        self.quiet = tcfg.json
+        attached = attached_device_kind()
+        self.on_tpu = attached is not None
+        device = listed_device_spec(plan.device.name) if plan.device.name != "auto" else None
+        chosen = device.device_kinds[0] if device is not None and device.vendor == "google" else None
+        self.generation = generation_kind(tcfg.generation or chosen or attached or "tpu7x")
+        self.timed_here = self.kernel.name == "reference" or self.on_tpu
+        self.out = Path(tcfg.out) if tcfg.out else plan.results_dir / "tune" / plan.run_name
+        self.cache = tn.VerdictCache(plan.results_dir / "tune" / "verdicts.json")
+        self.stats = {"compiles": 0, "cached_verdicts": 0, "rows_measured": 0}
+
+    # --- the flow ----------------------------------------------------------------------
+    def run(self) -> int:
+
+        t0 = time.perf_counter()
+        # every check before any compile or measurement (off TPU rpa_v3 only compiles: the
+        # plan is checked as a compile-only run for the target generation)
+        check = self.plan if self.timed_here else dataclasses.replace(self.plan, compile_only=self.generation)
+        ((entry, workload),) = prepare.prepare_run(check).workloads
+        self.entry, self.workload = entry, workload
+        pairs = [(p.batch, workload.kind) for p in workload.points]
+        exercised = tn.phases_in(pairs)
+        phases = [ph for ph in (self.tcfg.phases or exercised) if ph in exercised]
+        if not phases:
+            raise ValueError(f"workload {entry.name} exercises none of the phases {self.tcfg.phases}")
+        self.out.mkdir(parents=True, exist_ok=True)
+        _say(f"rpa-bench tune: {self.kernel.name} on {entry.name} ({len(workload.points)} points), phases "
+             f"{', '.join(phases)}; {'timed here' if self.timed_here else 'compile-only pruning (not timed here)'}; "
+             f"folder {self.out}", self.quiet)
+        results = {ph: self.tune_phase(ph, entry, workload) for ph in phases}
+        summary = self.summary(entry, workload, results, time.perf_counter() - t0)
+        (self.out / "tune.json").write_text(json.dumps(summary, indent=1, default=str))
+        env = summary["env"]
+        (self.out / "env.txt").write_text("".join(f"{line}\n" for line in env))
+
+        page = write_tune_report(summary, self.out)
+        if self.tcfg.json:
+            print(json.dumps(summary, indent=1, default=str))
+        else:
+            print(format_summary(summary))
+            print(f"\nfolder: {self.out}  (tune.json, env.txt, {page.name})")
+        return 0
+
+    def points_of(self, phase: str, workload: Any) -> list:
+        return [p for p in workload.points if tn.phase_of_point(p.batch, workload.kind, phase)]
+
+    def heuristic(self, phase: str, rep: Any) -> tuple[int, ...]:
+        if self.kernel.name == "reference":
+
+            return (int(self.kernel.options.get("block_bytes", DEFAULT_BLOCK_BYTES)),)
+        backend = self.base_config().backend()
+        plan = backend.plan(self.plan.model, rep.batch, generation=self.generation)
+        sizes = {"decode": plan.d_block_sizes, "prefill": plan.p_block_sizes, "mixed": plan.m_block_sizes}
+        return tuple(int(v) for v in sizes[tn.KERNEL_CASE[phase]])
+
+    def base_config(self, options: dict | None = None, label: str | None = None):
+
+        opts = dict(self.kernel.options)
+        if self.kernel.name == "rpa_v3":
+            opts.setdefault("generation", self.generation)
+        opts.update(options or {})
+        return KernelConfig(name=self.kernel.name, source=self.kernel.source, options=opts,
+                            interpret=self.kernel.interpret, label=label or self.kernel.label,
+                            compiler_options=dict(self.kernel.compiler_options))
+
+    def tune_phase(self, phase: str, entry: Any, workload: Any) -> dict:
+        points = self.points_of(phase, workload)
+        rep = max(points, key=lambda p: (p.batch.num_tokens * p.batch.max_kv_len, p.batch.num_seqs))
+        case = tn.KERNEL_CASE[phase]
+        q_of_case = [q for p in points for i, q in enumerate(p.batch.q_lens) if p.batch.seq_class(i) == case] or [1]
+        cands = tn.candidates(self.kernel.name, phase, heuristic=self.heuristic(phase, rep),
+                              page_size=rep.batch.page_size, max_kv=max(p.batch.max_kv_len for p in points),
+                              max_q=max(q_of_case))
+        space = len(cands)
+        cands = tn.subset(cands, self.tcfg.budget.compiles, seed=self.plan.seed)
+        verdicts = self.prune(phase, cands, rep)
+        fits = [c for c in cands if verdicts[c.label].fits]
+        heur = next(c for c in cands if c.heuristic)
+        if heur not in fits:  # the default must be measurable for the comparison; keep it, flagged
+            fits = [heur] + fits
+        measured = tn.subset(fits, self.tcfg.max_candidates, seed=self.plan.seed)
+        total_w = sum(p.weight for p in points) or 1.0
+        weights = {p.point_id: p.weight / total_w for p in points}
+        edges = tn.kv_edges([p.batch.max_kv_len for p in points], self.tcfg.kv_quantiles or [0.5])
+        buckets = {p.point_id: tn.bucket_of(p.batch.num_seqs, p.batch.max_kv_len, edges) for p in points}
+        out = {"phase": phase, "kernel_case": case, "space": space, "compiled": len(cands),
+               "candidates": [{"label": c.label, "values": list(c.values), "heuristic": c.heuristic,
+                               **dataclasses.asdict(verdicts[c.label]), "headroom": verdicts[c.label].headroom}
+                              for c in cands],
+               "survivors": [c.label for c in fits], "measured": [c.label for c in measured],
+               "points": [{"point_id": p.point_id, "weight": weights[p.point_id], "bucket": buckets[p.point_id],
+                           "num_seqs": p.batch.num_seqs, "num_tokens": p.batch.num_tokens,
+                           "max_kv_len": p.batch.max_kv_len} for p in points],
+               "heuristic": heur.label, "shapes": self.shapes(rep)}
+        if self.timed_here:
+            out.update(self.search(phase, measured, points, weights, buckets, heur))
+        else:
+            out.update(self.untimed_choice(phase, fits, verdicts, heur))
+        return out
+
+    def shapes(self, rep: Any) -> dict:
+        m = self.plan.model
+        return {"generation": self.generation, "num_q_heads": m.num_q_heads, "num_kv_heads": m.num_kv_heads,
+                "head_dim": m.head_dim, "dtype": m.dtype, "kv_dtype": m.kv_dtype, "page_size": rep.batch.page_size,
+                "max_num_batched_tokens": rep.max_num_batched_tokens, "max_num_seqs": rep.max_num_seqs}
+
+    # --- pruning -----------------------------------------------------------------------
+    def prune(self, phase: str, cands: list, rep: Any) -> dict[str, tn.Verdict]:
+        if self.kernel.name != "rpa_v3":  # the reference is XLA: no VMEM to fit, nothing to prune
+            return {c.label: tn.Verdict("ok", "none") for c in cands}
+
+        backend = self.base_config().backend()
+        sha = backend.provenance().kernel_sha256 or "unknown"
+        shape = padded_shape(rep.batch, max_num_batched_tokens=rep.max_num_batched_tokens,
+                             max_num_seqs=rep.max_num_seqs)
+        dims = {"num_tokens": shape.max_num_batched_tokens, "num_seqs": shape.max_num_seqs,
+                "num_pages": shape.num_pages, "batch": rep.batch.to_dict()}
+        model = dataclasses.asdict(self.plan.model)
+        keys = {c.label: tn.verdict_key(sha, self.generation, model, dims, c) for c in cands}
+        verdicts = {c.label: self.cache.get(keys[c.label]) for c in cands}
+        self.stats["cached_verdicts"] += sum(v is not None for v in verdicts.values())
+        todo = [c for c in cands if verdicts[c.label] is None]
+        ok, reason = compiling.libtpu_status()
+        if todo and not ok:  # no compiler here: the kernel's own estimate decides (and says so)
+            _say(f"  {phase}: libtpu unavailable ({reason}); pruning by the kernel's VMEM estimate", self.quiet)
+            capacity = tpu_target.vmem_capacity_bytes(self.generation)
+            for c in todo:
+                b = self.base_config(c.options()).backend()
+                est = b.vmem_estimate_bytes(self.plan.model, {"block_sizes": {tn.KERNEL_CASE[phase]: c.values}})
+                verdicts[c.label] = v = tn.verdict_from_estimate(est, capacity)
+                self.cache.put(keys[c.label], v)
+            return verdicts
+        attn = self.plan.attention
+        jobs = [compiling.CompileJob(self.base_config(c.options(), c.label).to_dict(), c.label, self.plan.model,
+                                     attn, rep.batch, self.generation, phase, self.tcfg.schedule,
+                                     {"max_num_batched_tokens": rep.max_num_batched_tokens,
+                                      "max_num_seqs": rep.max_num_seqs})
+                for c in todo]
+        if jobs:
+            _say(f"  {phase}: compiling {len(jobs)} candidates for {self.generation} "
+                 f"({len(cands) - len(jobs)} verdicts cached)", self.quiet)
+
+        def progress(r) -> None:  # each verdict is cached as it comes: a killed tune keeps them
+            v = tn.verdict_from_compile(r, self.generation, phase)
+            verdicts[r.kernel] = v
+            self.stats["compiles"] += 1
+            if r.status != "skipped":
+                self.cache.put(keys[r.kernel], v)
+            _say(f"    {r.kernel:<28} {r.status:<9} {r.compile_s:6.1f} s", self.quiet)
+
+        compiling.compile_many(jobs, timeout_s=self.tcfg.compile_timeout_s, progress=progress)
+        return verdicts
+
+    # --- measuring ------------------------------------------------------------------------
+    def search(self, phase: str, cands: list, points: list, weights: dict, buckets: dict, heur: Any) -> dict:
+        ids = {p.point_id for p in points}
+        frames: dict[int, Any] = {}
+
+        def evaluate(alive, rung: int, samples: int):
+            df = self.measure_rung(phase, alive, rung, samples, ids)
+            frames[rung] = df
+            lat = latencies(df)
+            scores = {}
+            for c in alive:
+                per = lat.get(c.label, {})
+                scores[c.label] = (sum(weights[p] * per[p] for p in ids) * 1e-6
+                                   if all(p in per for p in ids) else math.inf)
+            spent = float((df["latency_us"].fillna(0) * df["samples_us"].map(
+                lambda s: len(s) if s is not None else 0)).sum() * 1e-6)
+            _say(f"  {phase} rung {rung}: {len(alive)} candidates x {len(ids)} points, {samples} samples; best "
+                 f"{min(scores, key=scores.get)}", self.quiet)
+            return scores, spent
+
+        eta = 1 if self.tcfg.strategy == "grid" else self.tcfg.eta
+        rungs = tn.successive_halving(cands, evaluate, eta=eta, min_samples=self.tcfg.min_samples,
+                                      budget_s=self.tcfg.budget.device_s)
+        final = frames[rungs[-1].index]
+        answer = tn.analyze(latencies(final), weights, buckets, phase, heur.label)
+        out = {"rungs": [dataclasses.asdict(r) for r in rungs], "answer": dataclasses.asdict(answer),
+               "best": answer.best, "best_values": next(list(c.values) for c in cands if c.label == answer.best),
+               "timed": True, "vs_heuristic": vs_heuristic(final, heur.label, answer.best)}
+        return out
+
+    def measure_rung(self, phase: str, alive: list, rung: int, samples: int, ids: set) -> Any:
+
+        timing = dataclasses.replace(self.plan.timing, num_samples=samples,
+                                     min_samples=min(self.plan.timing.min_samples, samples))
+        kernels = tuple(self.base_config(c.options(), c.label) for c in alive)
+        folder = self.out / phase
+        plan = dataclasses.replace(self.plan, kernels=kernels, timing=timing, results_dir=folder,
+                                   run_name=f"rung{rung}", experiment=f"tune-{phase}")
+        # the workload built once (a trace simulated once), each rung on the phase's points only
+        prep = prepare.prepare_run(plan, [(self.entry, dataclasses.replace(
+            self.workload, points=[p for p in self.workload.points if p.point_id in ids]))])
+        store = RunStore(folder / f"rung{rung}")
+        store.acquire_lock()
+        try:
+            config = {**self.config, "tune_rung": {"phase": phase, "rung": rung, "samples": samples,
+                                                   "candidates": [c.label for c in alive]}}
+            run_folder.open_store(store, config, prep, f"tune-{phase}-rung{rung}",
+                             command=["rpa-bench", "tune", *sys.argv[1:]])
+            counts = execute.execute(prep, store, run_id=f"tune-{phase}-rung{rung}",
+                                   progress=not self.quiet and self.progress,
+                                   done=set(store.done_keys()))
+            self.stats["rows_measured"] += sum(counts.values())
+            store.consolidate()
+            store.update_manifest(status="complete")
+            return store.read()
+        finally:
+            store.release_lock()
+
+    def untimed_choice(self, phase: str, fits: list, verdicts: dict, heur: Any) -> dict:
+        """Off TPU: no timing. The survivor with the shortest static schedule (a TPU-free
+        hint, not a speed claim), checked for correctness in interpret mode."""
+        ranked = sorted(fits, key=lambda c: (verdicts[c.label].bundles is None, verdicts[c.label].bundles or 0,
+                                             not c.heuristic))
+        chosen = ranked[0] if ranked and verdicts[ranked[0].label].bundles is not None else heur
+        check = self.interpret_check(phase, chosen) if self.tcfg.check_interpret else None
+        return {"timed": False, "best": chosen.label, "best_values": list(chosen.values),
+                "chosen_by": "shortest static schedule (bundles), not timed" if chosen is not heur
+                else "the kernel's heuristic (no schedule figures to rank by)", "interpret_check": check}
+
+    def interpret_check(self, phase: str, cand: Any) -> dict:
+
+        page = self.plan.workloads[0].config.get("page_size") or 256
+        bq, bkv = (cand.values[0], cand.values[1]) if len(cand.values) == 4 else (8, page)
+        kv_long = bkv + page // 2 + 3  # more than one fetch block
+        q = {"decode": (1, 1), "prefill": (min(bq + 5, 64), 9), "mixed": (1, min(bq + 5, 64)),
+             "verify": (4, 4)}[phase]
+        kv = (kv_long, max(q[1], page + 7))
+        chunk = q[0] if phase == "prefill" else None
+        batch = RaggedBatch(q_lens=q, kv_lens=(max(kv[0], q[0]), kv[1]), page_size=page, chunk_prefill_size=chunk)
+        model = check_model(self.plan.model)
+        backend = self.base_config(cand.options()).backend()
+        record = check_on_inputs(backend, materialize(batch, model), self.plan.attention, interpret=True,
+                                 case=f"tune-{phase}")
+        _say(f"  {phase}: interpret-mode check of {cand.label}: {record.status} "
+             f"(max abs err {record.max_abs_err})", self.quiet)
+        return {"status": record.status, "max_abs_err": record.max_abs_err, "tolerance": record.tolerance,
+                "batch": batch.to_dict(), "message": record.message}
+
+    # --- the answer ------------------------------------------------------------------------
+    def summary(self, entry: Any, workload: Any, results: dict, seconds: float) -> dict:
+        best = {}
+        for ph, r in results.items():
+            best[ph] = tn.Candidate(self.kernel.name, ph, tuple(r["best_values"]))
+        env = tn.env_lines({ph: c for ph, c in best.items() if tn.KERNEL_CASE[ph] == ph})
+        table = {}
+        for ph, r in results.items():
+            shapes = r["shapes"]
+            key = (f"{shapes['generation']}|h{shapes['num_q_heads']}/{shapes['num_kv_heads']}-d{shapes['head_dim']}-"
+                   f"{shapes['dtype']}/{shapes['kv_dtype']}-p{shapes['page_size']}")
+            for bucket, v in ((r.get("answer") or {}).get("per_bucket") or {"all": {"best": r["best"]}}).items():
+                table.setdefault(key, {}).setdefault(ph, {})[bucket] = v["best"]
+        return {"kernel": self.kernel.name, "kernel_source": self.kernel.source, "workload": entry.name,
+                "workload_kind": workload.kind, "generation": self.generation, "timed_here": self.timed_here,
+                "on_tpu": self.on_tpu, "strategy": self.tcfg.strategy, "eta": self.tcfg.eta,
+                "scale": self.plan.scale.name, "phases": results, "env": env, "table": table,
+                "stats": {**self.stats, "wall_s": round(seconds, 1)}, "folder": str(self.out)}
+
+
+def latencies(df: Any) -> dict[str, dict[str, float]]:
+    """label -> point -> median latency (us) of ok rows (the kernel-only variant when present)."""
+    ok = df[(df["status"] == Status.OK) & df["latency_us"].notna()]
+    if ok.empty:
+        return {}
+    variant = "excl_prep" if (ok["variant"] == "excl_prep").any() else ok["variant"].iloc[0]
+    ok = ok[ok["variant"] == variant]
+    out: dict[str, dict[str, float]] = {}
+    for (kernel, point), lat in ok.groupby(["kernel", "point_id"])["latency_us"]:
+        out.setdefault(str(kernel), {})[str(point)] = float(lat.iloc[0])
+    return out
+
+
+def vs_heuristic(df: Any, heuristic: str, best: str) -> dict:
+    """The heuristic (A) vs the tuned tuple (B) on the same points: paired ratios with CIs."""
+
+    if heuristic == best:
+        return {"same": True}
+    result = compare_kernels(df, heuristic, best)
+    s = summarize(result)
+    rows = result[["point_id", "variant", "latency_a_us", "latency_b_us", "ratio", "ci_low", "ci_high", "mark"]]
+    return {"same": False, "geomean_ratio": s.geomean_ratio, "points": json.loads(rows.to_json(orient="records"))}
+
+
+
+def format_summary(summary: dict) -> str:
+    lines = [f"{summary['kernel']} on {summary['workload']} ({'timed' if summary['timed_here'] else 'not timed: '}"
+             f"{'' if summary['timed_here'] else 'compile-only pruning for ' + summary['generation']})"]
+    for ph, r in summary["phases"].items():
+        n_fit = len(r["survivors"])
+        lines.append(f"\n[{ph}] space {r['space']}, compiled/checked {r['compiled']}, fit {n_fit}, "
+                     + (f"measured {len(r['measured'])}" if r["timed"] else "none timed here")
+                     + f"; heuristic {r['heuristic']}; {'best' if r['timed'] else 'chosen'} {r['best']}")
+        if not r["timed"]:
+            lines.append(f"  chosen by {r['chosen_by']}")
+            chk = r.get("interpret_check")
+            if chk:
+                lines.append(f"  interpret-mode correctness: {chk['status']} (max abs err {chk['max_abs_err']})")
+            lines.append(f"  {'candidate':<28} {'status':<9} {'VMEM used MiB':>13} {'headroom':>8} {'bundles':>8}")
+            for c in r["candidates"]:
+                used = c["vmem_used_bytes"]
+                lines.append(f"  {c['label'] + (' *' if c['heuristic'] else ''):<28} {c['status']:<9} "
+                             f"{'' if used is None else f'{used / 2**20:.2f}':>13} "
+                             f"{'' if c['headroom'] is None else f'{c['headroom']:.0%}':>8} "
+                             f"{'' if c['bundles'] is None else c['bundles']:>8}")
+            continue
+        a = r["answer"]
+        lines.append(f"  time-weighted latency: heuristic {a['totals'][a['heuristic']]:.1f} us, best "
+                     f"{a['totals'][a['best']]:.1f} us ({a['speedup_vs_heuristic']:.3f}x); "
+                     f"regret of one tuple for all buckets: {a['regret_pct']:.2f}%")
+        vs = r["vs_heuristic"]
+        if not vs.get("same"):
+            for p in vs["points"]:
+                lines.append(f"    {p['point_id']:<12} {p['variant']:<9} tuned/heuristic {p['ratio']:.3f} "
+                             f"[{p['ci_low']:.3f}, {p['ci_high']:.3f}] {p['mark']}")
+        lines.append(f"  {'bucket':<26} {'best':<28} {'best us':>10} {'heuristic us':>12} {'one-tuple us':>12}")
+        for b, v in a["per_bucket"].items():
+            lines.append(f"  {b:<26} {v['best']:<28} {v['best_us']:>10.1f} {v['heuristic_us']:>12.1f} "
+                         f"{v['global_us']:>12.1f}")
+    if summary["env"]:
+        lines.append("\nserving (paste):" if summary["timed_here"] else
+                     "\nto time on a TPU first (chosen by static schedule length, NOT timed here):")
+        lines += [f"  export {line}" for line in summary["env"]]
+    st = summary["stats"]
+    lines.append(f"\n{st['compiles']} compiles, {st['cached_verdicts']} cached verdicts, {st['rows_measured']} rows "
+                 f"measured, {st['wall_s']} s")
+    return "\n".join(lines)
+
+
