@@ -83,7 +83,7 @@ def test_history_finds_each_event_at_its_commit(repo, tmp_path, capsys):
     capsys.readouterr()
     # stored revisions are never recomputed
     assert cli.main(argv) == 1
-    assert capsys.readouterr().out.count("stored, not recomputed") == 4
+    assert capsys.readouterr().out.count("not recomputed") == 4
 
 
 def test_change_points_find_a_step_and_ignore_jitter():
@@ -99,3 +99,60 @@ def test_change_points_find_a_step_and_ignore_jitter():
 def test_bad_history_input_is_refused(tmp_path, capsys):
     assert cli.main(["history", "--repo", str(tmp_path), "--revisions", "a..b"]) == 2
     assert "rpa-bench history:" in capsys.readouterr().err
+
+
+def _request(**change):
+    base = dict(kernel="rpa_v3", config={"run": {"name": "a", "results_dir": "r"}, "workload": {"name": "paper_decode"},
+                                         "kernel": {"name": "rpa_v3", "source": "/x@1"}},
+                generations=("TPU7x",), cases=("decode_8x1k",), compile_timeout_s=300.0)
+    base.update(change)
+    base["config"] = hist.request_config(base["config"])
+    return hist.HistoryRequest(**base)
+
+
+def test_a_stored_revision_answers_only_the_same_request():
+    key = _request().key()
+    assert _request(kernel="rpa_v2").key() != key
+    assert _request(generations=("TPU v6 lite",)).key() != key
+    assert _request(config={"run": {}, "workload": {"name": "paper_prefill_causal"},
+                            "kernel": {"name": "rpa_v3"}}).key() != key
+    # output-only settings and the revision's own source do not change the request
+    assert _request(config={"run": {"name": "b", "results_dir": "elsewhere", "progress": False},
+                            "workload": {"name": "paper_decode"}, "kernel": {"name": "rpa_v3", "source": "/y@2"}}
+                    ).key() == key
+
+
+def test_a_failed_revision_is_recomputed_and_a_complete_one_reused(tmp_path):
+    import json as _json
+
+    rev = hist.Revision("a" * 40, "2026-01-01", "c")
+    folder = tmp_path / "rev"
+    folder.mkdir()
+    (folder / "revision.json").write_text(_json.dumps({"status": "failed", "sha": rev.sha}))
+    calls = []
+
+    def fake_run(plan, config, **kw):
+        calls.append(kw["run_dir"])
+
+    import rpa_bench.pipeline.history as module
+
+    module_run, module.run_plan = module.run_plan, fake_run
+    try:
+        said = []
+        hist.evaluate(rev, plan=None, config={}, request=_request(generations=()), folder=folder,
+                      compile_jobs=list, compile_many=lambda jobs, timeout_s: [], say=said.append)
+        assert calls and any("recomputing" in s for s in said)
+        hist.evaluate(rev, plan=None, config={}, request=_request(generations=()), folder=folder,
+                      compile_jobs=list, compile_many=lambda jobs, timeout_s: [], say=said.append)
+        assert len(calls) == 1 and "not recomputed" in said[-1]
+    finally:
+        module.run_plan = module_run
+
+
+def test_repo_must_be_a_checkouts_top_level(tmp_path):
+    import subprocess as sp
+
+    sp.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / "sub").mkdir()
+    with pytest.raises(ValueError, match="not a git checkout's top level"):
+        hist.git_toplevel(tmp_path / "sub")

@@ -53,10 +53,9 @@ def test_unknown_kernel_is_refused_naming_the_allowed_ones():
         _plan(["experiment=main_cpu", "run.kernels=[reference]", "kernel.name=rpa_v9"])
 
 
-def test_bad_workload_field_is_refused_naming_the_field():
-    plan = _plan(["workload=paper_decode", "workload.context_lens=[0]", "run.kernels=[reference]"])
-    with pytest.raises(ValueError, match="context_lens"):
-        sweep.prepare_run(plan)
+def test_bad_workload_field_is_refused_in_the_plan_naming_the_field():
+    with pytest.raises(ValueError, match="context_lens"):  # typed and validated with the plan, before prepare
+        _plan(["workload=paper_decode", "workload.context_lens=[0]", "run.kernels=[reference]"])
 
 
 def test_unsupported_head_dim_is_refused_before_any_allocation():
@@ -104,3 +103,23 @@ def test_forced_host_devices_share_the_hosts_roofline():
     assert eight.device.hbm_bw_bytes_per_s == one.device.hbm_bw_bytes_per_s  # one host, not eight
     assert eight.device.num_devices == eight.device.devices_per_chip == 8  # the host is their one chip
     assert eight.device.per_device_spec().hbm_bw_bytes_per_s == pytest.approx(one.device.hbm_bw_bytes_per_s / 8)
+
+
+@pytest.mark.parametrize("name", ["..", "../../x", ".", "", "/tmp/abs", "a/../../b"])
+def test_run_name_cannot_escape_the_results_folder(name, tmp_path, capsys, monkeypatch):
+    from rpa_bench import cli
+
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["run", "experiment=paper_decode", "scale=cpu_smoke", f"run.name={name}",
+                     f"run.results_dir={tmp_path / 'results'}"]) == 2
+    err = capsys.readouterr().err
+    assert "run.name=" in err and "Traceback" not in err
+    assert not (tmp_path / "manifest.json").exists() and not (tmp_path / "hydra").exists()
+    assert not (tmp_path / "results" / "manifest.json").exists()
+
+
+def test_tune_run_name_cannot_escape_either(capsys):
+    from rpa_bench import cli
+
+    assert cli.main(["tune", "kernel=reference", "scale=cpu_smoke", "run.name=../../../x"]) == 2
+    assert "run.name='../../../x'" in capsys.readouterr().err

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from pathlib import Path
 
 import pandas as pd
 
+from rpa_bench.names import slug
 from rpa_bench.measure.environment import flag_differences
 from rpa_bench.measure.compare import CompareOptions, compare_kernels, compare_measurements
 from rpa_bench.reports.compare_report import manifest_differences, write_compare
@@ -40,8 +40,6 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "x"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,14 +80,14 @@ def main(argv: list[str] | None = None) -> int:
             err(str(e))
             return 2
         side_a, side_b, device, diffs = f"{run.name}:{ka}", f"{run.name}:{kb}", run.device, None
-        out = args.out or run.path / f"compare-{_slug(ka)}-vs-{_slug(kb)}"
+        out = args.out or run.path / f"compare-{slug(ka)}-vs-{slug(kb)}"
     else:
         a, b = runs
         result, flag_diffs = _compare_runs(a, b, options)
         side_a, side_b = a.name, b.name
         device = a.device if a.device == b.device else f"{a.device} (A) / {b.device} (B)"
         diffs = manifest_differences(a, b)
-        out = args.out or b.path / f"compare-{_slug(a.name)}"
+        out = args.out or b.path / f"compare-{slug(a.name)}"
     if result.empty or (result["reason"].fillna("").str.contains(" only$").all()):
         err("the two sides share no workload point: nothing to compare")
         return 2
@@ -184,7 +182,7 @@ def _compare_sweeps(a_dir: Path, b_dir: Path, options: CompareOptions, args: arg
         frames.append(result.assign(job=name, **swept))
     only = sorted(set(a_jobs) ^ set(b_jobs))
     result = pd.concat(frames, ignore_index=True)
-    out = args.out or b_dir / f"compare-{_slug(a_dir.name)}"
+    out = args.out or b_dir / f"compare-{slug(a_dir.name)}"
     banners = (f"jobs in one sweep only (not compared): {', '.join(only)}",) if only else ()
     output = write_compare(result, out, side_a=a_dir.name, side_b=b_dir.name, device="see each job",
                            options=options, banners=banners, leading=("job", *keys))

@@ -31,7 +31,9 @@ from rpa_bench.commands.compile import case_batches
 from rpa_bench.kernels import compiling
 from rpa_bench.pipeline import history as hist
 from rpa_bench.pipeline.plan import plan_from_config
+from rpa_bench.reports.history_events import find_events
 from rpa_bench.reports.history_report import write_history
+from rpa_bench.store.revisions import load_result
 from rpa_bench.workloads.model import AttentionSpec
 
 
@@ -124,10 +126,10 @@ def main(argv: list[str] | None = None) -> int:
 
             def is_bad(rev: hist.Revision) -> bool:
                 res = _evaluate(rev, repo, args, base, folder(rev))
-                return bool(hist.find_events([first, res], threshold=args.threshold))
+                return bool(find_events([first, res], threshold=args.threshold))
 
             found = hist.bisect(revs, is_bad)
-            results = [hist.load_result(folder(r), r) for r in revs]
+            results = [load_result(folder(r), r) for r in revs]
             results = [r for r in results if r is not None]
             print(f"first revision that differs from {revs[0].short}: "
                   + (f"{found.short} {found.subject}" if found else "none (or the last one does not differ)"))
@@ -136,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as e:
         err(str(e))
         return 1
-    events = hist.find_events(results, threshold=args.threshold)
+    events = find_events(results, threshold=args.threshold)
 
     page = write_history(results, events, root, kernel=args.kernel, repo=str(repo))
     (root / "events.json").write_text(json.dumps([e.as_dict() for e in events], indent=1, default=str))

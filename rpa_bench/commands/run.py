@@ -36,7 +36,7 @@ from rpa_bench.commands._hydra import compose, run_hydra
 from rpa_bench.measure.environment import load_average
 from rpa_bench.measure.host import fix_mmap_threshold
 from rpa_bench.measure.phases import Account, one_line, overhead_ratio, phase, scope, since_import
-from rpa_bench.pipeline.plan import plan_from_config
+from rpa_bench.pipeline.plan import check_run_name, plan_from_config
 from rpa_bench.pipeline.summary import final_table
 from rpa_bench.parallel import distributed
 from rpa_bench.status import Status
@@ -294,6 +294,12 @@ def _writable_results_dir(argv: list[str]) -> str | None:
     tries to create it), else None."""
     import os
 
+    for a in argv:  # before Hydra creates <results_dir>/<run.name>/hydra: the folder must stay inside
+        if a.lstrip("+").startswith("run.name="):
+            try:
+                check_run_name(a.split("=", 1)[1])
+            except ValueError as exc:
+                return str(exc)
     if "-m" in argv or "--multirun" in argv or any(a.startswith("-") for a in argv):
         return None
     try:

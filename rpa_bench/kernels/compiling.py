@@ -37,7 +37,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from rpa_bench.kernels import tpu_target
-from rpa_bench.kernels.generations import ALIASES, TOPOLOGIES, generation_kind
+from rpa_bench.kernels.generations import TOPOLOGIES, generation_kind
 from rpa_bench.kernels.lowering import _for_generation, abstract_kernel_args
 from rpa_bench.kernels.registry import kernel_config_from_dict
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 
-import re
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from rpa_bench.names import slug
 from rpa_bench.kernels.backend_util import call_context
 from rpa_bench.kernels.reference import reference_attention
 from rpa_bench.measure.phases import phase
@@ -44,8 +44,6 @@ from rpa_bench.workloads.points import (
 )
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", text)[:80]
 
 
 def _point_rows(prep: PreparedRun, run: record.RunColumns, entry: WorkloadEntry, wl: Any, p: Any,
@@ -104,8 +102,8 @@ def _point_rows(prep: PreparedRun, run: record.RunColumns, entry: WorkloadEntry,
             backend=slot.backend, interpret=slot.interpret, inputs=inputs, reference=reference, attn=attn,
             causal=p.causal, timing=plan.timing, roof=prep.roof, run=run, point_cols=point_cols,
             kernel_cols=kcols, captures_dir=store.captures_dir, run_dir=store.root,
-            capture_stem=f"{_slug(entry.name)}.{_slug(p.point_id)}.{_slug(slot.entry.label)}",
-            point_capture_stem=f"{_slug(entry.name)}.{_slug(p.point_id)}",
+            capture_stem=f"{slug(entry.name)}.{slug(p.point_id)}.{slug(slot.entry.label)}",
+            point_capture_stem=f"{slug(entry.name)}.{slug(p.point_id)}",
             context=lambda s=slot: call_context(s.interpret),
             compiler_options={**plan.timing.compiler_options, **slot.entry.compiler_options},
         )

@@ -25,6 +25,7 @@ from rpa_bench.measure.timing import TimingConfig
 from rpa_bench.roofline.metrics import PEAK_SOURCES
 from rpa_bench.typed import check_value, from_dict
 from rpa_bench.workloads.model import AttentionSpec, ModelSpec
+from rpa_bench.workloads.workload_spec import WorkloadSpec, workload_spec_from_dict
 from rpa_bench.workloads.scheduler_spec import SchedulerSpec
 
 
@@ -96,6 +97,7 @@ class WorkloadEntry:
     name: str
     kind: str
     config: Mapping[str, Any]  # as composed (scale preset and overrides applied by Hydra)
+    spec: WorkloadSpec | None = None  # the validated, typed workload (set by workload_entry)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,7 +132,19 @@ def workload_entry(cfg: Mapping[str, Any]) -> WorkloadEntry:
     if not SAFE_LABEL.fullmatch(str(name)) or str(name) in (".", ".."):
         raise ValueError(f"workload.name={name!r}: a folder name under the run is made from it; allowed: "
                          "letters, digits and . _ = - (not '.' or '..')")
-    return WorkloadEntry(name=str(name), kind=str(kind), config=cfg)
+    # validated here, with the rest of the plan, before any work (a bad field is one line)
+    return WorkloadEntry(name=str(name), kind=str(kind), config=cfg, spec=workload_spec_from_dict(cfg))
+
+
+def check_run_name(name: Any) -> str:
+    """``run.name``: a folder under ``run.results_dir`` (sub-folders allowed, e.g. a sweep's
+    ``name/job``); never the results folder itself, an absolute path or a climb out of it."""
+    text = "" if name is None else str(name)
+    parts = Path(text).parts
+    if not text.strip() or Path(text).is_absolute() or any(p in ("..", ".") for p in parts) or not parts:
+        raise ValueError(f"run.name={text!r}: a folder name under run.results_dir is required; allowed: letters, "
+                         "digits and . _ = - (sub-folders with /), not empty, '.', '..', or an absolute path")
+    return text
 
 
 def plan_from_config(
@@ -175,7 +189,7 @@ def plan_from_config(
                          "({use: rpa_v3, label: mine, source: ...})")
     return RunPlan(
         experiment=experiment,
-        run_name=str(run.get("name")),
+        run_name=check_run_name(run.get("name")),
         results_dir=Path(str(run.get("results_dir", "results"))),
         workloads=wl,
         kernels=ks,

@@ -88,7 +88,7 @@ def _resolve_kernels(plan: RunPlan, platform: str) -> list[KernelSlot]:
 def build_workloads(plan: RunPlan) -> list[tuple[WorkloadEntry, Any]]:
     out = []
     for entry in plan.workloads:
-        spec = workload_spec_from_dict(dict(entry.config))
+        spec = entry.spec if entry.spec is not None else workload_spec_from_dict(dict(entry.config))
         # a trace's step-time model: one tensor-parallel device's share of the model
         step_model = plan.model.tensor_parallel_shard(plan.mesh.model or 1)
         out.append((entry, build_workload(spec, step_model, with_device_peaks(plan.scheduler), seed=plan.seed)))

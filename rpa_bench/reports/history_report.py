@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import pathlib
-import re
 from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from rpa_bench.names import slug
 from rpa_bench import __version__
 from rpa_bench.reports.history_events import Event, correctness, series_of
 from rpa_bench.store.revisions import RevisionResult
@@ -18,8 +18,6 @@ from rpa_bench.reports.html import Column, Image, Section, render, table_from_fr
 DPI = 110
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)[:80]
 
 
 def _chart(name: str, values: Sequence[float], labels: Sequence[str], statuses: Sequence[str] | None,
@@ -40,7 +38,7 @@ def _chart(name: str, values: Sequence[float], labels: Sequence[str], statuses: 
     ax.set_ylabel(ylabel)
     ax.set_title(name, fontsize=9)
     ax.grid(True, alpha=0.3)
-    path = out / f"h_{_slug(name)}.png"
+    path = out / f"h_{slug(name)}.png"
     fig.savefig(path, dpi=DPI, bbox_inches="tight")
     return path
 

@@ -178,8 +178,6 @@ def utilization_sections(run: LoadedRun, out_dir: pathlib.Path) -> list[Section]
     return out
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text)).strip("_") or "x"
 
 
 CONVENTION_DEFINITIONS = {

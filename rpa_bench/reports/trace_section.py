@@ -9,11 +9,11 @@ part says how much of the trace the sample covers), and ``workloads/<name>/steps
 from __future__ import annotations
 
 import pathlib
-import re
 from collections.abc import Mapping
 
 import pandas as pd
 
+from rpa_bench.names import slug
 from rpa_bench.reports import charts
 from rpa_bench.reports.html import (
     Column,
@@ -32,8 +32,6 @@ STEP_TABLE = "steps"
 SAMPLE_TABLE = "sample"
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text)).strip("_") or "x"
 
 
 def time_weighted(rows: pd.DataFrame, metric: str) -> tuple[float, float]:
@@ -120,7 +118,7 @@ def trace_section(run: LoadedRun, name: str, out_dir: pathlib.Path) -> Section:
     steps = _step_table(step_tables)
     kernels = sorted(set(rows["kernel"].dropna()))
     path = None if steps is None else charts.step_chart(
-        steps, out_dir / f"steps_{_slug(name)}.png", workload=name, device=run.device, kernels=kernels)
+        steps, out_dir / f"steps_{slug(name)}.png", workload=name, device=run.device, kernels=kernels)
     if path is not None:
         images.append(Image(path.name, f"batch shape per step of trace {name}"))
     else:
@@ -130,7 +128,7 @@ def trace_section(run: LoadedRun, name: str, out_dir: pathlib.Path) -> Section:
         tables.append(table_from_frame(sample, [Column(c, c.replace("_", " "), fmt_num, numeric=True)
                                                 for c in sample.columns],
                                        f"Measured steps of trace {name} and the share of the trace each stands for"))
-    return Section(f"trace-{_slug(name)}", f"Trace workload: {name}", notes=tuple(notes), images=tuple(images),
+    return Section(f"trace-{slug(name)}", f"Trace workload: {name}", notes=tuple(notes), images=tuple(images),
                    tables=tuple(tables))
 
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 import socket
 from pathlib import Path
 
 import warnings
 
+from rpa_bench.names import slug
 from rpa_bench.roofline.jax_tpu_table import compare_with_jax
 from rpa_bench.roofline.specs import PEAK_FIELD_BY_DTYPE, DeviceSpec, FieldSource, listed_device_spec, spec_for_device_kind
 from rpa_bench.typed import from_dict
@@ -67,14 +67,11 @@ class Calibration:
         return from_dict(cls, data, section="calibration")
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.]+", "_", text).strip("_") or "unknown"
-
 
 def calibration_path(device_kind: str, *, results_dir: str | Path = "results",
                      hostname: str | None = None) -> Path:
     host = hostname or socket.gethostname()
-    return Path(results_dir) / "calibration" / f"{_slug(host)}-{_slug(device_kind)}.json"
+    return Path(results_dir) / "calibration" / f"{slug(host, keep='', max_len=200)}-{slug(device_kind, keep='', max_len=200)}.json"
 
 
 def save_calibration(cal: Calibration, *, results_dir: str | Path = "results") -> Path:

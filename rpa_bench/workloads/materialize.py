@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rpa_bench.workloads.batch import RaggedBatch, cdiv
+from rpa_bench.workloads.batch import RaggedBatch
 from rpa_bench.workloads.model import ModelSpec
 
 # int8 K/V are drawn as round(INT8_UNIT * N(0, 1)) clipped to [-127, 127]: a k/v scale of

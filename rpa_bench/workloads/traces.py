@@ -228,6 +228,21 @@ def _hash_lists(values: pd.Series) -> np.ndarray:
     return ~np.asarray(ok, dtype=bool)
 
 
+def check_trace_settings(*, on_bad_row: str, max_requests: int | None, file_type: str | None,
+                         arrival: str | None, arrival_rate_per_s: float | None, where: str = "") -> None:
+    """The one check of a trace's read settings (``where``: the config section, e.g.
+    ``workload.``), shared by the workload spec and :func:`read_trace`."""
+    if on_bad_row not in ON_BAD_ROW:
+        raise ValueError(f"{where}on_bad_row={on_bad_row!r}; allowed: {', '.join(ON_BAD_ROW)}")
+    if max_requests is not None and max_requests < 1:
+        raise ValueError(f"{where}max_requests={max_requests} must be >= 1 or null")
+    if file_type is not None and file_type not in FILE_TYPES:
+        raise ValueError(f"{where}file_type={file_type!r}; allowed: {', '.join(FILE_TYPES)} or null")
+    if arrival is None and not (arrival_rate_per_s and arrival_rate_per_s > 0):
+        raise ValueError(f"{where}arrival_rate_per_s={arrival_rate_per_s!r} must be > 0: the trace has no "
+                         "arrival column (timestamps)")
+
+
 def read_trace(
     path: str,
     *,
@@ -239,17 +254,9 @@ def read_trace(
     max_requests: int | None = None,
 ) -> RequestTable:
     """Read a CSV or JSONL trace into a :class:`RequestTable` (see the module docstring)."""
-    if on_bad_row not in ON_BAD_ROW:
-        raise ValueError(f"on_bad_row={on_bad_row!r}; allowed: {', '.join(ON_BAD_ROW)}")
-    if columns.arrival is None and not (arrival_rate_per_s and arrival_rate_per_s > 0):
-        raise ValueError(
-            f"trace {path!r} has no arrival column: arrival_rate_per_s={arrival_rate_per_s!r} must be > 0"
-        )
-    if max_requests is not None and max_requests < 1:
-        raise ValueError(f"max_requests={max_requests} must be >= 1 or null")
+    check_trace_settings(on_bad_row=on_bad_row, max_requests=max_requests, file_type=file_type,
+                         arrival=columns.arrival, arrival_rate_per_s=arrival_rate_per_s)
     file, name = resolve_trace_path(path)
-    if file_type is not None and file_type not in FILE_TYPES:
-        raise ValueError(f"file_type={file_type!r}; allowed: {', '.join(FILE_TYPES)}")
     blob = file.read_bytes()
     file_type = file_type or sniff_file_type(file, blob)
     sha = hashlib.sha256(blob).hexdigest()

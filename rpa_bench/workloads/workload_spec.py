@@ -12,7 +12,7 @@ from typing import Any
 
 from rpa_bench.typed import from_dict
 from rpa_bench.workloads.synthetic import RANDOM_DISTRIBUTIONS
-from rpa_bench.workloads.traces import FILE_TYPES, ON_BAD_ROW, PRESETS, ColumnMap
+from rpa_bench.workloads.traces import PRESETS, ColumnMap, check_trace_settings
 
 TRACE_FORMATS = (*PRESETS, "generic")
 
@@ -188,10 +188,6 @@ class TraceSpec:
     def __post_init__(self) -> None:
         if self.format not in TRACE_FORMATS:
             raise ValueError(f"workload.format={self.format!r}; allowed: {', '.join(TRACE_FORMATS)}")
-        if self.file_type is not None and self.file_type not in FILE_TYPES:
-            raise ValueError(f"workload.file_type={self.file_type!r}; allowed: {', '.join(FILE_TYPES)} or null")
-        if self.on_bad_row not in ON_BAD_ROW:
-            raise ValueError(f"workload.on_bad_row={self.on_bad_row!r}; allowed: {', '.join(ON_BAD_ROW)}")
         if isinstance(self.columns, Mapping):
             names = [f.name for f in dataclasses.fields(ColumnMap)]
             bad = sorted(set(self.columns) - set(names))
@@ -204,13 +200,9 @@ class TraceSpec:
             raise ValueError("workload.format='generic' needs workload.columns (prompt_len, output_len, ...)")
         if self.format != "generic" and self.columns is not None:
             raise ValueError(f"workload.columns is only for format='generic' (format={self.format!r})")
-        if self.max_requests is not None and self.max_requests < 1:
-            raise ValueError(f"workload.max_requests={self.max_requests} must be >= 1 or null")
-        if self.column_map.arrival is None and not (self.arrival_rate_per_s and self.arrival_rate_per_s > 0):
-            raise ValueError(
-                f"workload.arrival_rate_per_s={self.arrival_rate_per_s!r} must be > 0: "
-                f"format={self.format!r} has no timestamps"
-            )
+        check_trace_settings(on_bad_row=self.on_bad_row, max_requests=self.max_requests, file_type=self.file_type,
+                             arrival=self.column_map.arrival, arrival_rate_per_s=self.arrival_rate_per_s,
+                             where="workload.")
 
     @property
     def column_map(self) -> ColumnMap:
