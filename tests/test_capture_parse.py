@@ -144,3 +144,14 @@ def test_captures_are_stored_as_sessions_xprof_itself_discovers(tmp_path, capsys
     assert cli.main(["xprof", str(tmp_path), "--list"]) == 0
     assert "xprof --logdir" in capsys.readouterr().out
     assert cli.main(["xprof", str(tmp_path / "nope"), "--list"]) == 2
+
+
+def test_xprof_takes_a_relative_run_path(tmp_path, capsys, monkeypatch):
+    from rpa_bench import cli
+
+    f = jax.jit(rpa_bench_kernel)
+    y = jnp.ones((16, 16), jnp.float32)
+    cap.capture(lambda i: f(y), 1, cap.session_path(tmp_path / "results" / "r" / "captures", "w.ctx=1.reference"))
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["xprof", "results/r", "--list"]) == 0  # as the README and the report print it
+    assert "1 sessions" in capsys.readouterr().out

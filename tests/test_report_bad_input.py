@@ -116,3 +116,14 @@ def test_two_sweeps_are_compared_job_by_job_on_one_page(tmp_path, capsys):
     html = (tmp_path / "b" / "compare-a" / "index.html").read_text()
     assert "timing.num_samples" in html and "in one sweep only" in html
     assert cli.main(["compare", str(tmp_path / "a"), str(tmp_path / "nope")]) == 2
+
+
+def test_report_on_a_folder_of_plain_runs_writes_one_page(tmp_path, capsys):
+    """A folder of runs named without overrides (not a sweep) still gets one page, no TypeError."""
+    from rpa_bench import cli
+
+    for name in ("first", "second"):
+        write_synthetic_run(tmp_path / "results" / name)
+    assert cli.main(["report", str(tmp_path / "results")]) == 0
+    out = capsys.readouterr()
+    assert "2 jobs" in out.out and "Traceback" not in out.err

@@ -128,6 +128,11 @@ def test_buckets_and_regret():
     assert ans.regret_pct == pytest.approx((8.5 / 6.5 - 1) * 100)
     assert ans.speedup_vs_heuristic == pytest.approx(10.0 / 8.5)
     assert tn.bucket_of(5, 900, [512.0]) == "seqs<=8 kv>512"
+    # every figure shown as us is a latency: the bucket's weighted mean per call, not weight x us
+    assert ans.per_bucket["small"]["best_us"] == pytest.approx(6.0)
+    assert ans.per_bucket["large"]["heuristic_us"] == pytest.approx(10.0)
+    assert ans.per_bucket["large"]["global_us"] == pytest.approx(11.0)
+    assert ans.totals["H"] == pytest.approx(10.0) and ans.totals["X"] == pytest.approx(8.5)
 
 
 TUNE = ["tune", "kernel=reference", "workload=batch_spec", "workload.spec=[4q1s256,2q1s512]", "scale=cpu_smoke",
@@ -168,3 +173,16 @@ def test_bad_tune_settings_are_refused_in_one_line(tmp_path, capsys):
     assert "tune.strategy='bayes'; allowed: halving, grid" in capsys.readouterr().err
     assert cli.main([*TUNE, "kernel=jax_rpa", f"run.results_dir={tmp_path}"]) == 2
     assert "rpa-bench tune tunes rpa_v3, reference" in capsys.readouterr().err
+
+
+def test_a_timeout_verdict_holds_only_for_the_limit_it_was_reached_under(tmp_path):
+    from rpa_bench.pipeline import tune_space as tn
+
+    cache = tn.VerdictCache(tmp_path / "v.json")
+    cache.put("k", tn.Verdict("timeout", "compile:TPU7x", timeout_s=180.0, error="within 180 s"))
+    cache.put("ok", tn.Verdict("ok", "compile:TPU7x", timeout_s=180.0))
+    again = tn.VerdictCache(tmp_path / "v.json")
+    assert again.get("k", timeout_s=180.0).status == "timeout"
+    assert again.get("k", timeout_s=100.0).status == "timeout"
+    assert again.get("k", timeout_s=400.0) is None  # a larger limit compiles it again
+    assert again.get("ok", timeout_s=400.0).status == "ok"  # a fit verdict stands

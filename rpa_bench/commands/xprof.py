@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         args = p.parse_args(argv)
     except SystemExit as exc:
         return int(exc.code or 0)
-    run = Path(args.run)
+    run = Path(args.run).resolve()  # xprof's loader finds no session under a relative logdir
     logdir = run if run.name == "captures" else run / "captures"
     if not logdir.is_dir():
         print(f"rpa-bench xprof: {logdir} does not exist (a run with timing.capture=true stores captures there)",

@@ -287,8 +287,10 @@ def _worker_init(schedule_dir: str | None) -> None:
                                           " --xla_jf_dump_llo_text=true --xla_jf_dump_llo_pass_label_regex=final").strip()
 
 
-def compile_many(jobs: Sequence[CompileJob], *, timeout_s: float, progress: Any = None) -> list[CompileResult]:
-    """Each job in a worker process (one at a time, reused), killed past ``timeout_s``.
+def compile_many(jobs: Sequence[CompileJob], *, timeout_s: float, progress: Any = None,
+                 timeout_field: str = "compile.timeout_s") -> list[CompileResult]:
+    """Each job in a worker process (one at a time, reused), killed past ``timeout_s``
+    (``timeout_field``: the setting that sets it, named in a timeout's message).
 
     A compile that times out or kills its worker is a ``timeout`` / ``failed`` result and the
     next job gets a fresh worker. ``progress(result)`` is called after each.
@@ -332,7 +334,7 @@ def compile_many(jobs: Sequence[CompileJob], *, timeout_s: float, progress: Any 
                 pool = None
                 res = CompileResult(job.label, generation_kind(job.generation), job.case, "timeout",
                                     time.perf_counter() - start,
-                                    error=f"compile did not finish within {timeout_s:g} s (compile.timeout_s)")
+                                    error=f"compile did not finish within {timeout_s:g} s ({timeout_field})")
             except Exception as exc:  # noqa: BLE001 - the worker died (e.g. killed for memory)
                 _kill(pool)
                 pool = None

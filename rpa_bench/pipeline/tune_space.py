@@ -172,6 +172,7 @@ class Verdict:
     bundles: int | None = None  # static schedule length of the largest Mosaic kernel
     compile_s: float | None = None
     error: str | None = None
+    timeout_s: float | None = None  # the compile limit the verdict was reached under
 
     @property
     def fits(self) -> bool:
@@ -197,9 +198,16 @@ class VerdictCache:
         self.path = Path(path)
         self.data: dict[str, dict] = json.loads(self.path.read_text()) if self.path.is_file() else {}
 
-    def get(self, key: str) -> Verdict | None:
+    def get(self, key: str, *, timeout_s: float | None = None) -> Verdict | None:
+        """The cached verdict, or None. A ``timeout`` holds only for the limit it was reached
+        under: with a larger ``timeout_s`` the candidate is compiled again."""
         d = self.data.get(key)
-        return None if d is None else Verdict(**d)
+        if d is None:
+            return None
+        v = Verdict(**d)
+        if v.status == "timeout" and timeout_s is not None and (v.timeout_s is None or timeout_s > v.timeout_s):
+            return None
+        return v
 
     def put(self, key: str, verdict: Verdict) -> None:
         self.data[key] = dataclasses.asdict(verdict)
@@ -297,8 +305,8 @@ class PhaseAnswer:
     phase: str
     best: str  # label of the best tuple for the whole phase
     heuristic: str
-    totals: dict[str, float]  # label -> time-weighted latency (us) over every point
-    per_bucket: dict[str, dict]  # bucket -> {best, best_us, heuristic_us, global_us, points}
+    totals: dict[str, float]  # label -> weighted mean latency per call (us) over the phase's points
+    per_bucket: dict[str, dict]  # bucket -> {best, best_us, heuristic_us, global_us (weighted mean us), points}
     regret_pct: float  # one tuple for all buckets vs each bucket's best
     speedup_vs_heuristic: float  # heuristic total / best total
 
@@ -311,17 +319,24 @@ def analyze(latency_us: Mapping[str, Mapping[str, float]], weights: Mapping[str,
     full = {lab: lat for lab, lat in latency_us.items() if all(p in lat and np.isfinite(lat[p]) for p in points)}
     if heuristic not in full:
         raise ValueError(f"phase {phase}: the heuristic tuple {heuristic} was not measured on every point")
-    totals = {lab: float(sum(weights[p] * lat[p] for p in points)) for lab, lat in full.items()}
+    # weight x latency sums rank the tuples; what is shown is their weighted mean per call
+    # (sum / weight: microseconds), so every "us" figure is a latency
+    total_w = float(sum(weights[p] for p in points)) or 1.0
+    sums_all = {lab: float(sum(weights[p] * lat[p] for p in points)) for lab, lat in full.items()}
+    totals = {lab: s / total_w for lab, s in sums_all.items()}
     best = min(totals, key=lambda lab: (totals[lab], lab != heuristic))
     per_bucket: dict[str, dict] = {}
+    bucket_best_sum = 0.0
     for b in sorted(set(buckets[p] for p in points)):
         pts = [p for p in points if buckets[p] == b]
+        w = float(sum(weights[p] for p in pts))
         sums = {lab: sum(weights[p] * lat[p] for p in pts) for lab, lat in full.items()}
         b_best = min(sums, key=lambda lab: (sums[lab], lab != heuristic))
-        per_bucket[b] = {"best": b_best, "best_us": sums[b_best], "heuristic_us": sums[heuristic],
-                         "global_us": sums[best], "points": len(pts), "weight": float(sum(weights[p] for p in pts))}
-    bucket_best_total = sum(v["best_us"] for v in per_bucket.values())
-    regret = (totals[best] / bucket_best_total - 1.0) * 100 if bucket_best_total > 0 else 0.0
+        bucket_best_sum += sums[b_best]
+        per_bucket[b] = {"best": b_best, "best_us": sums[b_best] / (w or 1.0),
+                         "heuristic_us": sums[heuristic] / (w or 1.0), "global_us": sums[best] / (w or 1.0),
+                         "points": len(pts), "weight": w}
+    regret = (sums_all[best] / bucket_best_sum - 1.0) * 100 if bucket_best_sum > 0 else 0.0
     return PhaseAnswer(phase, best, heuristic, totals, per_bucket, regret, totals[heuristic] / totals[best])
 
 

@@ -207,7 +207,8 @@ class Tuner:
                 "num_pages": shape.num_pages, "batch": rep.batch.to_dict()}
         model = dataclasses.asdict(self.plan.model)
         keys = {c.label: tn.verdict_key(sha, self.generation, model, dims, c) for c in cands}
-        verdicts = {c.label: self.cache.get(keys[c.label]) for c in cands}
+        limit = self.tcfg.compile_timeout_s
+        verdicts = {c.label: self.cache.get(keys[c.label], timeout_s=limit) for c in cands}
         self.stats["cached_verdicts"] += sum(v is not None for v in verdicts.values())
         todo = [c for c in cands if verdicts[c.label] is None]
         ok, reason = compiling.libtpu_status()
@@ -231,14 +232,14 @@ class Tuner:
                  f"({len(cands) - len(jobs)} verdicts cached)", self.quiet)
 
         def progress(r) -> None:  # each verdict is cached as it comes: a killed tune keeps them
-            v = tn.verdict_from_compile(r, self.generation, phase)
+            v = dataclasses.replace(tn.verdict_from_compile(r, self.generation, phase), timeout_s=limit)
             verdicts[r.kernel] = v
             self.stats["compiles"] += 1
             if r.status != "skipped":
                 self.cache.put(keys[r.kernel], v)
             _say(f"    {r.kernel:<28} {r.status:<9} {r.compile_s:6.1f} s", self.quiet)
 
-        compiling.compile_many(jobs, timeout_s=self.tcfg.compile_timeout_s, progress=progress)
+        compiling.compile_many(jobs, timeout_s=limit, progress=progress, timeout_field="tune.compile_timeout_s")
         return verdicts
 
     # --- measuring ------------------------------------------------------------------------
@@ -396,7 +397,7 @@ def format_summary(summary: dict) -> str:
                              f"{'' if c['bundles'] is None else c['bundles']:>8}")
             continue
         a = r["answer"]
-        lines.append(f"  time-weighted latency: heuristic {a['totals'][a['heuristic']]:.1f} us, best "
+        lines.append(f"  weighted mean latency per call: heuristic {a['totals'][a['heuristic']]:.1f} us, best "
                      f"{a['totals'][a['best']]:.1f} us ({a['speedup_vs_heuristic']:.3f}x); "
                      f"regret of one tuple for all buckets: {a['regret_pct']:.2f}%")
         vs = r["vs_heuristic"]
@@ -404,7 +405,7 @@ def format_summary(summary: dict) -> str:
             for p in vs["points"]:
                 lines.append(f"    {p['point_id']:<12} {p['variant']:<9} tuned/heuristic {p['ratio']:.3f} "
                              f"[{p['ci_low']:.3f}, {p['ci_high']:.3f}] {p['mark']}")
-        lines.append(f"  {'bucket':<26} {'best':<28} {'best us':>10} {'heuristic us':>12} {'one-tuple us':>12}")
+        lines.append(f"  {'bucket':<26} {'best':<28} {'best us':>10} {'heuristic us':>12} {'one-tuple us':>12}  (weighted mean per call)")
         for b, v in a["per_bucket"].items():
             lines.append(f"  {b:<26} {v['best']:<28} {v['best_us']:>10.1f} {v['heuristic_us']:>12.1f} "
                          f"{v['global_us']:>12.1f}")

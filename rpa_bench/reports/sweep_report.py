@@ -47,8 +47,8 @@ def write_sweep_report(folder: str | pathlib.Path) -> pathlib.Path:
         swept = swept_values(job.name)
         speed = charts.speed_rows(run.measurements)
         if not speed.empty:
-            frames.append(speed.assign(**swept, job=job.name))
-        counts.append({"job": job.name, **swept, **run.measurements["status"].value_counts().to_dict(),
+            frames.append(speed.assign(**{**swept, "job": job.name}))  # a job without overrides: its name
+        counts.append({**swept, "job": job.name, **run.measurements["status"].value_counts().to_dict(),
                        "report": f"{job.name}/report/index.html"})
     keys = sorted({k for c in counts for k in swept_values(c["job"])})
     sections = []
