@@ -47,3 +47,14 @@ def test_check_prints_json_records(capsys):
     rc = _cli.main(["check", "kernel=reference", "--json"])
     out = json.loads(capsys.readouterr().out)
     assert rc == 0 and out["counts"]["ok"] > 0 and all(r["kernel"] == "reference" for r in out["records"])
+
+
+def test_the_interpret_caveat_is_printed_only_for_interpret_timings():
+    import pandas as pd
+
+    from rpa_bench.commands.run import interpret_note
+
+    checked_only = pd.DataFrame({"interpret": [True, False], "latency_us": [None, 12.0]})
+    assert "interpret" not in interpret_note(checked_only)
+    timed = pd.DataFrame({"interpret": [True], "latency_us": [5.0]})
+    assert "[interpret] are not kernel performance" in interpret_note(timed)

@@ -23,6 +23,7 @@ LLAMA = ModelSpec.from_dict(dict(name="llama3_8b", num_q_heads=32, num_kv_heads=
                                  dtype="bfloat16", kv_dtype="bfloat16"))
 
 
+@pytest.mark.slow  # a whole run through the CLI (~6 s)
 def test_a_run_records_flags_and_per_entry_compiler_options(tmp_path, monkeypatch):
     monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=false")
     monkeypatch.setenv("JAX_ENABLE_CHECKS", "0")
@@ -64,6 +65,7 @@ def test_runs_differing_only_in_a_flag_are_not_comparable_unless_asked(tmp_path,
     assert "XLA_FLAGS" in (tmp_path / "c2" / "index.html").read_text()
 
 
+@pytest.mark.slow  # two whole runs through the CLI (~17 s); the configs compose in test_workload_configs
 @pytest.mark.parametrize("experiment", ["spec_verify", "sliding_window_sweep"])
 def test_both_experiments_compose_and_run_at_cpu_scale(tmp_path, experiment):
     cfg = compose([f"experiment={experiment}"])

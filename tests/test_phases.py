@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pandas as pd
+import pytest
 
 from rpa_bench import cli
 from rpa_bench.measure.phases import MEASURED_WORK, Account, one_line, overhead_ratio, phase, scope
@@ -48,6 +49,7 @@ def test_overhead_ratio_and_line():
     assert all(k in secs for k in MEASURED_WORK)
 
 
+@pytest.mark.slow  # a whole run and its report through the CLI
 def test_a_run_accounts_for_its_time_by_phase(tmp_path, capsys):
     rc = cli.main(["run", "experiment=paper_decode", "scale=cpu_smoke", "timing=quick", "run.kernels=[reference]",
                    "run.max_points=1", "run.progress=false", f"run.results_dir={tmp_path}", "run.name=p"])

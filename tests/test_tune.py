@@ -186,3 +186,36 @@ def test_a_timeout_verdict_holds_only_for_the_limit_it_was_reached_under(tmp_pat
     assert again.get("k", timeout_s=100.0).status == "timeout"
     assert again.get("k", timeout_s=400.0) is None  # a larger limit compiles it again
     assert again.get("ok", timeout_s=400.0).status == "ok"  # a fit verdict stands
+
+
+def test_a_tuple_is_recommended_only_on_a_significant_improvement():
+    from rpa_bench.pipeline.tuner import recommend
+
+    noise = {"same": False, "geomean_ratio": 0.95, "points": [{"mark": "not significant"}] * 3}
+    assert recommend("X", "H", noise)[0] == "H" and "on no point significantly" in recommend("X", "H", noise)[1]
+    mixed = {"same": False, "geomean_ratio": 0.9, "points": [{"mark": "improved"}, {"mark": "worse"}]}
+    assert recommend("X", "H", mixed)[0] == "H" and "significantly slower" in recommend("X", "H", mixed)[1]
+    real = {"same": False, "geomean_ratio": 0.8, "points": [{"mark": "improved"}, {"mark": "not significant"}]}
+    assert recommend("X", "H", real)[0] == "X"
+    assert recommend("H", "H", {"same": True})[0] == "H"
+
+
+@pytest.mark.parametrize("override, says", [
+    ("tune.kv_quantiles=[1.5]", "tune.kv_quantiles=[1.5]: each must be a number in [0, 1]"),
+    ("tune.phases=[nosuch]", "tune.phases: 'nosuch' unknown; allowed:"),
+    ("run.kernels=[reference,rpa_v3]", "run.kernels names 2 entries (reference, rpa_v3); rpa-bench tune tunes one"),
+    ("run.workloads=[sharegpt,azure_code]", "run.workloads names 2 entries"),
+])
+def test_bad_tune_settings_are_one_line(override, says, capsys):
+    from rpa_bench import cli
+
+    base = ["tune", "scale=cpu_smoke"] if override.startswith("run.") else ["tune", "kernel=reference", "scale=cpu_smoke"]
+    assert cli.main([*base, override]) == 2
+    err = capsys.readouterr().err
+    assert says in err and "Traceback" not in err
+
+
+def test_tune_phases_as_a_bare_word_is_one_phase():
+    from rpa_bench.pipeline.tuner import TuneConfig
+
+    assert TuneConfig(phases="decode").phases == ["decode"]

@@ -263,7 +263,7 @@ def _task_body(cfg: DictConfig, held: list, account: Any) -> int:
     print()
     print(final_table(df))
     print(f"\n{len(df)} rows ({', '.join(f'{k}={v}' for k, v in sorted(counts.items()))}) in "
-          f"{time.perf_counter() - t0:.0f} s; timings marked [interpret] are not kernel performance.")
+          f"{time.perf_counter() - t0:.0f} s" + interpret_note(df))
     print(one_line(seconds, wall))
     print(f"results: {run_dir}")
     if cfg.run.get("report"):
@@ -273,6 +273,12 @@ def _task_body(cfg: DictConfig, held: list, account: Any) -> int:
     else:
         print(f"report:  rpa-bench report {run_dir}")
     return 0
+
+
+def interpret_note(df: Any) -> str:
+    """The caveat about interpret-mode timings, only where the run has such timings."""
+    timed = df["interpret"].fillna(False).astype(bool) & df["latency_us"].notna() if len(df) else []
+    return "; timings marked [interpret] are not kernel performance." if len(df) and timed.any() else "."
 
 
 def _follow(prep: Any, scratch: Any, run_id: str, done: set, run_dir: Path) -> int:

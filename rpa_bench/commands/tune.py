@@ -31,6 +31,7 @@ import sys
 
 from omegaconf import DictConfig, OmegaConf
 
+from rpa_bench.commands import _hydra
 from rpa_bench.commands._hydra import run_hydra
 from rpa_bench.pipeline import tune_space as tn
 from rpa_bench.pipeline.plan import plan_from_config
@@ -40,16 +41,31 @@ EXTRA_OVERRIDES = ("+tune=default", "hydra.output_subdir=null", "hydra.run.dir=.
                    "hydra/hydra_logging=disabled")
 
 
+def _one_entry(cfg: DictConfig, group: str) -> dict:
+    """The one kernel / workload tuned: ``run.<group>s`` honoured when it names exactly one
+    entry (a ``<group>=`` override wins, as for ``run``), refused when it names several."""
+    from hydra import compose as hydra_compose
+    from hydra.core.hydra_config import HydraConfig
+
+    task_overrides = list(HydraConfig.get().overrides.task)
+    entries = _hydra.compose_entries(group, cfg.run.get(f"{group}s"), cfg[group], task_overrides, hydra_compose)
+    if len(entries) != 1:
+        names = ", ".join(str(e.get("label") or e.get("name")) for e in entries)
+        raise ValueError(f"run.{group}s names {len(entries)} entries ({names}); rpa-bench tune tunes one {group}: "
+                         f"give run.{group}s=[<one>] or {group}=<name>")
+    return dict(entries[0])
+
+
 def task(cfg: DictConfig) -> int:
     from rpa_bench.pipeline.tuner import TuneConfig, Tuner  # imports JAX: loaded when the command runs
 
     try:
         tcfg = from_dict(TuneConfig, OmegaConf.to_container(cfg.tune, resolve=True), section="tune")
         config = OmegaConf.to_container(cfg, resolve=True)
-        kernel_cfg = dict(config["kernel"])
+        kernel_cfg, workload_cfg = _one_entry(cfg, "kernel"), _one_entry(cfg, "workload")
         if kernel_cfg.get("name") not in tn.TUNABLE:
             raise ValueError(f"kernel={kernel_cfg.get('name')}: rpa-bench tune tunes {', '.join(tn.TUNABLE)}")
-        plan = plan_from_config(config, workloads=[config["workload"]], kernels=[kernel_cfg], experiment="tune")
+        plan = plan_from_config(config, workloads=[workload_cfg], kernels=[kernel_cfg], experiment="tune")
         return Tuner(config, tcfg, plan, progress=bool(cfg.run.get("progress", True))).run()
     except ValueError as err:
         print(f"rpa-bench tune: {err}", file=sys.stderr)

@@ -24,7 +24,7 @@ from rpa_bench.kernels.tpu_target import attached_device_kind
 from rpa_bench.workloads.materialize import materialize
 from rpa_bench.workloads.materialize import padded_shape
 from rpa_bench.kernels.registry import KernelConfig
-from rpa_bench.measure.compare import compare_kernels, summarize
+from rpa_bench.measure.compare import IMPROVED, WORSE, compare_kernels, summarize
 from rpa_bench.pipeline import execute, prepare, run_folder, tune_space as tn
 from rpa_bench.pipeline.plan import RunPlan
 from rpa_bench.reports.tune_report import write_tune_report
@@ -34,6 +34,7 @@ from rpa_bench.store.run_store import RunStore
 from rpa_bench.workloads.batch import RaggedBatch
 
 STRATEGIES = ("halving", "grid")
+OUTPUT_ONLY = ("json", "out", "check_interpret")  # tune settings that change what is printed, not measured
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +62,13 @@ class TuneConfig:
     json: bool = False
 
     def __post_init__(self) -> None:
+        if isinstance(self.phases, str):  # tune.phases=decode: one phase, as a list
+            object.__setattr__(self, "phases", [self.phases])
+        if isinstance(self.kv_quantiles, (int, float)):
+            object.__setattr__(self, "kv_quantiles", [self.kv_quantiles])
+        for q in self.kv_quantiles or ():
+            if not isinstance(q, (int, float)) or not 0.0 <= float(q) <= 1.0:
+                raise ValueError(f"tune.kv_quantiles={list(self.kv_quantiles)}: each must be a number in [0, 1]")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"tune.strategy={self.strategy!r}; allowed: {', '.join(STRATEGIES)}")
         for name in ("eta", "max_candidates", "min_samples"):
@@ -70,7 +78,8 @@ class TuneConfig:
             raise ValueError("tune.budget.compiles must be >= 1 and tune.budget.device_s > 0")
         for ph in self.phases or ():
             if ph not in tn.PHASES:
-                raise ValueError(f"tune.phases: {ph!r} unknown; allowed: {', '.join(tn.PHASES)}")
+                raise ValueError(f"tune.phases: {ph!r} unknown; allowed: {', '.join(tn.PHASES)} (a list: "
+                                 "tune.phases=[decode,mixed])")
         if self.generation is not None:
             generation_kind(self.generation, compilable=True)
         if not self.compile_timeout_s > 0:
@@ -267,9 +276,17 @@ class Tuner:
                                       budget_s=self.tcfg.budget.device_s)
         final = frames[rungs[-1].index]
         answer = tn.analyze(latencies(final), weights, buckets, phase, heur.label)
+        vs = vs_heuristic(final, heur.label, answer.best)
+        cut = (eta > 1 and len(rungs[-1].kept) > 2
+               and sum(r.spent_s for r in rungs) >= self.tcfg.budget.device_s)
+        chosen, why = recommend(answer.best, heur.label, vs)
+        if cut:
+            why += (f"; the search was cut short by tune.budget.device_s={self.tcfg.budget.device_s:g} after "
+                    f"{len(rungs)} rung(s) with {len(rungs[-1].kept) - 1} contenders left")
         out = {"rungs": [dataclasses.asdict(r) for r in rungs], "answer": dataclasses.asdict(answer),
-               "best": answer.best, "best_values": next(list(c.values) for c in cands if c.label == answer.best),
-               "timed": True, "vs_heuristic": vs_heuristic(final, heur.label, answer.best)}
+               "fastest_measured": answer.best, "best": chosen, "recommendation": why, "cut_short": cut,
+               "best_values": next(list(c.values) for c in cands if c.label == chosen),
+               "timed": True, "vs_heuristic": vs}
         return out
 
     def measure_rung(self, phase: str, alive: list, rung: int, samples: int, ids: set) -> Any:
@@ -286,7 +303,9 @@ class Tuner:
         store = RunStore(folder / f"rung{rung}")
         store.acquire_lock()
         try:
-            config = {**self.config, "tune_rung": {"phase": phase, "rung": rung, "samples": samples,
+            # output-only settings do not make a rung a different run (a resume may change them)
+            tune_cfg = {k: v for k, v in dict(self.config.get("tune") or {}).items() if k not in OUTPUT_ONLY}
+            config = {**self.config, "tune": tune_cfg, "tune_rung": {"phase": phase, "rung": rung, "samples": samples,
                                                    "candidates": [c.label for c in alive]}}
             run_folder.open_store(store, config, prep, f"tune-{phase}-rung{rung}",
                              command=["rpa-bench", "tune", *sys.argv[1:]])
@@ -305,11 +324,16 @@ class Tuner:
         hint, not a speed claim), checked for correctness in interpret mode."""
         ranked = sorted(fits, key=lambda c: (verdicts[c.label].bundles is None, verdicts[c.label].bundles or 0,
                                              not c.heuristic))
-        chosen = ranked[0] if ranked and verdicts[ranked[0].label].bundles is not None else heur
+        ranked_by_schedule = bool(ranked) and verdicts[ranked[0].label].bundles is not None
+        chosen = ranked[0] if ranked_by_schedule else heur
         check = self.interpret_check(phase, chosen) if self.tcfg.check_interpret else None
-        return {"timed": False, "best": chosen.label, "best_values": list(chosen.values),
-                "chosen_by": "shortest static schedule (bundles), not timed" if chosen is not heur
-                else "the kernel's heuristic (no schedule figures to rank by)", "interpret_check": check}
+        if ranked_by_schedule:
+            why = "shortest static schedule (bundles), not timed" + (
+                " (the heuristic's own tuple)" if chosen.label == heur.label else "")
+        else:
+            why = "the kernel's heuristic: no candidate has schedule figures to rank by (tune.schedule=false or libtpu " \
+                  "gave none), not timed"
+        return {"timed": False, "best": chosen.label, "best_values": list(chosen.values), "chosen_by": why, "interpret_check": check}
 
     def interpret_check(self, phase: str, cand: Any) -> dict:
 
@@ -375,6 +399,23 @@ def vs_heuristic(df: Any, heuristic: str, best: str) -> dict:
 
 
 
+def recommend(fastest: str, heuristic: str, vs: dict) -> tuple[str, str]:
+    """The tuple to recommend and why: the fastest measured one only when the paired
+    comparison with the heuristic finds it significantly faster somewhere and significantly
+    slower nowhere; else keep the heuristic."""
+    if vs.get("same") or fastest == heuristic:
+        return heuristic, "keep the heuristic: it was the fastest measured"
+    marks = [p.get("mark") for p in vs.get("points") or []]
+    if WORSE in marks:
+        return heuristic, f"keep the heuristic: {fastest} is significantly slower on {marks.count(WORSE)} point(s)"
+    if IMPROVED not in marks:
+        return heuristic, (f"keep the heuristic: {fastest} measured faster (geomean ratio "
+                           f"{vs.get('geomean_ratio', float('nan')):.3f}) but on no point significantly "
+                           "(raise tune.min_samples or tune.budget.device_s to decide)")
+    return fastest, (f"{fastest}: significantly faster on {marks.count(IMPROVED)} of {len(marks)} (point, variant) "
+                     "pairs, slower on none")
+
+
 def format_summary(summary: dict) -> str:
     lines = [f"{summary['kernel']} on {summary['workload']} ({'timed' if summary['timed_here'] else 'not timed: '}"
              f"{'' if summary['timed_here'] else 'compile-only pruning for ' + summary['generation']})"]
@@ -382,7 +423,7 @@ def format_summary(summary: dict) -> str:
         n_fit = len(r["survivors"])
         lines.append(f"\n[{ph}] space {r['space']}, compiled/checked {r['compiled']}, fit {n_fit}, "
                      + (f"measured {len(r['measured'])}" if r["timed"] else "none timed here")
-                     + f"; heuristic {r['heuristic']}; {'best' if r['timed'] else 'chosen'} {r['best']}")
+                     + f"; heuristic {r['heuristic']}; {'recommended' if r['timed'] else 'chosen'} {r['best']}")
         if not r["timed"]:
             lines.append(f"  chosen by {r['chosen_by']}")
             chk = r.get("interpret_check")
@@ -397,9 +438,11 @@ def format_summary(summary: dict) -> str:
                              f"{'' if c['bundles'] is None else c['bundles']:>8}")
             continue
         a = r["answer"]
-        lines.append(f"  weighted mean latency per call: heuristic {a['totals'][a['heuristic']]:.1f} us, best "
+        lines.append(f"  weighted mean latency per call: heuristic {a['totals'][a['heuristic']]:.1f} us, fastest measured "
                      f"{a['totals'][a['best']]:.1f} us ({a['speedup_vs_heuristic']:.3f}x); "
                      f"regret of one tuple for all buckets: {a['regret_pct']:.2f}%")
+        if r.get("recommendation"):
+            lines.append(f"  recommendation: {r['recommendation']}")
         vs = r["vs_heuristic"]
         if not vs.get("same"):
             for p in vs["points"]:
@@ -410,8 +453,9 @@ def format_summary(summary: dict) -> str:
             lines.append(f"  {b:<26} {v['best']:<28} {v['best_us']:>10.1f} {v['heuristic_us']:>12.1f} "
                          f"{v['global_us']:>12.1f}")
     if summary["env"]:
+        ways = sorted({r.get("chosen_by", "") for r in summary["phases"].values() if not r["timed"]})
         lines.append("\nserving (paste):" if summary["timed_here"] else
-                     "\nto time on a TPU first (chosen by static schedule length, NOT timed here):")
+                     f"\nto time on a TPU first (NOT timed here; chosen by {'; '.join(ways)}):")
         lines += [f"  export {line}" for line in summary["env"]]
     st = summary["stats"]
     lines.append(f"\n{st['compiles']} compiles, {st['cached_verdicts']} cached verdicts, {st['rows_measured']} rows "

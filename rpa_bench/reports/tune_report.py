@@ -85,16 +85,19 @@ def write_tune_report(summary: dict, out: Path) -> Path:
         measured = f"{len(r['measured'])} measured" if r["timed"] else "none timed here"
         parts.append(f"<p>space {r['space']} tuples, {r['compiled']} compiled or checked, {len(r['survivors'])} fit, "
                      f"{measured}; heuristic <b>{html.escape(r['heuristic'])}</b>, "
-                     f"{'best' if r['timed'] else 'chosen'} <b>{html.escape(r['best'])}</b></p>")
+                     f"{'recommended' if r['timed'] else 'chosen'} <b>{html.escape(r['best'])}</b></p>")
+        if r.get("recommendation"):
+            parts.append(f"<p>recommendation: {html.escape(r['recommendation'])}</p>")
         png = out / f"tune_{ph}.png"
         if _chart(r, png):
             parts.append(f"<img src='{png.name}' alt='{html.escape(ph)} chart'>")
         if r["timed"]:
             a = r["answer"]
-            parts.append(f"<p>time-weighted latency: heuristic {_fmt(a['totals'][a['heuristic']])} us, best "
+            parts.append(f"<p>weighted mean latency per call: heuristic {_fmt(a['totals'][a['heuristic']])} us, fastest "
                          f"{_fmt(a['totals'][a['best']])} us ({a['speedup_vs_heuristic']:.3f}x); regret of one tuple "
                          f"for all buckets vs each bucket's best: {a['regret_pct']:.2f}%</p>")
-            parts.append(_table(["bucket", "points", "weight", "best tuple", "best us", "heuristic us", "one-tuple us"],
+            parts.append(_table(["bucket", "points", "weight", "best tuple", "best us (mean per call)", "heuristic us",
+                                 "one-tuple us"],
                                 [[b, v["points"], _fmt(v["weight"], 3), v["best"], _fmt(v["best_us"]),
                                   _fmt(v["heuristic_us"]), _fmt(v["global_us"])] for b, v in a["per_bucket"].items()]))
             vs = r["vs_heuristic"]
