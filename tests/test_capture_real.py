@@ -18,6 +18,7 @@ from rpa_bench.measure import xspace
 from rpa_bench.measure.capture_summary import summarize_capture
 
 REAL = Path(__file__).parent / "fixtures" / "captures" / "real"
+CAPTURES = REAL
 
 
 @pytest.fixture(scope="module")
@@ -121,4 +122,59 @@ def test_summary_lists_every_program_on_every_device(tpu, mi355x):
     g = summarize_capture(mi355x, module="jit_loss_fn", kernel_regex="te_fused_attn")
     (p,) = g.programs
     assert p.calls == 5 and p.kernel_us is not None and all(0 < k < b for k, b in zip(p.kernel_us, p.per_call_us))
-    assert summarize_capture(mi355x, module="jit_nothing").notes[0].startswith("jit_nothing: no executions")
+    missing = summarize_capture(mi355x, module="jit_nothing")
+    assert missing.missing_module == "jit_nothing" and "jit_loss_fn" in missing.notes[0]
+
+
+def test_capture_command_lists_the_programs_when_the_module_is_missing(tmp_path, capsys):
+    from rpa_bench import cli
+
+    path = CAPTURES / "gpu_mi355x_jax_te_fused_attn.xplane.pb"
+    if not path.is_file():
+        pytest.skip("shared capture not present")
+    assert cli.main(["capture", str(path), "--module", "jit_typo"]) == 1
+    err = capsys.readouterr().err
+    assert "--module jit_typo not found; programs there: jit_loss_fn" in err
+
+
+def test_an_empty_or_cut_short_capture_is_not_reported_as_whole(tmp_path, capsys):
+    import json as _json
+
+    from rpa_bench import cli
+
+    empty = tmp_path / "empty.xplane.pb"
+    empty.write_bytes(b"")
+    assert cli.main(["capture", str(empty)]) == 2
+    assert "empty file" in capsys.readouterr().err
+    assert cli.main(["capture", "--json", str(empty)]) == 2
+    doc = _json.loads(capsys.readouterr().out)
+    assert doc["exit"] == 2 and "empty file" in doc["error"]
+    assert cli.main(["capture", "--json", str(tmp_path / "nope")]) == 2
+    assert "does not exist" in _json.loads(capsys.readouterr().out)["error"]
+    src = CAPTURES / "tpu_v6e_4chips_jit_f.xplane.pb"
+    if not src.is_file():
+        pytest.skip("shared capture not present")
+    blob = src.read_bytes()
+    # cut at the boundary after the third device plane (top-level field 1 records)
+    i, n_planes = 0, 0
+    while n_planes < 3:
+        tag, i = _varint(blob, i)
+        size, i = _varint(blob, i)
+        i += size
+        n_planes += 1
+    cut = tmp_path / "cut.xplane.pb"
+    cut.write_bytes(blob[:i])
+    assert cli.main(["capture", str(cut)]) == 1
+    captured = capsys.readouterr()
+    assert "cut short" in captured.err and "TPU:3" not in captured.out
+
+
+def _varint(b: bytes, i: int) -> tuple[int, int]:
+    shift = result = 0
+    while True:
+        x = b[i]
+        i += 1
+        result |= (x & 0x7F) << shift
+        shift += 7
+        if x < 0x80:
+            return result, i

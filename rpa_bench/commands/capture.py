@@ -6,7 +6,10 @@ that are not devices), the programs run on each device, and per program per devi
 number of calls and the per-call device time (TPU: the ``XLA Modules`` event; GPU: the
 kernels' busy time and their span; CPU captures: host op spans, which are not device
 time), plus the kernel-only time for ``--kernel-regex``. ``--json`` prints the same for
-machines. Exit status: 0 when every capture was read, 2 on a bad path, regex or file.
+machines. Exit status: 0 when every capture was read whole, 1 when one was cut short (read,
+but devices may be missing) or ``--module`` names a program it does not have, 2 on a bad
+path, regex or file (an empty file included). With ``--json`` a failure is a JSON object
+with the error on stdout.
 """
 
 from __future__ import annotations
@@ -16,8 +19,11 @@ import json
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
+from rpa_bench.commands import _hydra
 from rpa_bench.measure.capture_summary import CaptureSummary, summarize_capture
+from rpa_bench.measure.xspace import TASK_ENVIRONMENT
 
 
 def parser() -> argparse.ArgumentParser:
@@ -47,7 +53,7 @@ def _table(s: CaptureSummary) -> str:
         out.append("devices: " + ", ".join(f"{d['name']}" + (f" ({d['device_type']})" if d["device_type"] else "")
                                            for d in s.devices))
     else:
-        out.append("devices: none (a CPU capture)")
+        out.append("devices: none (host planes only: a CPU capture)")
     if s.ignored_planes:
         out.append("not devices (ignored): " + ", ".join(s.ignored_planes))
     head = ("device", "program", "calls", "per-call median us", "mean us", "min us", "max us", "span median us",
@@ -77,34 +83,44 @@ def main(argv: list[str] | None = None) -> int:
         args = parser().parse_args(argv)
     except SystemExit as exc:
         return int(exc.code or 0)
+
+    def fail(message: str) -> int:
+        return _hydra.fail("rpa-bench capture", message, as_json=args.json)
+
     if args.kernel_regex is not None:
         try:
             re.compile(args.kernel_regex)
         except re.error as err:
-            print(f"rpa-bench capture: --kernel-regex {args.kernel_regex!r} is not a regular expression: {err}",
-                  file=sys.stderr)
-            return 2
+            return fail(f"--kernel-regex {args.kernel_regex!r} is not a regular expression: {err}")
     path = Path(args.path)
     if path.is_dir():
         files = sorted(path.rglob("*.xplane.pb"))
         if not files:
-            print(f"rpa-bench capture: no *.xplane.pb under {path}", file=sys.stderr)
-            return 2
+            return fail(f"no *.xplane.pb under {path}")
     elif path.is_file():
         files = [path]
     else:
-        print(f"rpa-bench capture: {path} does not exist", file=sys.stderr)
-        return 2
-    summaries, status = [], 0
+        return fail(f"{path} does not exist")
+    summaries, errors = [], []
     for f in files:
         try:
             summaries.append(summarize_capture(f, module=args.module, kernel_regex=args.kernel_regex))
         except Exception as err:  # noqa: BLE001 - one unreadable file: said, the others still read
-            print(f"rpa-bench capture: {f}: not a readable capture ({type(err).__name__}: {str(err)[:200]})",
-                  file=sys.stderr)
-            status = 2
+            errors.append(f"{f}: not a readable capture ({type(err).__name__}: {str(err)[:200]})")
+            print(f"rpa-bench capture: {errors[-1]}", file=sys.stderr)
+    status = 2 if errors else (1 if any(not s.complete or s.missing_module for s in summaries) else 0)
     if args.json:
-        print(json.dumps([s.as_dict() for s in summaries], indent=1))
+        doc: Any = [s.as_dict() for s in summaries]
+        if errors:
+            doc = {"error": "; ".join(errors), "exit": status, "captures": doc}
+        print(json.dumps(doc, indent=1))
     else:
         print("\n\n".join(_table(s) for s in summaries))
+    for s in summaries:
+        if not s.complete:
+            print(f"rpa-bench capture: {s.source}: cut short (no '{TASK_ENVIRONMENT}' plane); devices may be missing",
+                  file=sys.stderr)
+        if s.missing_module:
+            print(f"rpa-bench capture: {s.source}: --module {s.missing_module} not found; programs there: "
+                  + (", ".join(s.available) or "none"), file=sys.stderr)
     return status

@@ -51,11 +51,15 @@ class CaptureSummary:
     annotated_calls: int  # the suite's call annotations (0: not a suite capture)
     programs: tuple[ProgramTiming, ...]
     notes: tuple[str, ...]
+    complete: bool = True  # the capture's last plane was found (not cut short)
+    available: tuple[str, ...] = ()  # every program in the capture (what --module can name)
+    missing_module: str | None = None  # --module named a program this capture does not have
 
     def as_dict(self) -> dict:
         return {"source": self.source, "devices": list(self.devices), "ignored_planes": list(self.ignored_planes),
                 "annotated_calls": self.annotated_calls, "programs": [p.as_dict() for p in self.programs],
-                "notes": list(self.notes)}
+                "notes": list(self.notes), "complete": self.complete, "available_programs": list(self.available),
+                "missing_module": self.missing_module}
 
 
 def _device_type(plane: xspace.Plane) -> str | None:
@@ -91,8 +95,16 @@ def summarize_capture(path_or_data: Any, *, module: str | None = None,
     if kernel_regex is not None:
         re.compile(kernel_regex)  # a bad regex is the caller's error, raised before the work
     names = program_names(space)
-    wanted = [module] if module else list(dict.fromkeys(n for ns in names.values() for n in ns))
+    available = tuple(dict.fromkeys(n for ns in names.values() for n in ns))
+    missing = module if module and module not in available else None
+    wanted = ([] if missing else [module]) if module else list(available)
     notes: list[str] = []
+    if missing:
+        notes.append(f"--module {module}: no such program in this capture; its programs: "
+                     + (", ".join(available) or "none"))
+    if not space.complete:
+        notes.append(f"the capture ends without its '{xspace.TASK_ENVIRONMENT}' plane (the profiler writes it "
+                     f"last): it was cut short and may lack devices ({len(space.device_planes)} device planes read)")
     programs: list[ProgramTiming] = []
     for name in wanted:
         timings = capture.module_timings(space, name, kernel_regex=kernel_regex)
@@ -112,4 +124,5 @@ def summarize_capture(path_or_data: Any, *, module: str | None = None,
         notes.append(f"{len(windows)} '{xspace.ANNOTATION}' call annotations: executions outside them are not counted")
     devices = tuple({"name": p.name, "kind": p.kind, "ordinal": p.ordinal, "device_type": _device_type(p)}
                     for p in space.device_planes)
-    return CaptureSummary(space.source, devices, space.ignored_planes, len(windows), tuple(programs), tuple(notes))
+    return CaptureSummary(space.source, devices, space.ignored_planes, len(windows), tuple(programs), tuple(notes),
+                          complete=space.complete, available=available, missing_module=missing)

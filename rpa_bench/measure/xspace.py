@@ -110,6 +110,9 @@ class Plane:
         return out
 
 
+TASK_ENVIRONMENT = "Task Environment"
+
+
 @dataclasses.dataclass(frozen=True)
 class Space:
     planes: tuple[Plane, ...]
@@ -119,6 +122,13 @@ class Space:
     def device_planes(self) -> tuple[Plane, ...]:
         devs = [p for p in self.planes if p.kind in ("tpu", "gpu")]
         return tuple(sorted(devs, key=lambda p: (p.kind, p.ordinal)))
+
+    @property
+    def complete(self) -> bool:
+        """The profiler writes the ``Task Environment`` plane last (TPU, GPU and CPU captures
+        alike): a capture without it was cut short (e.g. truncated at a plane boundary, which
+        still parses) and may lack devices."""
+        return any(p.name == TASK_ENVIRONMENT for p in self.planes)
 
     @property
     def ignored_planes(self) -> tuple[str, ...]:
@@ -179,10 +189,14 @@ def read(path_or_data: Any) -> Space:
     data = path_or_data
     if isinstance(path_or_data, (str, Path)):
         source = str(path_or_data)
+        if Path(source).is_file() and Path(source).stat().st_size == 0:
+            raise ValueError("empty file (0 bytes): not a profiler capture")
         data = jax.profiler.ProfileData.from_file(source)
     with warnings.catch_warnings():  # jaxlib's stats type warns once on first use (no __module__)
         warnings.simplefilter("ignore", DeprecationWarning)
         planes = tuple(_read_plane(p) for p in data.planes)
+    if not planes:
+        raise ValueError("no planes: an empty or foreign protobuf, not a profiler capture")
     return Space(planes, source)
 
 
