@@ -223,3 +223,28 @@ def test_ctrl_c_during_start_up_ends_with_130_and_no_traceback(tmp_path):
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, (out, err)
     assert "Traceback" not in err and "interrupted" in err
+
+
+@pytest.mark.slow  # a tune started and stopped in a subprocess (~30 s)
+def test_tune_under_sigterm_stops_cleanly_and_leaks_no_capture_folder(tmp_path):
+    import signal
+    import sys
+    import time
+
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    env = dict(os.environ, TMPDIR=str(tmpdir))
+    proc = subprocess.Popen([sys.executable, "-m", "rpa_bench.cli", "tune", "kernel=reference", "workload=batch_spec",
+                             "workload.spec=[4q1s256,2q1s512]", "scale=cpu_smoke", "timing=quick",
+                             "tune.strategy=grid", "tune.max_candidates=4", "run.progress=false",
+                             f"run.results_dir={tmp_path / 'r'}", "run.name=t"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not any((tmp_path / "r").rglob("parts/*.parquet")):
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "SIGTERM received" not in err and "stack trace" not in err
+    assert "interrupted" in err
+    assert not list(tmpdir.glob("rpa_bench_capture_*"))

@@ -127,3 +127,31 @@ def test_report_on_a_folder_of_plain_runs_writes_one_page(tmp_path, capsys):
     assert cli.main(["report", str(tmp_path / "results")]) == 0
     out = capsys.readouterr()
     assert "2 jobs" in out.out and "Traceback" not in out.err
+
+
+@pytest.mark.parametrize("out", ["/proc/rpa_bench_x", "README.md", ""])
+def test_unwritable_outputs_are_refused_in_one_line(tmp_path, out, capsys, monkeypatch):
+    from rpa_bench import cli
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "README.md").write_text("x")
+    run = write_synthetic_run(tmp_path / "run")
+    assert cli.main(["report", str(run), "--out", out]) == 2
+    assert cli.main(["compare", str(run), str(run), "--out", out]) == 2
+    assert cli.main(["tune", "kernel=reference", "scale=cpu_smoke", f"tune.out={out}"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("--out=") == 2 and "tune.out=" in err
+
+
+def test_compare_says_a_sweep_is_a_sweep_and_fails_in_json(tmp_path, capsys):
+    import json as _json
+
+    from rpa_bench import cli
+
+    for job in ("seed=0", "seed=1"):
+        write_synthetic_run(tmp_path / "sweep" / job)
+    run = write_synthetic_run(tmp_path / "run")
+    assert cli.main(["compare", str(tmp_path / "sweep"), str(run), "--json"]) == 2
+    captured = capsys.readouterr()
+    assert "is a sweep folder (2 jobs)" in captured.err
+    assert "is a sweep folder" in _json.loads(captured.out)["error"]

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from rpa_bench.paths import output_folder_problem
 from rpa_bench.names import slug
 from rpa_bench.measure.environment import flag_differences
 from rpa_bench.measure.compare import CompareOptions, compare_kernels, compare_measurements
@@ -47,7 +48,24 @@ def main(argv: list[str] | None = None) -> int:
         args = parser().parse_args(argv)
     except SystemExit as exc:
         return int(exc.code or 0)
-    err = lambda msg: print(f"rpa-bench compare: {msg}", file=sys.stderr)  # noqa: E731
+    said: list[str] = []
+
+    def err(msg: str) -> None:
+        said.append(msg)
+        print(f"rpa-bench compare: {msg}", file=sys.stderr)
+
+    rc = _main(args, err)
+    if rc == 2 and args.json:  # one rule: a failure under --json is a JSON object on stdout
+        errors = [m for m in said if not m.startswith("warning:")]
+        print(json.dumps({"error": errors[-1] if errors else "failed", "exit": rc}))
+    return rc
+
+
+def _main(args: argparse.Namespace, err) -> int:
+    problem = output_folder_problem(args.out, "--out")
+    if problem:
+        err(problem)
+        return 2
     if args.kernels and len(args.runs) != 1:
         err(f"--kernels takes exactly one run, got {len(args.runs)}")
         return 2
@@ -59,6 +77,10 @@ def main(argv: list[str] | None = None) -> int:
                                  across_flags=args.across_flags)
         if not args.kernels and all(_is_sweep(Path(r)) for r in args.runs):
             return _compare_sweeps(Path(args.runs[0]), Path(args.runs[1]), options, args, err)
+        sweeps = [r for r in args.runs if _is_sweep(Path(r))]
+        if sweeps and not args.kernels:
+            raise ValueError(f"{sweeps[0]} is a sweep folder ({len(sweep_jobs(Path(sweeps[0])))} jobs), the other "
+                             "side a run: compare two sweeps, or name one job of the sweep (<sweep>/<job>)")
         runs = [load_run(r) for r in args.runs]
     except (NotARunError, ValueError) as e:
         err(str(e))

@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from rpa_bench.reports.report import REPORT_DIR, write_report
+from rpa_bench.paths import output_folder_problem
 from rpa_bench.reports.sweep_report import sweep_jobs, write_sweep_report
 from rpa_bench.store.load import NotARunError, load_run
 
@@ -26,6 +27,10 @@ def main(argv: list[str] | None = None) -> int:
         args = parser().parse_args(argv)
     except SystemExit as exc:  # argparse exits 2 on bad usage, 0 on --help
         return int(exc.code or 0)
+    problem = output_folder_problem(args.out, "--out")
+    if problem:
+        print(f"rpa-bench report: {problem}", file=sys.stderr)
+        return 2
     try:
         run = load_run(args.run)
     except NotARunError as err:

@@ -207,8 +207,9 @@ def _task_body(cfg: DictConfig, held: list, account: Any) -> int:
 
     stop = {"requested": False}
 
-    def on_term(signum, frame):  # SIGTERM: stop cleanly after the (point, kernel) in flight
+    def on_term(signum, frame):  # SIGTERM as Ctrl-C: stop now; finished points are kept (atomic parts)
         stop["requested"] = True
+        raise KeyboardInterrupt("SIGTERM")
 
     previous = signal.signal(signal.SIGTERM, on_term)
     try:

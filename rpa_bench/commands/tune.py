@@ -27,6 +27,7 @@ Examples:
 
 from __future__ import annotations
 
+import signal
 import sys
 
 from omegaconf import DictConfig, OmegaConf
@@ -56,7 +57,12 @@ def _one_entry(cfg: DictConfig, group: str) -> dict:
     return dict(entries[0])
 
 
+def _on_term(signum, frame):  # SIGTERM as Ctrl-C: no native stack dump, temporary folders cleaned
+    raise KeyboardInterrupt("SIGTERM")
+
+
 def task(cfg: DictConfig) -> int:
+    signal.signal(signal.SIGTERM, _on_term)
     from rpa_bench.pipeline.tuner import TuneConfig, Tuner  # imports JAX: loaded when the command runs
 
     try:

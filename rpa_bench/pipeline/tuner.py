@@ -26,6 +26,7 @@ from rpa_bench.workloads.materialize import padded_shape
 from rpa_bench.kernels.registry import KernelConfig
 from rpa_bench.measure.compare import IMPROVED, WORSE, compare_kernels, summarize
 from rpa_bench.pipeline import execute, prepare, run_folder, tune_space as tn
+from rpa_bench.paths import output_folder_problem
 from rpa_bench.pipeline.plan import RunPlan
 from rpa_bench.reports.tune_report import write_tune_report
 from rpa_bench.roofline.specs import listed_device_spec
@@ -84,6 +85,9 @@ class TuneConfig:
             generation_kind(self.generation, compilable=True)
         if not self.compile_timeout_s > 0:
             raise ValueError(f"tune.compile_timeout_s={self.compile_timeout_s} must be > 0")
+        problem = output_folder_problem(self.out, "tune.out")
+        if problem:
+            raise ValueError(problem)
 
 
 def _say(msg: str, quiet: bool) -> None:
