@@ -160,3 +160,20 @@ def test_provenance_shows_the_workload_values_actually_used(tmp_path):
     (run / "manifest.json").write_text(json.dumps(m))
     html = write_report(run).index_html.read_text()
     assert "Workloads as measured" in html and "paper_decode.num_seqs" in html
+
+
+def test_summary_counts_every_row_of_a_warning_kind_whatever_its_numbers():
+    import numpy as np
+    import pandas as pd
+
+    from rpa_bench.reports.sections import _warning_kind
+
+    texts = [f"checked ok in interpret mode (max_abs_err={e:.2g} <= 0.002), not timed" for e in
+             (1.2e-07, 3.4e-06, 0.0, 5e-05, 7.1e-07, 2.2e-07)]
+    assert len({_warning_kind(t) for t in texts}) == 1
+    frame = pd.DataFrame({"warnings": [np.array([t]) for t in texts]})  # as parquet gives them back
+    counted = {}
+    for w in frame["warnings"]:
+        for key in {_warning_kind(str(x)) for x in list(w)}:
+            counted[key] = counted.get(key, 0) + 1
+    assert list(counted.values()) == [6]

@@ -123,3 +123,18 @@ def test_tune_run_name_cannot_escape_either(capsys):
 
     assert cli.main(["tune", "kernel=reference", "scale=cpu_smoke", "run.name=../../../x"]) == 2
     assert "run.name='../../../x'" in capsys.readouterr().err
+
+
+def test_compiler_options_take_a_dict_without_a_plus():
+    cfg = compose(["experiment=paper_decode", "timing.compiler_options={xla_cpu_enable_fast_math: false}"])
+    assert dict(cfg.timing.compiler_options) == {"xla_cpu_enable_fast_math": False}
+
+
+def test_aa_check_adds_no_twin_for_a_kernel_that_is_only_checked(capsys):
+    from rpa_bench.pipeline.prepare import prepare_run
+
+    prep = prepare_run(_plan(["experiment=paper_decode", "scale=cpu_smoke", "run.kernels=[reference,rpa_v3]",
+                              "run.aa_check=true", "run.max_points=1"]))
+    labels = [s.entry.label for s in prep.kernels]
+    assert labels == ["reference", "rpa_v3", "reference.aa"]  # rpa_v3 is checked in interpret mode on CPU
+    assert "no A/A twin for rpa_v3" in capsys.readouterr().err

@@ -219,3 +219,14 @@ def test_tune_phases_as_a_bare_word_is_one_phase():
     from rpa_bench.pipeline.tuner import TuneConfig
 
     assert TuneConfig(phases="decode").phases == ["decode"]
+
+
+def test_tune_honours_run_max_points(tmp_path, capsys):
+    from rpa_bench import cli
+
+    argv = [a for a in TUNE if a != "tune.json=true"]
+    assert cli.main([*argv, "run.max_points=1", f"run.results_dir={tmp_path}", "run.name=m"]) == 0
+    captured = capsys.readouterr()
+    assert "the first 1 of 2 points" in captured.err and "leading none" not in captured.err
+    summary = json.loads((tmp_path / "tune" / "m" / "tune.json").read_text())
+    assert all(r["best"] for r in summary["phases"].values())

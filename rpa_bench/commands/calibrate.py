@@ -20,6 +20,7 @@ import json
 
 from omegaconf import DictConfig
 
+from rpa_bench.commands import _hydra
 from rpa_bench.commands._hydra import run_hydra
 from rpa_bench.measure.calibrate import CalibrationPlan, measure
 from rpa_bench.roofline.calibration import save_calibration
@@ -43,7 +44,13 @@ def task(cfg: DictConfig) -> int:
         "matmul_m": plan.matmul_m,
         "trials": plan.trials,
     }
-    print(json.dumps(summary))
+    if _hydra.JSON_OUTPUT:
+        print(json.dumps(summary))
+        return 0
+    print(f"calibrated {cal.device_kind}: copy bandwidth {summary['hbm_bw_gb_per_s']:.2f} GB/s "
+          f"({plan.copy_mib} MiB copies), matmul {summary['matmul_tflops']:.4g} TFLOP/s ({cal.matmul_dtype}, "
+          f"m={plan.matmul_m}), best of {plan.trials} trials\nsaved: {path} (MBU/MFU with "
+          "device.peak_source=calibrated divide by these; --json for machines)")
     return 0
 
 

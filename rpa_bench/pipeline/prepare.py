@@ -8,6 +8,7 @@ problem is a ``ValueError`` naming the field, raised before any expensive work.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from typing import Any
 
 from rpa_bench.kernels.base import KernelProvenance
@@ -166,6 +167,20 @@ def _compile_targets(plan: RunPlan) -> tuple:
     return target_devices(plan.compile_only)
 
 
+def _untimed_aa_dropped(kernels: list[KernelSlot], plan: RunPlan) -> list[KernelSlot]:
+    """``run.aa_check``: an A/A twin checks the timing noise; a kernel that is only checked
+    here (interpret mode, not timed) or only compiled has no timing, so its twin is dropped
+    (said on stderr) rather than running the same check twice."""
+    untimed = {s.entry.label for s in kernels
+               if plan.compile_only is not None or (s.interpret and not plan.timing.time_interpret)}
+    dropped = [s.entry.label for s in kernels if s.entry.label.endswith(".aa") and s.entry.label[:-3] in untimed]
+    if dropped:
+        print(f"rpa-bench: run.aa_check: no A/A twin for {', '.join(d[:-3] for d in dropped)}: checked in "
+              "interpret mode (or compiled only) here, not timed; the A/A check needs timings (a TPU, or "
+              "timing.time_interpret=true, which is never kernel performance)", file=sys.stderr)
+    return [s for s in kernels if s.entry.label not in dropped]
+
+
 def prepare_run(plan: RunPlan, workloads: list[tuple[WorkloadEntry, Any]] | None = None) -> PreparedRun:
     """Everything but the measurements; raises ValueError for any config problem.
     ``workloads``: the plan's workloads already built (e.g. a subset of their points)."""
@@ -175,7 +190,7 @@ def prepare_run(plan: RunPlan, workloads: list[tuple[WorkloadEntry, Any]] | None
     mesh = mesh_spec_from_config(plan.mesh.to_dict(), device_kind=dev.device_kind, num_devices=len(devices))
     if plan.compile_only is None:
         _check_every_process_in_mesh(mesh)
-    kernels = _resolve_kernels(plan, dev.platform)
+    kernels = _untimed_aa_dropped(_resolve_kernels(plan, dev.platform), plan)
     if plan.compile_only is not None:
         for slot in kernels:  # compiled for the TPU with its own defaults, never interpreted
             slot.interpret = False

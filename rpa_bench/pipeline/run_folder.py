@@ -72,6 +72,8 @@ VOLATILE_RUN_KEYS = ("name", "results_dir", "progress", "report")  # a resume ma
 def _comparable(config: dict) -> dict:
     out = dict(config)
     out["run"] = {k: v for k, v in dict(out.get("run") or {}).items() if k not in VOLATILE_RUN_KEYS}
+    if isinstance(out.get("timing"), dict):  # null and {} both mean no compiler options
+        out["timing"] = {**out["timing"], "compiler_options": out["timing"].get("compiler_options") or {}}
     return out
 
 

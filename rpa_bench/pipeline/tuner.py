@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import jax
+
 from rpa_bench.kernels.generations import generation_kind
 from rpa_bench.kernels import compiling, tpu_target
 from rpa_bench.kernels.cases import check_model
@@ -108,6 +110,9 @@ class Tuner:
         chosen = device.device_kinds[0] if device is not None and device.vendor == "google" else None
         self.generation = generation_kind(tcfg.generation or chosen or attached or "tpu7x")
         self.timed_here = self.kernel.name == "reference" or self.on_tpu
+        # what the answer is for: the TPU generation compiled / timed for, or (a kernel timed
+        # off TPU, the reference) the device it was timed on
+        self.target = self.generation if (self.on_tpu or not self.timed_here) else jax.devices()[0].device_kind
         self.out = Path(tcfg.out) if tcfg.out else plan.results_dir / "tune" / plan.run_name
         self.cache = tn.VerdictCache(plan.results_dir / "tune" / "verdicts.json")
         self.stats = {"compiles": 0, "cached_verdicts": 0, "rows_measured": 0}
@@ -120,6 +125,10 @@ class Tuner:
         # plan is checked as a compile-only run for the target generation)
         check = self.plan if self.timed_here else dataclasses.replace(self.plan, compile_only=self.generation)
         ((entry, workload),) = prepare.prepare_run(check).workloads
+        if self.plan.max_points is not None and len(workload.points) > self.plan.max_points:
+            _say(f"rpa-bench tune: run.max_points={self.plan.max_points}: the first {self.plan.max_points} of "
+                 f"{len(workload.points)} points", self.quiet)
+            workload = dataclasses.replace(workload, points=list(workload.points)[: self.plan.max_points])
         self.entry, self.workload = entry, workload
         pairs = [(p.batch, workload.kind) for p in workload.points]
         exercised = tn.phases_in(pairs)
@@ -203,7 +212,7 @@ class Tuner:
 
     def shapes(self, rep: Any) -> dict:
         m = self.plan.model
-        return {"generation": self.generation, "num_q_heads": m.num_q_heads, "num_kv_heads": m.num_kv_heads,
+        return {"generation": self.target, "num_q_heads": m.num_q_heads, "num_kv_heads": m.num_kv_heads,
                 "head_dim": m.head_dim, "dtype": m.dtype, "kv_dtype": m.kv_dtype, "page_size": rep.batch.page_size,
                 "max_num_batched_tokens": rep.max_num_batched_tokens, "max_num_seqs": rep.max_num_seqs}
 
@@ -261,7 +270,9 @@ class Tuner:
         frames: dict[int, Any] = {}
 
         def evaluate(alive, rung: int, samples: int):
+            started = time.perf_counter()
             df = self.measure_rung(phase, alive, rung, samples, ids)
+            took = time.perf_counter() - started
             frames[rung] = df
             lat = latencies(df)
             scores = {}
@@ -271,8 +282,16 @@ class Tuner:
                                    if all(p in per for p in ids) else math.inf)
             spent = float((df["latency_us"].fillna(0) * df["samples_us"].map(
                 lambda s: len(s) if s is not None else 0)).sum() * 1e-6)
-            _say(f"  {phase} rung {rung}: {len(alive)} candidates x {len(ids)} points, {samples} samples; best "
-                 f"{min(scores, key=scores.get)}", self.quiet)
+            finite = {k: v for k, v in scores.items() if math.isfinite(v)}
+            lead = min(finite, key=finite.get) if finite else "none (no candidate measured on every point)"
+            contenders = sum(1 for c in alive if not c.heuristic)
+            eta = 1 if self.tcfg.strategy == "grid" else self.tcfg.eta
+            left = 0 if eta == 1 or contenders <= 1 else math.ceil(math.log(contenders, eta))
+            # each rung keeps 1/eta of the contenders with eta x the samples: about as long as this one
+            eta_note = (f"; about {left} more rung(s) of ~{took:.0f} s each (until tune.budget.device_s="
+                        f"{self.tcfg.budget.device_s:g} of timed samples)" if left else "")
+            _say(f"  {phase} rung {rung}: {len(alive)} candidates x {len(ids)} points, {samples} samples in "
+                 f"{took:.0f} s; leading {lead}{eta_note}", self.quiet)
             return scores, spent
 
         eta = 1 if self.tcfg.strategy == "grid" else self.tcfg.eta
@@ -372,7 +391,7 @@ class Tuner:
             for bucket, v in ((r.get("answer") or {}).get("per_bucket") or {"all": {"best": r["best"]}}).items():
                 table.setdefault(key, {}).setdefault(ph, {})[bucket] = v["best"]
         return {"kernel": self.kernel.name, "kernel_source": self.kernel.source, "workload": entry.name,
-                "workload_kind": workload.kind, "generation": self.generation, "timed_here": self.timed_here,
+                "workload_kind": workload.kind, "generation": self.target, "timed_here": self.timed_here,
                 "on_tpu": self.on_tpu, "strategy": self.tcfg.strategy, "eta": self.tcfg.eta,
                 "scale": self.plan.scale.name, "phases": results, "env": env, "table": table,
                 "stats": {**self.stats, "wall_s": round(seconds, 1)}, "folder": str(self.out)}

@@ -288,6 +288,11 @@ def _mbu_ci(row) -> str:
     return f"{m:.1f}% (CI {m * lat / hi:.1f}-{m * lat / lo:.1f})"
 
 
+def _warning_kind(text: str) -> str:
+    """A warning with its numbers taken out, so rows that differ only in a value count together."""
+    return re.sub(r"\d+(?:\.\d+)?(?:e[-+]?\d+)?", "#", text)[:70]
+
+
 def summary_section(run: LoadedRun) -> Section:
     """One screen first: what ran, the headline numbers, what failed and why, in words a reviewer can paste."""
     frame = run.measurements
@@ -336,8 +341,8 @@ def summary_section(run: LoadedRun) -> Section:
         lines.append("Nothing failed; every timed kernel matched the reference on the same batch.")
     warned = {}
     for w in frame["warnings"].dropna():
-        for text in (w if isinstance(w, list) else []):
-            key = str(text)[:70]
+        texts = [w] if isinstance(w, str) else list(w)  # parquet gives arrays, builders lists
+        for key in dict.fromkeys(_warning_kind(str(text)) for text in texts):  # a row counts once per kind
             warned[key] = warned.get(key, 0) + 1
     common = sorted(warned.items(), key=lambda kv: -kv[1])[:3]
     notes = tuple(f"{n} rows: {t}..." for t, n in common)
