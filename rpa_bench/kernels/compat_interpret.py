@@ -244,6 +244,22 @@ def patched_interpreter() -> Iterator[bool]:
                 _uninstall()
 
 
+_params_override: Any = None  # set by :func:`interpret_params` (e.g. the traffic observer's)
+
+
+@contextlib.contextmanager
+def interpret_params(params) -> Iterator[None]:
+    """Every :func:`tpu_interpret_mode` inside uses ``params`` (a ``pltpu.InterpretParams``)
+    unless it names its own: how the traffic observer skips floating-point work in kernels
+    whose adapters enter interpret mode themselves."""
+    global _params_override
+    saved, _params_override = _params_override, params
+    try:
+        yield
+    finally:
+        _params_override = saved
+
+
 @contextlib.contextmanager
 def tpu_interpret_mode(params=None) -> Iterator[bool]:
     """Run Pallas TPU kernels traced inside on CPU (``pltpu.force_tpu_interpret_mode``), fixed.
@@ -256,5 +272,7 @@ def tpu_interpret_mode(params=None) -> Iterator[bool]:
     from jax.experimental.pallas import tpu as pltpu
 
     with patched_interpreter() as active:
-        with pltpu.force_tpu_interpret_mode(params if params is not None else pltpu.InterpretParams()):
+        if params is None:
+            params = _params_override if _params_override is not None else pltpu.InterpretParams()
+        with pltpu.force_tpu_interpret_mode(params):
             yield active

@@ -40,6 +40,8 @@ from rpa_bench.kernels.backend_util import (
     positive_int,
     take_options,
 )
+from rpa_bench.kernels.rpa_v3_traffic import align, packing, v3_traffic
+from rpa_bench.kernels.traffic import Traffic
 from rpa_bench.kernels.base import Capabilities, KernelOutput, KernelProvenance, PreparedCall, check_capabilities
 from rpa_bench.workloads.batch import RaggedBatch, cdiv
 from rpa_bench.workloads.materialize import KernelInputs
@@ -208,6 +210,27 @@ class RpaV3Backend:
                 f"set {case[0]}_block_sizes"
             ) from None
         return _valid_blocks(raw, batch.page_size), f"heuristic:{kind}"
+
+    # --- traffic (rpa_bench.kernels.traffic): the kernel's schedule in bytes ----------------
+    def traffic(self, model: ModelSpec, attn: AttentionSpec, batch: RaggedBatch, *,
+                generation: str | None = None) -> Traffic:
+        """Modelled HBM traffic of one call with the block sizes this build would use."""
+        plan = self.plan(model, batch, generation=generation)
+        sizes = {"decode": plan.d_block_sizes, "prefill": plan.p_block_sizes, "mixed": plan.m_block_sizes}
+        return v3_traffic(model, batch, block_sizes=sizes, causal=attn.causal, sliding_window=attn.sliding_window)
+
+    def traffic_operands(self, model: ModelSpec, inputs: KernelInputs) -> dict[tuple[int, ...], str]:
+        """HBM operand shapes of the pallas_calls -> operand names (to name observed DMAs)."""
+        q_pack, kv_pack = packing(model.dtype), packing(model.kv_dtype)
+        d = align(model.head_dim, 128)
+        h_kv = model.num_kv_heads
+        per_kv = align(model.num_q_heads // h_kv, q_pack)
+        kv_x2 = align(2 * h_kv, kv_pack)
+        tokens = int(inputs.queries.shape[0])
+        pages, page = int(inputs.k_cache.shape[0]), int(inputs.k_cache.shape[1])
+        return {(h_kv, tokens, per_kv // q_pack, q_pack, d): "q",
+                (tokens, kv_x2 // kv_pack, kv_pack, d): "new_kv",
+                (pages, page, kv_x2 // kv_pack, kv_pack, d): "kv_cache"}
 
     def static_kwargs(self, model: ModelSpec, attn: AttentionSpec, batch: RaggedBatch, plan: V3Plan) -> dict:
         return dict(
