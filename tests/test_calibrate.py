@@ -42,7 +42,7 @@ def test_measure_small_sizes_gives_positive_labelled_figures():
 def test_calibrate_command_writes_a_file_the_cpu_spec_uses(tmp_path, capsys):
     argv = [*_missing_group_deletions(), "device.calibration.copy_mib=4", "device.calibration.matmul_m=128",
             "device.calibration.trials=3", f"run.results_dir={tmp_path}"]
-    assert calibrate_main(argv) == 0
+    assert calibrate_main(["--json", *argv]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     path = Path(summary["path"])
     assert path.is_file() and path.parent == tmp_path / "calibration"
@@ -81,3 +81,11 @@ def test_every_device_config_composes_and_resolves(name, tmp_path):
     assert spec.hbm_bw_bytes_per_s > 0
     if name == "tpu7x":
         assert resolve_roofline(name, num_devices=1).device.hbm_bw_bytes_per_s == 3690e9
+
+
+def test_calibrate_says_what_it_measured_in_words(tmp_path, capsys):
+    argv = [*_missing_group_deletions(), "device.calibration.copy_mib=4", "device.calibration.matmul_m=128",
+            "device.calibration.trials=2", f"run.results_dir={tmp_path}"]
+    assert calibrate_main(argv) == 0
+    out = capsys.readouterr().out
+    assert "copy bandwidth" in out and "TFLOP/s" in out and "saved:" in out and not out.lstrip().startswith("{")
