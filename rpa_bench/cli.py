@@ -24,6 +24,7 @@ COMMANDS = {
     "history": ("rpa_bench.commands.history", "a kernel across tpu-inference commits: correctness, compile, speed"),
     "capture": ("rpa_bench.commands.capture", "per-call device time of every program in a profiler capture"),
     "tune": ("rpa_bench.commands.tune", "tune the kernel's block sizes per phase for a workload's batches"),
+    "traffic": ("rpa_bench.commands.traffic", "the HBM bytes each kernel moves per batch vs the analytic minimum"),
 }
 
 

@@ -177,6 +177,7 @@ GROUP_HELP = {
     "lower": "rpa-bench lower: generations and batch shape",
     "compile": "rpa-bench compile: generations, cases, timeout",
     "tune": "rpa-bench tune: phases, target generation, search (halving), budgets",
+    "traffic": "rpa-bench traffic: target generation, observation in interpret mode, output folder",
 }
 
 

@@ -28,6 +28,7 @@ from rpa_bench.pipeline.point import (
     measure_interleaved,
     measure_job,
     program_tag,
+    traffic_columns,
 )
 from rpa_bench.pipeline.prepare import (
     KernelSlot,
@@ -60,9 +61,18 @@ def _point_rows(prep: PreparedRun, run: record.RunColumns, entry: WorkloadEntry,
         max_num_batched_tokens=p.max_num_batched_tokens, max_num_seqs=p.max_num_seqs, meta=getattr(p, "meta", None),
     )
 
-    def simple(slot: KernelSlot, status: str, error: str) -> list[dict]:
+    def simple(slot: KernelSlot, status: str, error: str, *, modelled: bool = False) -> list[dict]:
+        """Rows without a measurement; ``modelled``: with what needs no arrays (cost, traffic)."""
         kcols = record.kernel_columns(slot.entry, slot.provenance, interpret=slot.interpret)
-        return [record.build_row(run, point_cols, kcols, variant=v, status=status, error=error)
+        parts: dict = {}
+        if modelled:
+            try:
+                cost = cost_of(p.batch, plan.model, attn, causal=p.causal)
+                parts = {"cost": record.cost_columns(cost),
+                         "traffic": traffic_columns(slot.backend, plan.model, attn, p.batch, cost)}
+            except Exception:  # noqa: BLE001 - the row stands without them
+                parts = {}
+        return [record.build_row(run, point_cols, kcols, variant=v, status=status, error=error, **parts)
                 for v in ("excl_prep", "incl_prep")]
 
     inputs = reference = None
@@ -82,7 +92,8 @@ def _point_rows(prep: PreparedRun, run: record.RunColumns, entry: WorkloadEntry,
             on_rows(simple(slot, Status.SKIPPED, (
                 f"not checked: too large for Pallas interpret mode on {prep.platform} (sum(kv_lens) x h_kv = "
                 f"{interpret_work(p.batch, plan.model)} > scale.interpret_max_kv_token_heads="
-                f"{plan.scale.interpret_max_kv_token_heads}); checked on smaller points, measure it on a TPU")))
+                f"{plan.scale.interpret_max_kv_token_heads}); checked on smaller points, measure it on a TPU"),
+                modelled=True))
             continue
         if inputs is None:
             try:
@@ -135,10 +146,13 @@ def _compiled_rows(prep: PreparedRun, run: record.RunColumns, point_cols: record
     plan = prep.plan
     kcols = record.kernel_columns(slot.entry, slot.provenance, interpret=False)
     notes: list[str] = []
+    cost = None
     try:
-        cost_cols = record.cost_columns(cost_of(p.batch, plan.model, attn, causal=p.causal))
+        cost = cost_of(p.batch, plan.model, attn, causal=p.causal)
+        cost_cols = record.cost_columns(cost)
     except Exception as exc:  # noqa: BLE001 - the compile facts still stand
         cost_cols, notes = None, [f"cost model failed: {error_text(exc)}"]
+    traffic = traffic_columns(slot.backend, plan.model, attn, p.batch, cost, generation=plan.compile_only)
     with phase("compile"):
         facts = compile_variants(slot.backend, plan.model, attn, p.batch, generation=plan.compile_only,
                                  devices=_compile_targets(plan),
@@ -147,7 +161,7 @@ def _compiled_rows(prep: PreparedRun, run: record.RunColumns, point_cols: record
     notes.append(f"compile-only for {plan.compile_only}: compiled by the TPU compiler, not run; no timing, "
                  "no correctness check")
     return [record.build_row(run, point_cols, kcols, variant=variant, status=f.status, error=f.error,
-                             warnings=notes, blocks=f.blocks, cost=cost_cols, compiled=f.columns)
+                             warnings=notes, blocks=f.blocks, cost=cost_cols, compiled=f.columns, traffic=traffic)
             for variant, f in facts.items()]
 
 

@@ -68,6 +68,20 @@ def cost_of(batch, model, attn, *, causal: bool):
                       ckv=cost_ckv(causal), count="executed")
 
 
+def traffic_columns(backend: Any, model: Any, attn: Any, batch: Any, cost: Any,
+                    generation: str | None = None) -> record.TrafficColumns | None:
+    """The kernel's modelled traffic for the call, where its backend declares a model (never raises:
+    a model that cannot say is no column)."""
+    model_fn = getattr(backend, "traffic", None)
+    if model_fn is None:
+        return None
+    try:
+        modelled = model_fn(model, attn, batch, generation=generation) if generation else model_fn(model, attn, batch)
+    except Exception:  # noqa: BLE001 - traffic is an annotation of the row, never its failure
+        return None
+    return record.TrafficColumns.of(modelled, cost.hbm_bytes if cost is not None else None)
+
+
 def metrics_of(cost, latency_us: float, roof: Roofline) -> tuple[dict, list[str]]:
     paper = compute_metrics(cost, latency_us, roof.device, convention="paper")
     si = compute_metrics(cost, latency_us, roof.device, convention="si")
@@ -304,6 +318,7 @@ class _Ready:
     gate: record.GateColumns
     blocks: record.BlockColumns
     kernel_regex: str | None
+    traffic: record.TrafficColumns | None = None
     account: Account | None = None  # the (point, kernel)'s shared phases
 
 
@@ -406,18 +421,20 @@ def _prepare_in_scope(job: KernelJob) -> "_Ready | list[dict]":
     except Exception as exc:  # noqa: BLE001 - a row with its error, never a missing row
         cost, cost_cols, cost_notes = None, None, [f"cost model failed: {error_text(exc)}"]
     blocks = record.BlockColumns(None, None)
+    traffic = None
 
     def rows(status: str, *, error: str | None = None, gate: record.GateColumns | None = None,
              timings: dict | None = None, notes: tuple[str, ...] = ()) -> list[dict]:
         return [record.build_row(job.run, job.point_cols, job.kernel_cols, variant=v, status=status, error=error,
                                  warnings=[*cost_notes, *notes], blocks=blocks, cost=cost_cols, gate=gate,
-                                 timing=(timings or {}).get(v)) for v in VARIANTS]
+                                 timing=(timings or {}).get(v), traffic=traffic) for v in VARIANTS]
 
     kernel_regex = job.kernel_regex
     try:
         with phase("compile"):
             prepared = job.backend.build(model, job.attn, batch, interpret=job.interpret)
             blocks = record.BlockColumns.from_meta(prepared.meta)
+            traffic = traffic_columns(job.backend, model, job.attn, batch, cost)
             check_only = job.interpret and not timing.time_interpret
             calls = build_timed_calls(prepared, inputs, context=job.context, clock=job.clock,
                                       compiler_options=job.compiler_options, program_tag=job.program_tag,
@@ -450,7 +467,7 @@ def _prepare_in_scope(job: KernelJob) -> "_Ready | list[dict]":
                 "Pallas interpret-mode timings are not kernel performance (timing.time_interpret=true times them "
                 "anyway)")
         return rows(Status.OK, gate=gate, timings=compile_cols, notes=(note,))
-    return _Ready(job, prepared, calls, cost, cost_cols, cost_notes, gate, blocks, kernel_regex)
+    return _Ready(job, prepared, calls, cost, cost_cols, cost_notes, gate, blocks, kernel_regex, traffic=traffic)
 
 
 def _finish(ready: _Ready, walls: dict, captured: Captured | None,
@@ -486,7 +503,8 @@ def _finish_variant(ready: _Ready, walls: dict, variant: str, captured: Captured
 
     def row(status: str, **parts: Any) -> dict:
         return record.build_row(job.run, job.point_cols, job.kernel_cols, variant=variant, status=status,
-                                blocks=ready.blocks, cost=ready.cost_cols, gate=ready.gate, **parts)
+                                blocks=ready.blocks, cost=ready.cost_cols, gate=ready.gate, traffic=ready.traffic,
+                                **parts)
 
     try:
         sharded = prepared.plan is not None

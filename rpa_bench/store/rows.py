@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rpa_bench.kernels.base import KernelProvenance
+from rpa_bench.roofline.traffic import TrafficCeiling
 from rpa_bench.store.row import Row
 from rpa_bench.workloads.batch import RaggedBatch
 from rpa_bench.workloads.model import AttentionSpec, ModelSpec
@@ -231,6 +232,27 @@ class CompileColumns(_Part):
     vmem_headroom: float | None = None
     compiled_hbm_bytes: int | None = None
     compile_facts: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class TrafficColumns(_Part):
+    """The kernel's HBM traffic for the call (its model, and its observation where taken)."""
+
+    moved_hbm_bytes: int | None = None
+    observed_hbm_bytes: int | None = None
+    refetch_factor: float | None = None
+    traffic_ceiling_pct: float | None = None
+    traffic: str | None = None
+
+    @classmethod
+    def of(cls, modelled: Any, analytic_bytes: int | None, observed: Any = None) -> "TrafficColumns":
+        """From a :class:`rpa_bench.kernels.traffic.Traffic` and the call's analytic bytes."""
+        ceiling = TrafficCeiling(int(analytic_bytes), modelled.hbm_bytes) if analytic_bytes else None
+        return cls(moved_hbm_bytes=modelled.hbm_bytes,
+                   observed_hbm_bytes=None if observed is None else observed.hbm_bytes,
+                   refetch_factor=None if ceiling is None else ceiling.refetch_factor,
+                   traffic_ceiling_pct=None if ceiling is None else ceiling.ceiling_pct,
+                   traffic=modelled.to_json())
 
 
 # Parts may refine what an earlier part set (a sharded call's own mesh and device times);

@@ -1,0 +1,123 @@
+"""The traffic audit of a plan: per workload point and kernel entry, the bytes the kernel's
+schedule moves against the analytic minimum, by operand, with the ceiling it puts on MBU.
+
+Modelled for every point (no arrays: full-scale shapes on any machine); observed from the
+real kernel's DMAs in interpret mode where asked and small enough (``observe_max_kv_token_heads``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+from rpa_bench.kernels.traffic import hook_status, observe_traffic
+from rpa_bench.pipeline.plan import RunPlan
+from rpa_bench.pipeline.point import cost_of
+from rpa_bench.pipeline.prepare import build_workloads, interpret_work
+from rpa_bench.roofline.traffic import TrafficCeiling
+from rpa_bench.workloads.points import point_attention
+
+
+@dataclasses.dataclass(frozen=True)
+class TrafficConfig:
+    """``conf/traffic/default.yaml``."""
+
+    generation: str | None = None  # the TPU generation whose block sizes the kernels use; None: device, else tpu7x
+    observe: bool = False  # also count the real kernel's DMAs in interpret mode (small points)
+    observe_max_kv_token_heads: int = 40000  # sum(kv_lens) x h_kv above this: not observed (slow)
+    out: str | None = None  # folder for traffic.json / .csv / .png; None: <run.results_dir>/traffic/<run.name>
+    json: bool = False
+
+    def __post_init__(self) -> None:
+        if self.observe_max_kv_token_heads < 1:
+            raise ValueError(f"traffic.observe_max_kv_token_heads={self.observe_max_kv_token_heads} must be >= 1")
+
+
+def audit(plan: RunPlan, cfg: TrafficConfig, generation: str, *, say=lambda m: None) -> list[dict]:
+    """One record per (workload point, kernel entry); entries without a traffic model say so."""
+    backends = []
+    for entry in plan.kernels:
+        backend = entry.backend()
+        if hasattr(backend, "generation"):
+            backend.generation = generation  # the block sizes that generation would use
+        backends.append((entry, backend))
+    if cfg.observe:
+        ok, reason = hook_status()
+        if not ok:
+            raise ValueError(f"traffic.observe=true: {reason}")
+    out = []
+    for wentry, workload in build_workloads(plan):
+        points = workload.points if plan.max_points is None else workload.points[: plan.max_points]
+        for p in points:
+            attn = point_attention(plan.attention, p)
+            cost = cost_of(p.batch, plan.model, attn, causal=p.causal)
+            for entry, backend in backends:
+                rec = {"workload": wentry.name, "point_id": p.point_id, "kernel": entry.label,
+                       "backend": entry.name, "generation": generation, "phase": p.batch.phase,
+                       "num_seqs": p.batch.num_seqs, "num_tokens": p.batch.num_tokens,
+                       "max_kv_len": p.batch.max_kv_len, **_paper_axes(p, getattr(workload, "kind", wentry.kind)),
+                       "analytic_hbm_bytes": int(cost.hbm_bytes)}
+                model_fn = getattr(backend, "traffic", None)
+                if model_fn is None:
+                    rec["note"] = f"kernel {entry.name} declares no traffic model"
+                    out.append(rec)
+                    continue
+                try:
+                    backend.validate(plan.model, attn, p.batch)
+                    t = model_fn(plan.model, attn, p.batch, generation=generation)
+                except ValueError as exc:
+                    rec["note"] = f"not modelled: {exc}"
+                    out.append(rec)
+                    continue
+                ceiling = TrafficCeiling(int(cost.hbm_bytes), t.hbm_bytes)
+                rec.update({"moved_hbm_bytes": t.hbm_bytes, "refetch_factor": ceiling.refetch_factor,
+                            "traffic_ceiling_pct": ceiling.ceiling_pct, "dmas": t.dmas,
+                            "iterations": t.iterations, "kernel_calls": t.kernel_calls,
+                            **{f"bytes_{k}": int(v) for k, v in t.bytes_by_operand.items()},
+                            "block_sizes": json.dumps(_blocks(backend, plan.model, p.batch, generation))})
+                if cfg.observe:
+                    work = interpret_work(p.batch, plan.model)
+                    if work > cfg.observe_max_kv_token_heads:
+                        rec["observed"] = (f"not observed: sum(kv_lens) x h_kv = {work} > "
+                                           f"traffic.observe_max_kv_token_heads={cfg.observe_max_kv_token_heads}")
+                    else:
+                        say(f"  observing {entry.label} at {wentry.name}:{p.point_id} (interpret mode)")
+                        seen = observe_traffic(backend, plan.model, attn, p.batch)
+                        rec["observed_hbm_bytes"] = seen.hbm_bytes
+                        rec["observed"] = "equal" if seen.comparable() == t.comparable() else (
+                            f"DIFFERS: observed {seen.comparable()} vs modelled {t.comparable()}")
+                out.append(rec)
+    _side_by_side(out, [e.label for e, _ in backends])
+    return out
+
+
+def _paper_axes(point: Any, kind: str) -> dict:
+    """The paper's sweep axis of a point (as the stored rows define it): decode context
+    ``c = kv_len - 1``, prefill sequence length ``s``."""
+    meta = dict(getattr(point, "meta", None) or {})
+    batch = point.batch
+    context, seq = meta.get("context_len"), meta.get("seq_len")
+    if context is None and kind == "paper_decode" and len(set(batch.kv_lens)) == 1:
+        context = batch.kv_lens[0] - 1
+    if seq is None and kind == "paper_prefill" and batch.num_seqs == 1:
+        seq = batch.q_lens[0]
+    return {"context_len": None if context is None else int(context), "seq_len": None if seq is None else int(seq)}
+
+
+def _blocks(backend: Any, model: Any, batch: Any, generation: str) -> dict:
+    plan = backend.plan(model, batch, generation=generation)
+    return {k: (None if v is None else list(v)) for k, v in (("decode", plan.d_block_sizes),
+                                                              ("prefill", plan.p_block_sizes),
+                                                              ("mixed", plan.m_block_sizes))}
+
+
+def _side_by_side(records: list[dict], labels: list[str]) -> None:
+    """With two or more entries, each record's moved bytes against the first entry's at its point."""
+    if len(labels) < 2:
+        return
+    base = {(r["workload"], r["point_id"]): r.get("moved_hbm_bytes") for r in records if r["kernel"] == labels[0]}
+    for r in records:
+        first = base.get((r["workload"], r["point_id"]))
+        if r["kernel"] != labels[0] and first and r.get("moved_hbm_bytes"):
+            r[f"moved_vs_{labels[0]}"] = r["moved_hbm_bytes"] / first
