@@ -57,3 +57,21 @@ def test_bad_traffic_settings_are_one_line(capsys):
     assert cli.main(["traffic", "experiment=paper_decode", "kernel=rpa_v3", "traffic.generation=v9"]) == 2
     err = capsys.readouterr().err
     assert "generation='v9' unknown" in err and "Traceback" not in err
+
+
+def test_a_run_stores_the_paper_rows_ceilings_and_the_report_reads_them():
+    import types
+
+    from rpa_bench.kernels.registry import KernelConfig
+    from rpa_bench.pipeline.traffic import paper_ceilings
+    from rpa_bench.reports.paper_side import paper_ceiling
+
+    stored = paper_ceilings([KernelConfig("rpa_v3"), KernelConfig("reference")])
+    assert set(stored) == {"rpa_v3"}  # the reference declares no traffic model
+    tables = stored["rpa_v3"]["tables"]
+    assert set(tables) == {"table4", "table6", "table8"}
+    # prefill: the 8K-token sequence's KV is re-read once per query block
+    assert tables["table6"]["8192"]["refetch_factor"] > tables["table6"]["512"]["refetch_factor"] > 1.0
+    run = types.SimpleNamespace(manifest={"paper_traffic": stored})
+    assert paper_ceiling(run, "table4", 8192) == tables["table4"]["8192"]["traffic_ceiling_pct"]
+    assert paper_ceiling(types.SimpleNamespace(manifest={}), "table4", 8192) is None

@@ -12,6 +12,7 @@ from rpa_bench.measure import environment
 from rpa_bench.parallel import distributed
 from rpa_bench.pipeline.plan import WorkloadEntry
 from rpa_bench.pipeline.prepare import PreparedRun
+from rpa_bench.pipeline.traffic import paper_ceilings
 from rpa_bench.store import schema
 from rpa_bench.store.rows import now_utc
 from rpa_bench.store.run_store import RunStore
@@ -133,10 +134,19 @@ def open_store(store: RunStore, config: dict, prep: PreparedRun, run_id: str, *,
             "seeds": {"run": plan.seed},
             "mesh": prep.mesh_label,
             "processes": distributed.describe(),
+            # the paper's rows as each kernel's schedule would move them (for the report's paper table)
+            "paper_traffic": _paper_traffic(plan),
         }
         for e, w in prep.workloads:  # before the manifest says the run (and its tables) exist
             write_workload_tables(store, e, w)
         store.write_manifest(manifest)
+
+
+def _paper_traffic(plan) -> dict:
+    try:
+        return paper_ceilings(list(plan.kernels))
+    except Exception as exc:  # noqa: BLE001 - an annotation of the report, never the run's failure
+        return {"error": f"{type(exc).__name__}: {exc}"}
 
 
 def check_same_workloads(old: dict, new: dict, run_dir: Path) -> None:

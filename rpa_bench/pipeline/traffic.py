@@ -16,6 +16,7 @@ from rpa_bench.pipeline.plan import RunPlan
 from rpa_bench.pipeline.point import cost_of
 from rpa_bench.pipeline.prepare import build_workloads, interpret_work
 from rpa_bench.roofline.traffic import TrafficCeiling
+from rpa_bench.workloads.model import AttentionSpec
 from rpa_bench.workloads.points import point_attention
 
 
@@ -121,3 +122,37 @@ def _side_by_side(records: list[dict], labels: list[str]) -> None:
         first = base.get((r["workload"], r["point_id"]))
         if r["kernel"] != labels[0] and first and r.get("moved_hbm_bytes"):
             r[f"moved_vs_{labels[0]}"] = r["moved_hbm_bytes"] / first
+
+
+PAPER_TRAFFIC_TABLES = ("table4", "table6", "table8")
+
+
+def paper_ceilings(kernels: list, generation: str = "TPU7x") -> dict:
+    """For each kernel entry with a traffic model: the refetch factor and MBU ceiling of every
+    row of the paper's Tables 4, 6, 8 (the paper's shapes, this generation's block sizes), so
+    a report can put the ceiling beside the paper's measured MBU without running a kernel."""
+    from rpa_bench.roofline import paper
+
+    out: dict = {}
+    for entry in kernels:
+        backend = entry.backend()
+        if not hasattr(backend, "traffic"):
+            continue
+        if hasattr(backend, "generation"):
+            backend.generation = generation
+        per_table: dict = {}
+        for name in PAPER_TRAFFIC_TABLES:
+            spec = paper.PAPER_TABLES[name]
+            attn = AttentionSpec(causal=spec.causal)
+            for value in paper.load_paper_table(name)[spec.sweep_column]:
+                batch = spec.batch(int(value))
+                cost = cost_of(batch, paper.PAPER_MODEL, attn, causal=spec.causal)
+                try:
+                    t = backend.traffic(paper.PAPER_MODEL, attn, batch, generation=generation)
+                except ValueError:
+                    continue
+                c = TrafficCeiling(int(cost.hbm_bytes), t.hbm_bytes)
+                per_table.setdefault(name, {})[str(int(value))] = {
+                    "refetch_factor": round(c.refetch_factor, 4), "traffic_ceiling_pct": round(c.ceiling_pct, 3)}
+        out[entry.label] = {"backend": entry.name, "generation": generation, "tables": per_table}
+    return out

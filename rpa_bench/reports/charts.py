@@ -112,6 +112,13 @@ def roofline_chart(
     if matrix_unit_cap and matrix_unit_cap < 1 and hbm_bw_bytes_per_s and peak_flops_per_s:
         _roof(ax, grid, hbm_bw_bytes_per_s, peak_flops_per_s * matrix_unit_cap, style=":",
               label=f"attention matmul ceiling ({matrix_unit_cap:.0%} of the matrix unit)")
+    moved = pd.to_numeric(rows["moved_hbm_bytes"], errors="coerce") if "moved_hbm_bytes" in rows else None
+    if moved is not None and moved.notna().any() and hbm_bw_bytes_per_s and peak_flops_per_s:
+        # the kernel-traffic roof of each point: the bytes its schedule moves, at the analytic AI
+        ok = moved.notna() & (moved > 0)
+        roof_k = np.minimum(peak_flops_per_s, hbm_bw_bytes_per_s * flops[ok] / moved[ok])
+        ax.scatter(ai[ok], roof_k, marker="_", s=260, color="#444444", linewidths=1.6, zorder=2,
+                   label="kernel-traffic roof (bytes the kernel's schedule moves)")
     markers = _kernel_markers(rows["kernel"])
     for (phase, kernel, variant), group in rows.groupby(["phase", "kernel", "variant"], sort=True):
         idx = group.index
@@ -124,7 +131,7 @@ def roofline_chart(
     ax.yaxis.set_major_formatter(FuncFormatter(_si))
     ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _p: _si(v) if str(_si(v))[0] in "25" else ""))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _p: f"{v:g}"))
-    ax.set_xlabel("arithmetic intensity (FLOP / HBM byte, analytic)")
+    ax.set_xlabel("arithmetic intensity (FLOP / HBM byte, analytic); lines: analytic roofs; bars: kernel-traffic roofs")
     ax.set_ylabel("attained FLOP/s (analytic FLOPs / median latency)")
     roofs = "no datasheet roofs for this device" if not (hbm_bw_bytes_per_s and peak_flops_per_s) else (
         f"roofs: {hbm_bw_bytes_per_s / 1e9:,.0f} GB/s, {peak_flops_per_s / 1e12:,.1f} TFLOP/s ({peak_label})")

@@ -50,10 +50,23 @@ VARIANT_ORDER = {"excl_prep": 0, "incl_prep": 1}
 NOT_MEASURED = "not measured here"
 
 
-def _side_row(spec, p: pd.Series, m: pd.Series | None) -> dict:
+def paper_ceiling(run: LoadedRun, table: str, sweep: int) -> float | None:
+    """The MBU ceiling RPA v3's schedule puts on the paper's row (its TPU7x block sizes), from
+    the run's manifest (``paper_traffic``: computed when the run started), else None."""
+    traffic = run.manifest.get("paper_traffic") or {}
+    entries = [v for v in traffic.values() if isinstance(v, dict) and v.get("backend") == "rpa_v3"]
+    for v in entries[:1]:
+        row = ((v.get("tables") or {}).get(table) or {}).get(str(int(sweep)))
+        if row:
+            return float(row["traffic_ceiling_pct"])
+    return None
+
+
+def _side_row(spec, p: pd.Series, m: pd.Series | None, ceiling: float | None = None) -> dict:
     util = spec.util_column
     entry = {"sweep": int(p["sweep_value"]), "variant": p["variant"], "kernel": None, "status": NOT_MEASURED,
            "paper_latency_us": p["latency_us"], "paper_util_pct": p["util_printed_pct"],
+           "paper_ceiling_pct": ceiling,
            "paper_bound_us": p["bound_time_us"], "paper_eff_pct": p["roofline_efficiency_pct"]}
     if m is None:
         return entry
@@ -87,7 +100,8 @@ def side_by_side(run: LoadedRun, table: str) -> pd.DataFrame:
     out = []
     for _, p in printed.iterrows():
         matches = measured[(lengths == int(p["sweep_value"])) & (measured["variant"] == p["variant"])]
-        out += [_side_row(spec, p, m) for _, m in matches.iterrows()] or [_side_row(spec, p, None)]
+        ceiling = paper_ceiling(run, table, int(p["sweep_value"]))
+        out += [_side_row(spec, p, m, ceiling) for _, m in matches.iterrows()] or [_side_row(spec, p, None, ceiling)]
     frame = pd.DataFrame(out)
     order = frame["variant"].map(VARIANT_ORDER)
     return (frame.assign(_v=order, _k=frame["kernel"].fillna("")).sort_values(["_v", "sweep", "_k"], kind="stable")
@@ -174,6 +188,7 @@ def paper_section(run: LoadedRun) -> Section:
             Column("status", "status", css=lambda v: "skipped" if v == NOT_MEASURED else ("ok" if v == "ok" else "failed")),
             Column("paper_latency_us", "paper latency (us, TPU7x)", fmt_num, numeric=True),
             Column("paper_util_pct", f"paper {label} (%)", fmt_pct, numeric=True),
+            Column("paper_ceiling_pct", "v3 traffic ceiling on MBU (%, TPU7x blocks)", fmt_pct, numeric=True),
             Column("paper_bound_us", "TPU7x bound (us)", fmt_num, numeric=True),
             Column("paper_eff_pct", "paper bound/latency (%)", fmt_pct, numeric=True),
             Column("latency_us", f"run latency (us, {', '.join(devices)})", fmt_num, numeric=True),
