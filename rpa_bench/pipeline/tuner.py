@@ -30,6 +30,10 @@ from rpa_bench.measure.compare import IMPROVED, WORSE, compare_kernels, summariz
 from rpa_bench.pipeline import execute, prepare, run_folder, tune_space as tn
 from rpa_bench.paths import output_folder_problem
 from rpa_bench.pipeline.plan import RunPlan
+from rpa_bench.pipeline.point import cost_of
+from rpa_bench.roofline.traffic import modelled_time_s
+from rpa_bench.workloads.points import point_attention
+from rpa_bench.generations import BY_KIND
 from rpa_bench.reports.tune_report import write_tune_report
 from rpa_bench.roofline.specs import listed_device_spec
 from rpa_bench.status import Status
@@ -58,6 +62,7 @@ class TuneConfig:
     min_samples: int = 5
     budget: Budget = dataclasses.field(default_factory=Budget)
     compile_timeout_s: float = 180.0
+    step_cost_us: float = 0.35  # off TPU: the modelled cost of one (query block, KV block) step
     schedule: bool = True
     check_interpret: bool = True
     kv_quantiles: list | None = None
@@ -207,7 +212,7 @@ class Tuner:
         if self.timed_here:
             out.update(self.search(phase, measured, points, weights, buckets, heur))
         else:
-            out.update(self.untimed_choice(phase, fits, verdicts, heur))
+            out.update(self.untimed_choice(phase, fits, verdicts, heur, points, weights))
         return out
 
     def shapes(self, rep: Any) -> dict:
@@ -342,21 +347,55 @@ class Tuner:
         finally:
             store.release_lock()
 
-    def untimed_choice(self, phase: str, fits: list, verdicts: dict, heur: Any) -> dict:
-        """Off TPU: no timing. The survivor with the shortest static schedule (a TPU-free
-        hint, not a speed claim), checked for correctness in interpret mode."""
-        ranked = sorted(fits, key=lambda c: (verdicts[c.label].bundles is None, verdicts[c.label].bundles or 0,
-                                             not c.heuristic))
-        ranked_by_schedule = bool(ranked) and verdicts[ranked[0].label].bundles is not None
-        chosen = ranked[0] if ranked_by_schedule else heur
-        check = self.interpret_check(phase, chosen) if self.tcfg.check_interpret else None
-        if ranked_by_schedule:
-            why = "shortest static schedule (bundles), not timed" + (
-                " (the heuristic's own tuple)" if chosen.label == heur.label else "")
+    def modelled_times(self, fits: list, points: list, weights: dict) -> dict[str, float]:
+        """Off TPU: each candidate's modelled time over the phase's points (weighted mean, us):
+        max(the bytes its schedule moves / HBM bandwidth, FLOPs / peak) + tune.step_cost_us per
+        (query block, KV block) step, on the target generation's datasheet. Empty when the
+        kernel declares no traffic model."""
+        spec = listed_device_spec(BY_KIND[self.generation].spec_name)
+        out: dict[str, float] = {}
+        for c in fits:
+            backend = self.base_config(c.options()).backend()
+            if not hasattr(backend, "traffic"):
+                return {}
+            total = 0.0
+            for p in points:
+                attn = point_attention(self.plan.attention, p)
+                traffic = backend.traffic(self.plan.model, attn, p.batch, generation=self.generation)
+                cost = cost_of(p.batch, self.plan.model, attn, causal=p.causal)
+                seconds = modelled_time_s(traffic.hbm_bytes, cost.flops, spec, steps=traffic.iterations,
+                                          step_s=self.tcfg.step_cost_us * 1e-6, dtype=self.plan.model.dtype)
+                total += weights[p.point_id] * seconds * 1e6
+            out[c.label] = total
+        return out
+
+    def untimed_choice(self, phase: str, fits: list, verdicts: dict, heur: Any, points: list | None = None,
+                       weights: dict | None = None) -> dict:
+        """Off TPU: no timing. The survivor with the lowest modelled time (its traffic and
+        FLOPs on the target's datasheet, plus a cost per block step; a TPU-free ranking, not a
+        speed claim), else the shortest static schedule, checked in interpret mode."""
+        modelled = self.modelled_times(fits, points or [], weights or {}) if points else {}
+        if modelled:
+            chosen = min(fits, key=lambda c: (modelled[c.label], not c.heuristic))
+            why = (f"lowest modelled time (moved bytes / HBM bandwidth vs FLOPs / peak on {self.generation}'s "
+                   f"datasheet, + {self.tcfg.step_cost_us:g} us per block step), not timed")
+            if chosen.label == heur.label:
+                why += " (the heuristic's own tuple)"
         else:
-            why = "the kernel's heuristic: no candidate has schedule figures to rank by (tune.schedule=false or libtpu " \
-                  "gave none), not timed"
-        return {"timed": False, "best": chosen.label, "best_values": list(chosen.values), "chosen_by": why, "interpret_check": check}
+            ranked = sorted(fits, key=lambda c: (verdicts[c.label].bundles is None, verdicts[c.label].bundles or 0,
+                                                 not c.heuristic))
+            ranked_by_schedule = bool(ranked) and verdicts[ranked[0].label].bundles is not None
+            chosen = ranked[0] if ranked_by_schedule else heur
+            if ranked_by_schedule:
+                why = "shortest static schedule (bundles), not timed" + (
+                    " (the heuristic's own tuple)" if chosen.label == heur.label else "")
+            else:
+                why = "the kernel's heuristic: no candidate has a traffic model or schedule figures to rank by, " \
+                      "not timed"
+        check = self.interpret_check(phase, chosen) if self.tcfg.check_interpret else None
+        return {"timed": False, "best": chosen.label, "best_values": list(chosen.values), "chosen_by": why,
+                "ranking": "modelled time" if modelled else "static schedule" if "schedule" in why else "heuristic",
+                "modelled_us": {k: round(v, 3) for k, v in modelled.items()}, "interpret_check": check}
 
     def interpret_check(self, phase: str, cand: Any) -> dict:
 
@@ -452,13 +491,17 @@ def format_summary(summary: dict) -> str:
             chk = r.get("interpret_check")
             if chk:
                 lines.append(f"  interpret-mode correctness: {chk['status']} (max abs err {chk['max_abs_err']})")
-            lines.append(f"  {'candidate':<28} {'status':<9} {'VMEM used MiB':>13} {'headroom':>8} {'bundles':>8}")
+            modelled = r.get("modelled_us") or {}
+            lines.append(f"  {'candidate':<28} {'status':<9} {'VMEM used MiB':>13} {'headroom':>8} {'bundles':>8}"
+                         f" {'modelled us':>12}")
             for c in r["candidates"]:
                 used = c["vmem_used_bytes"]
+                m = modelled.get(c["label"])
                 lines.append(f"  {c['label'] + (' *' if c['heuristic'] else ''):<28} {c['status']:<9} "
                              f"{'' if used is None else f'{used / 2**20:.2f}':>13} "
                              f"{'' if c['headroom'] is None else f'{c['headroom']:.0%}':>8} "
-                             f"{'' if c['bundles'] is None else c['bundles']:>8}")
+                             f"{'' if c['bundles'] is None else c['bundles']:>8} "
+                             f"{'' if m is None else f'{m:.1f}':>12}")
             continue
         a = r["answer"]
         lines.append(f"  weighted mean latency per call: heuristic {a['totals'][a['heuristic']]:.1f} us, fastest measured "
@@ -476,7 +519,8 @@ def format_summary(summary: dict) -> str:
             lines.append(f"  {b:<26} {v['best']:<28} {v['best_us']:>10.1f} {v['heuristic_us']:>12.1f} "
                          f"{v['global_us']:>12.1f}")
     if summary["env"]:
-        ways = sorted({r.get("chosen_by", "") for r in summary["phases"].values() if not r["timed"]})
+        ways = sorted({r.get("chosen_by", "").split(", not timed")[0] for r in summary["phases"].values()
+                       if not r["timed"]})
         lines.append("\nserving (paste):" if summary["timed_here"] else
                      f"\nto time on a TPU first (NOT timed here; chosen by {'; '.join(ways)}):")
         lines += [f"  export {line}" for line in summary["env"]]

@@ -72,9 +72,10 @@ def write_tune_report(summary: dict, out: Path) -> Path:
     out = Path(out)
     parts = [f"<h1>rpa-bench tune: {html.escape(summary['kernel'])} on {html.escape(summary['workload'])}</h1>"]
     if not summary["timed_here"]:
-        parts.append(f"<p class='notice'>Nothing was timed here: rpa_v3 candidates were compiled for "
+        ways = sorted({str(r.get("chosen_by")) for r in summary["phases"].values() if not r.get("timed")})
+        parts.append(f"<p class='notice'>Nothing was timed here: the candidates were compiled for "
                      f"{html.escape(summary['generation'])} and pruned by the compiler's verdict; the chosen tuple "
-                     "is the survivor with the shortest static schedule, a hint to time on a TPU, not a speed "
+                     f"is chosen by {html.escape('; '.join(ways))}: a hint to time on a TPU, not a speed "
                      "claim.</p>")
     if summary["env"]:
         parts.append(("<h2>For serving</h2>" if summary["timed_here"] else

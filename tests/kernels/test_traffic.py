@@ -105,3 +105,19 @@ def test_model_equals_observation_on_twenty_random_batches_per_kind(kind, seed):
     assert modelled.comparable() == observed.comparable(), (batch.q_lens, batch.kv_lens, options, attn)
     assert {k: v for k, v in modelled.dmas_by_operand.items() if k != "metadata" and v} == \
         {k: v for k, v in observed.dmas_by_operand.items() if v}
+
+
+def test_the_modelled_time_ranks_fewer_rereads_first():
+    """The tuner's TPU-free ranking: the same mixed batch with larger query blocks re-reads its
+    KV fewer times, so it models faster (bytes dominate at these shapes)."""
+    from rpa_bench.roofline.specs import listed_device_spec
+    from rpa_bench.roofline.traffic import modelled_time_s
+
+    model = ModelSpec(name="l", num_q_heads=32, num_kv_heads=8, head_dim=128)
+    batch = RaggedBatch.ordered([256], [4096], page_size=256)
+    spec = listed_device_spec("tpu7x")
+    times = {}
+    for bq in (16, 128):
+        t = get_backend("rpa_v3", options={"m_block_sizes": [bq, 1024, bq, 512]}).traffic(model, AttentionSpec(), batch)
+        times[bq] = modelled_time_s(t.hbm_bytes, 10**9, spec, steps=t.iterations, step_s=0.35e-6)
+    assert times[128] < times[16]
