@@ -108,6 +108,21 @@ def format_table(results: list) -> str:
     return frame.to_string(index=False)
 
 
+class Eta:
+    """``[done/total] elapsed, ETA`` for a progress line (the mean time per finished job)."""
+
+    def __init__(self, total: int) -> None:
+        import time
+
+        self.total, self.count, self.start, self.clock = total, 0, time.perf_counter(), time.perf_counter
+
+    def done(self) -> str:
+        self.count += 1
+        elapsed = self.clock() - self.start
+        left = elapsed / self.count * (self.total - self.count)
+        return f"[{self.count}/{self.total}] {elapsed:.0f} s, ETA {left:.0f} s"
+
+
 def task(cfg: DictConfig) -> int:
     from rpa_bench.kernels.compiling import compile_many, libtpu_status  # imports JAX: loaded when the command runs
 
@@ -126,12 +141,19 @@ def task(cfg: DictConfig) -> int:
     if not ok:
         print(f"rpa-bench compile: skipped: {reason}", file=sys.stderr)
 
+    workers = cfg.compile.get("workers")
+    if workers is not None and (not isinstance(workers, int) or workers < 1):
+        return _hydra.fail("rpa-bench compile", f"compile.workers={workers!r}: an integer >= 1, or null (every core)",
+                           as_json=as_json)
+    eta = Eta(len(jobs))
+
     def progress(r) -> None:
+        line = eta.done()
         if not as_json:
-            print(f"  {r.kernel:<8} {r.generation:<12} {r.case:<14} {r.status:<8} {r.compile_s:6.1f} s",
+            print(f"  {r.kernel:<8} {r.generation:<12} {r.case:<14} {r.status:<8} {r.compile_s:6.1f} s   {line}",
                   file=sys.stderr, flush=True)
 
-    results = compile_many(jobs, timeout_s=timeout, progress=progress)
+    results = compile_many(jobs, timeout_s=timeout, progress=progress, workers=workers)
     if as_json:
         print(json.dumps([r.as_dict() for r in results], indent=1, default=str))
     else:

@@ -31,6 +31,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Sequence
@@ -287,13 +288,35 @@ def _worker_init(schedule_dir: str | None) -> None:
                                           " --xla_jf_dump_llo_text=true --xla_jf_dump_llo_pass_label_regex=final").strip()
 
 
+COMPILE_BYTES = 2 * 2**30  # host memory one serving-size compile may take (measured 1-2 GiB): bounds the workers
+
+
+def default_workers(num_jobs: int) -> int:
+    """Compile workers on this machine: every core, bounded by available memory (one
+    COMPILE_BYTES each, one kept for the rest) and by the jobs."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    avail = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    by_memory = cores if avail is None else max(1, avail // COMPILE_BYTES - 1)
+    return max(1, min(cores, by_memory, num_jobs))
+
+
 def compile_many(jobs: Sequence[CompileJob], *, timeout_s: float, progress: Any = None,
-                 timeout_field: str = "compile.timeout_s") -> list[CompileResult]:
-    """Each job in a worker process (one at a time, reused), killed past ``timeout_s``
-    (``timeout_field``: the setting that sets it, named in a timeout's message).
+                 timeout_field: str = "compile.timeout_s", workers: int | None = None) -> list[CompileResult]:
+    """Each job in a worker process, killed past ``timeout_s`` (``timeout_field``: the
+    setting that sets it, named in a timeout's message); ``workers`` lanes in parallel
+    (None: :func:`default_workers`), each lane one reused worker process with its own
+    schedule-dump folder. Results in the jobs' order.
 
     A compile that times out or kills its worker is a ``timeout`` / ``failed`` result and the
-    next job gets a fresh worker. ``progress(result)`` is called after each.
+    lane's next job gets a fresh worker. ``progress(result)`` is called after each (from the
+    lanes' threads, one at a time).
     """
     ok, reason = libtpu_status()
     if not ok:
@@ -302,53 +325,86 @@ def compile_many(jobs: Sequence[CompileJob], *, timeout_s: float, progress: Any 
             if progress:
                 progress(r)
         return out
-    ctx = multiprocessing.get_context("spawn")
-    results: list[CompileResult] = []
-    pool: concurrent.futures.ProcessPoolExecutor | None = None
-    schedule_dir = None
+    jobs = list(jobs)
+    n = max(1, min(int(workers) if workers else default_workers(len(jobs)), len(jobs) or 1))
+    results: list[CompileResult | None] = [None] * len(jobs)
+    queue = list(enumerate(jobs))
+    lock = threading.Lock()
+    live: list = []  # every lane's worker pool, to stop them on an interrupt
 
-    def fresh() -> concurrent.futures.ProcessPoolExecutor:
-        return concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=_worker_init,
-                                                      initargs=(schedule_dir,))
+    def lane() -> None:
+        ctx = multiprocessing.get_context("spawn")
+        pool: concurrent.futures.ProcessPoolExecutor | None = None
+        schedule_dir = None
 
-    try:
-        for job in jobs:
-            if job.schedule and schedule_dir is None:
-                schedule_dir = tempfile.mkdtemp(prefix="rpa_bench_llo_")
-                if pool is not None:
+        def fresh() -> concurrent.futures.ProcessPoolExecutor:
+            return concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=_worker_init,
+                                                          initargs=(schedule_dir,))
+
+        try:
+            while True:
+                with lock:
+                    if not queue:
+                        return
+                    index, job = queue.pop(0)
+                if job.schedule and schedule_dir is None:
+                    schedule_dir = tempfile.mkdtemp(prefix="rpa_bench_llo_")
+                    if pool is not None:
+                        _kill(pool)
+                        pool = None
+                if pool is None:
+                    pool = fresh()
+                    with lock:
+                        live.append(pool)
+                start = time.perf_counter()
+                fut = pool.submit(_run_job, job)
+                try:
+                    res = fut.result(timeout=timeout_s)
+                    if job.schedule and schedule_dir:
+                        mosaic = {k.split(".")[0] for k in res.vmem_used_bytes}  # the Mosaic kernels only
+                        res = dataclasses.replace(res, bundles={k: v for k, v in bundles_in(schedule_dir).items()
+                                                                if k.split(".")[0] in mosaic})
+                        for f in glob.glob(os.path.join(schedule_dir, "*")):
+                            _remove(f)
+                except concurrent.futures.TimeoutError:
                     _kill(pool)
                     pool = None
-            pool = pool or fresh()
-            start = time.perf_counter()
-            fut = pool.submit(_run_job, job)
-            try:
-                res = fut.result(timeout=timeout_s)
-                if job.schedule and schedule_dir:
-                    mosaic = {k.split(".")[0] for k in res.vmem_used_bytes}  # the Mosaic kernels only
-                    res = dataclasses.replace(res, bundles={k: v for k, v in bundles_in(schedule_dir).items()
-                                                            if k.split(".")[0] in mosaic})
-                    for f in glob.glob(os.path.join(schedule_dir, "*")):
-                        _remove(f)
-            except concurrent.futures.TimeoutError:
+                    res = CompileResult(job.label, generation_kind(job.generation), job.case, "timeout",
+                                        time.perf_counter() - start,
+                                        error=f"compile did not finish within {timeout_s:g} s ({timeout_field})")
+                except Exception as exc:  # noqa: BLE001 - the worker died (e.g. killed for memory)
+                    _kill(pool)
+                    pool = None
+                    res = CompileResult(job.label, generation_kind(job.generation), job.case, "failed",
+                                        time.perf_counter() - start, error=short_error(exc))
+                with lock:
+                    results[index] = res
+                    if progress:
+                        progress(res)
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+            if schedule_dir:
+                _remove(schedule_dir)
+
+    if n == 1:
+        lane()
+    else:
+        threads = [threading.Thread(target=lane, name=f"rpa_bench-compile-{i}", daemon=True) for i in range(n)]
+        for th in threads:
+            th.start()
+        try:
+            for th in threads:
+                while th.is_alive():  # joined in slices: Ctrl-C / SIGTERM still reach the main thread
+                    th.join(0.2)
+        except BaseException:
+            with lock:
+                queue.clear()  # no lane starts another job
+                pools = list(live)
+            for pool in pools:
                 _kill(pool)
-                pool = None
-                res = CompileResult(job.label, generation_kind(job.generation), job.case, "timeout",
-                                    time.perf_counter() - start,
-                                    error=f"compile did not finish within {timeout_s:g} s ({timeout_field})")
-            except Exception as exc:  # noqa: BLE001 - the worker died (e.g. killed for memory)
-                _kill(pool)
-                pool = None
-                res = CompileResult(job.label, generation_kind(job.generation), job.case, "failed",
-                                    time.perf_counter() - start, error=short_error(exc))
-            results.append(res)
-            if progress:
-                progress(res)
-    finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
-        if schedule_dir:
-            _remove(schedule_dir)
-    return results
+            raise
+    return [r for r in results if r is not None]
 
 
 def _kill(pool: concurrent.futures.ProcessPoolExecutor) -> None:
