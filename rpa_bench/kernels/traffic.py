@@ -31,6 +31,9 @@ from typing import Any
 import jax
 import numpy as np
 
+from rpa_bench.kernels import compat_interpret
+from rpa_bench.workloads.materialize import materialize
+
 VERIFIED_JAX_VERSIONS = ("0.11.2",)
 READ, WRITE = "hbm_to_vmem", "vmem_to_hbm"
 OPERANDS = ("kv_cache", "new_kv", "q", "output", "kv_cache_write", "metadata")
@@ -172,9 +175,6 @@ def observe_traffic(backend: Any, model: Any, attn: Any, batch: Any, *, skip_flo
     its DMAs by operand (``skip_floating_point``: the interpreter skips the arithmetic, which
     changes no address or size). Raises RuntimeError when the hooks saw nothing."""
     from jax.experimental.pallas import tpu as pltpu
-
-    from rpa_bench.kernels import compat_interpret
-    from rpa_bench.workloads.materialize import materialize
 
     inputs = materialize(batch, model, poison=False, seed=seed)
     operands = backend.traffic_operands(model, inputs)  # shape -> operand name of each HBM operand

@@ -15,6 +15,7 @@ from rpa_bench.kernels.traffic import hook_status, observe_traffic
 from rpa_bench.pipeline.plan import RunPlan
 from rpa_bench.pipeline.point import cost_of
 from rpa_bench.pipeline.prepare import build_workloads, interpret_work
+from rpa_bench.roofline import paper
 from rpa_bench.roofline.traffic import TrafficCeiling
 from rpa_bench.workloads.model import AttentionSpec
 from rpa_bench.workloads.points import point_attention
@@ -54,25 +55,25 @@ def audit(plan: RunPlan, cfg: TrafficConfig, generation: str, *, say=lambda m: N
             attn = point_attention(plan.attention, p)
             cost = cost_of(p.batch, plan.model, attn, causal=p.causal)
             for entry, backend in backends:
-                rec = {"workload": wentry.name, "point_id": p.point_id, "kernel": entry.label,
+                line = {"workload": wentry.name, "point_id": p.point_id, "kernel": entry.label,
                        "backend": entry.name, "generation": generation, "phase": p.batch.phase,
                        "num_seqs": p.batch.num_seqs, "num_tokens": p.batch.num_tokens,
                        "max_kv_len": p.batch.max_kv_len, **_paper_axes(p, getattr(workload, "kind", wentry.kind)),
                        "analytic_hbm_bytes": int(cost.hbm_bytes)}
                 model_fn = getattr(backend, "traffic", None)
                 if model_fn is None:
-                    rec["note"] = f"kernel {entry.name} declares no traffic model"
-                    out.append(rec)
+                    line["note"] = f"kernel {entry.name} declares no traffic model"
+                    out.append(line)
                     continue
                 try:
                     backend.validate(plan.model, attn, p.batch)
                     t = model_fn(plan.model, attn, p.batch, generation=generation)
                 except ValueError as exc:
-                    rec["note"] = f"not modelled: {exc}"
-                    out.append(rec)
+                    line["note"] = f"not modelled: {exc}"
+                    out.append(line)
                     continue
                 ceiling = TrafficCeiling(int(cost.hbm_bytes), t.hbm_bytes)
-                rec.update({"moved_hbm_bytes": t.hbm_bytes, "refetch_factor": ceiling.refetch_factor,
+                line.update({"moved_hbm_bytes": t.hbm_bytes, "refetch_factor": ceiling.refetch_factor,
                             "traffic_ceiling_pct": ceiling.ceiling_pct, "dmas": t.dmas,
                             "iterations": t.iterations, "kernel_calls": t.kernel_calls,
                             **{f"bytes_{k}": int(v) for k, v in t.bytes_by_operand.items()},
@@ -80,15 +81,15 @@ def audit(plan: RunPlan, cfg: TrafficConfig, generation: str, *, say=lambda m: N
                 if cfg.observe:
                     work = interpret_work(p.batch, plan.model)
                     if work > cfg.observe_max_kv_token_heads:
-                        rec["observed"] = (f"not observed: sum(kv_lens) x h_kv = {work} > "
+                        line["observed"] = (f"not observed: sum(kv_lens) x h_kv = {work} > "
                                            f"traffic.observe_max_kv_token_heads={cfg.observe_max_kv_token_heads}")
                     else:
                         say(f"  observing {entry.label} at {wentry.name}:{p.point_id} (interpret mode)")
                         seen = observe_traffic(backend, plan.model, attn, p.batch)
-                        rec["observed_hbm_bytes"] = seen.hbm_bytes
-                        rec["observed"] = "equal" if seen.comparable() == t.comparable() else (
+                        line["observed_hbm_bytes"] = seen.hbm_bytes
+                        line["observed"] = "equal" if seen.comparable() == t.comparable() else (
                             f"DIFFERS: observed {seen.comparable()} vs modelled {t.comparable()}")
-                out.append(rec)
+                out.append(line)
     _side_by_side(out, [e.label for e, _ in backends])
     return out
 
@@ -131,8 +132,6 @@ def paper_ceilings(kernels: list, generation: str = "TPU7x") -> dict:
     """For each kernel entry with a traffic model: the refetch factor and MBU ceiling of every
     row of the paper's Tables 4, 6, 8 (the paper's shapes, this generation's block sizes), so
     a report can put the ceiling beside the paper's measured MBU without running a kernel."""
-    from rpa_bench.roofline import paper
-
     out: dict = {}
     for entry in kernels:
         backend = entry.backend()
