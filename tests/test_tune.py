@@ -230,3 +230,22 @@ def test_tune_honours_run_max_points(tmp_path, capsys):
     assert "the first 1 of 2 points" in captured.err and "leading none" not in captured.err
     summary = json.loads((tmp_path / "tune" / "m" / "tune.json").read_text())
     assert all(r["best"] for r in summary["phases"].values())
+
+
+def test_the_traffic_ranking_takes_a_tuple_over_vmem_by_estimate_without_failing():
+    """Off TPU the survivors are ranked by modelled time; a tuple whose VMEM estimate exceeds
+    VMEM (kept for the compiler to decide) is ranked, not a crash of the whole tune."""
+    from rpa_bench.commands._hydra import compose_run
+    from rpa_bench.pipeline.plan import plan_from_config
+    from rpa_bench.pipeline.prepare import build_workloads
+    from rpa_bench.pipeline.tuner import TuneConfig, Tuner
+
+    config, workloads, kernels, _ = compose_run(["kernel=rpa_v3", "workload=batch_spec",
+                                                 "workload.spec=[8q1s8192]", "scale=cpu_smoke", "device=tpu7x"])
+    plan = plan_from_config(config, workloads=workloads, kernels=kernels, experiment="tune")
+    tuner = Tuner(config, TuneConfig(json=True), plan)
+    points = list(build_workloads(plan)[0][1].points)
+    weights = {p.point_id: 1.0 for p in points}
+    small, huge = tn.Candidate("rpa_v3", "decode", (1, 512, 1, 512)), tn.Candidate("rpa_v3", "decode", (1, 8192, 1, 256))
+    times = tuner.modelled_times([small, huge], points, weights)
+    assert set(times) == {small.label, huge.label} and all(v > 0 for v in times.values())
