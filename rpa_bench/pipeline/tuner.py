@@ -271,10 +271,11 @@ class Tuner:
                     self.cache.put(keys[c.label], v)
                     self.stats["pruned_by_estimate"] = self.stats.get("pruned_by_estimate", 0) + 1
                     todo.remove(c)
-        # likely winners first (lowest modelled traffic time), so an interrupted tune has answers
+        # likely winners first (those the estimate says fit, by lowest modelled traffic time), so an
+        # interrupted tune has answers
         order = self.modelled_times(todo, [rep], {rep.point_id: 1.0}) if todo else {}
         if order:
-            todo.sort(key=lambda c: (not c.heuristic, order[c.label]))
+            todo.sort(key=lambda c: (not c.heuristic, (estimates[c.label] or 0) > capacity, order[c.label]))
         attn = self.plan.attention
         jobs = [compiling.CompileJob(self.base_config(c.options(), c.label).to_dict(), c.label, self.plan.model,
                                      attn, rep.batch, self.generation, phase, self.tcfg.schedule,
