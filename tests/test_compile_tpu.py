@@ -159,3 +159,27 @@ def test_compile_only_names_a_known_generation(tmp_path, capsys):
                    f"run.results_dir={tmp_path}", "run.name=bad"])
     err = capsys.readouterr().err
     assert rc == 2 and "run.compile_only: generation='v9z' unknown; allowed: v5e" in err
+
+
+@needs_libtpu
+def test_parallel_lanes_keep_the_jobs_order_and_each_lane_times_out_alone():
+    from rpa_bench.kernels.compiling import CompileJob, compile_many
+
+    jobs = [CompileJob({"name": "jax_rpa"}, f"job{i}", MODEL, AttentionSpec(), DECODE, "v5e", f"case{i}", False, None)
+            for i in range(3)]
+    seen = []
+    out = compile_many(jobs, timeout_s=0.01, workers=2, progress=lambda r: seen.append(r.kernel))
+    assert [r.kernel for r in out] == ["job0", "job1", "job2"]  # the jobs' order, whatever finished first
+    assert sorted(seen) == ["job0", "job1", "job2"] and all(r.status == "timeout" for r in out)
+
+
+def test_eta_line_counts_and_estimates():
+    from rpa_bench.commands.compile import Eta
+
+    eta = Eta(4)
+    now = [100.0]
+    eta.clock, eta.start = (lambda: now[0]), 100.0
+    now[0] = 110.0
+    assert eta.done() == "[1/4] 10 s, ETA 30 s"
+    now[0] = 120.0
+    assert eta.done() == "[2/4] 20 s, ETA 20 s"

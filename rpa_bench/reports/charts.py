@@ -113,7 +113,8 @@ def roofline_chart(
         _roof(ax, grid, hbm_bw_bytes_per_s, peak_flops_per_s * matrix_unit_cap, style=":",
               label=f"attention matmul ceiling ({matrix_unit_cap:.0%} of the matrix unit)")
     moved = pd.to_numeric(rows["moved_hbm_bytes"], errors="coerce") if "moved_hbm_bytes" in rows else None
-    if moved is not None and moved.notna().any() and hbm_bw_bytes_per_s and peak_flops_per_s:
+    traffic_bars = moved is not None and bool(moved.notna().any()) and bool(hbm_bw_bytes_per_s and peak_flops_per_s)
+    if traffic_bars:
         # the kernel-traffic roof of each point: the bytes its schedule moves, at the analytic AI
         ok = moved.notna() & (moved > 0)
         roof_k = np.minimum(peak_flops_per_s, hbm_bw_bytes_per_s * flops[ok] / moved[ok])
@@ -131,7 +132,8 @@ def roofline_chart(
     ax.yaxis.set_major_formatter(FuncFormatter(_si))
     ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _p: _si(v) if str(_si(v))[0] in "25" else ""))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _p: f"{v:g}"))
-    ax.set_xlabel("arithmetic intensity (FLOP / HBM byte, analytic); lines: analytic roofs; bars: kernel-traffic roofs")
+    ax.set_xlabel("arithmetic intensity (FLOP / HBM byte, analytic)"
+                  + ("; lines: analytic roofs, bars: kernel-traffic roofs" if traffic_bars else ""))
     ax.set_ylabel("attained FLOP/s (analytic FLOPs / median latency)")
     roofs = "no datasheet roofs for this device" if not (hbm_bw_bytes_per_s and peak_flops_per_s) else (
         f"roofs: {hbm_bw_bytes_per_s / 1e9:,.0f} GB/s, {peak_flops_per_s / 1e12:,.1f} TFLOP/s ({peak_label})")
