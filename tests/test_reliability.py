@@ -236,7 +236,7 @@ def test_tune_under_sigterm_stops_cleanly_and_leaks_no_capture_folder(tmp_path):
     env = dict(os.environ, TMPDIR=str(tmpdir))
     proc = subprocess.Popen([sys.executable, "-m", "rpa_bench.cli", "tune", "kernel=reference", "workload=batch_spec",
                              "workload.spec=[4q1s256,2q1s512]", "scale=cpu_smoke", "timing=quick",
-                             "tune.strategy=grid", "tune.max_candidates=4", "run.progress=false",
+                             "tune.strategy=grid", "tune.max_candidates=12", "timing.num_samples=20", "run.progress=false",
                              f"run.results_dir={tmp_path / 'r'}", "run.name=t"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120

@@ -33,7 +33,6 @@ from omegaconf import DictConfig
 
 from rpa_bench.commands import _hydra, report
 from rpa_bench.commands._hydra import compose, run_hydra
-from rpa_bench.measure.environment import load_average
 from rpa_bench.measure.host import fix_mmap_threshold
 from rpa_bench.measure.phases import Account, one_line, overhead_ratio, phase, scope, since_import
 from rpa_bench.pipeline.plan import check_run_name, plan_from_config
@@ -157,7 +156,7 @@ def _task_body(cfg: DictConfig, held: list, account: Any) -> int:
 
     from hydra.core.hydra_config import HydraConfig
 
-    from rpa_bench.pipeline import execute, prepare, run_folder  # imports JAX: loaded when the command runs
+    from rpa_bench.pipeline import prepare, run as pipeline_run  # imports JAX: loaded when the command runs
 
     t0 = time.perf_counter()
     config = _hydra.container(cfg)
@@ -190,8 +189,8 @@ def _task_body(cfg: DictConfig, held: list, account: Any) -> int:
         store.acquire_lock()  # a second run with this run.name is refused (RunLockedError)
         held.append(store)
         try:
-            run_folder.open_store(store, config, prep, run_id, command=["rpa-bench", "run", *sys.argv[1:]])
-            decision["done"] = sorted(list(k) for k in store.done_keys())
+            decision["done"] = sorted(list(k) for k in pipeline_run.open_run(
+                store, config, prep, run_id, command=["rpa-bench", "run", *sys.argv[1:]]))
         except ValueError as exc:
             decision["error"] = str(exc)
     else:  # only the writer stores rows; this process keeps its own captures aside until the end
@@ -219,36 +218,28 @@ def _task_body(cfg: DictConfig, held: list, account: Any) -> int:
         # a sweep's jobs may run in parallel processes: their bars would overwrite each other,
         # so each job prints its summary when it ends instead
         multirun = HydraConfig.get().mode == RunMode.MULTIRUN
-        execute.execute(prep, store, run_id=run_id, progress=bool(cfg.run.get("progress", True)) and not multirun,
-                      should_stop=lambda: stop["requested"], done={tuple(k) for k in decision["done"]})
-    except KeyboardInterrupt:
-        store.update_manifest(status="interrupted", interrupted_utc=now_utc())
+        outcome = pipeline_run.measure_into(
+            prep, store, run_id=run_id, done={tuple(k) for k in decision["done"]},
+            progress=bool(cfg.run.get("progress", True)) and not multirun, should_stop=lambda: stop["requested"])
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if outcome.status == "interrupted":
         print(f"\nrpa-bench run: interrupted; finished points are kept. Resume with the same command "
               f"and run.name={plan.run_name}", file=sys.stderr)
         return 130
-    except OSError as exc:  # a part could not be written (disk full, read-only): measured parts are kept
-        reason = f"{type(exc).__name__}: {exc}"
-        try:
-            store.update_manifest(status="failed", failed_utc=now_utc(), failure=reason)
-        except OSError:
-            pass
-        print(f"rpa-bench run: stopped: a result could not be written ({reason}); the parts already "
+    if outcome.status == "failed":
+        print(f"rpa-bench run: stopped: a result could not be written ({outcome.reason}); the parts already "
               f"written are kept. Free space or fix permissions, then resume with run.name={plan.run_name}",
               file=sys.stderr)
         return 1
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    store.consolidate()
 
     wall = since_import()
     seconds = account.as_dict()
     seconds["other"] = round(max(0.0, wall - account.total()), 4)
     ratio = overhead_ratio(seconds, wall)
-    store.update_manifest(status="complete", completed_utc=now_utc(),
-                          wall_time_s=round(time.perf_counter() - t0, 1), load_average_end=load_average(),
-                          phases=seconds, process_wall_s=round(wall, 3),
-                          overhead_ratio=None if ratio is None else round(ratio, 3))
-    df = store.read()
+    df = pipeline_run.complete_run(store, wall_time_s=round(time.perf_counter() - t0, 1), phases=seconds,
+                                   process_wall_s=round(wall, 3),
+                                   overhead_ratio=None if ratio is None else round(ratio, 3))
     counts = df.groupby("status").size().to_dict()
 
     if _hydra.JSON_OUTPUT:
