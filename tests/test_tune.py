@@ -249,3 +249,21 @@ def test_the_traffic_ranking_takes_a_tuple_over_vmem_by_estimate_without_failing
     small, huge = tn.Candidate("rpa_v3", "decode", (1, 512, 1, 512)), tn.Candidate("rpa_v3", "decode", (1, 8192, 1, 256))
     times = tuner.modelled_times([small, huge], points, weights)
     assert set(times) == {small.label, huge.label} and all(v > 0 for v in times.values())
+
+
+def test_a_candidate_far_over_vmem_by_its_estimate_is_not_compiled(tmp_path):
+    from rpa_bench.commands._hydra import compose_run
+    from rpa_bench.pipeline.plan import plan_from_config
+    from rpa_bench.pipeline.prepare import build_workloads
+    from rpa_bench.pipeline.tuner import TuneConfig, Tuner
+
+    config, workloads, kernels, _ = compose_run(["kernel=rpa_v3", "workload=batch_spec", "workload.spec=[8q1s8192]",
+                                                 "scale=cpu_smoke", "device=tpu7x", f"run.results_dir={tmp_path}"])
+    plan = plan_from_config(config, workloads=workloads, kernels=kernels, experiment="tune")
+    tuner = Tuner(config, TuneConfig(json=True), plan)
+    rep = list(build_workloads(plan)[0][1].points)[0]
+    huge = tn.Candidate("rpa_v3", "decode", (1, 65536, 1, 256))  # estimate several times TPU7x's VMEM
+    verdicts = tuner.prune("decode", [huge], rep)
+    v = verdicts[huge.label]
+    assert v.status == "vmem_oom" and v.source == "estimate" and "not compiled" in v.error
+    assert tuner.stats["compiles"] == 0 and tuner.stats["pruned_by_estimate"] == 1
