@@ -174,7 +174,7 @@ def test_parallel_lanes_keep_the_jobs_order_and_each_lane_times_out_alone():
 
 
 def test_eta_line_counts_and_estimates():
-    from rpa_bench.commands.compile import Eta
+    from rpa_bench.kernels.compiling import Eta
 
     eta = Eta(4)
     now = [100.0]

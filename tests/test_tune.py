@@ -221,6 +221,7 @@ def test_tune_phases_as_a_bare_word_is_one_phase():
     assert TuneConfig(phases="decode").phases == ["decode"]
 
 
+@pytest.mark.slow  # a whole tune through the CLI (~11 s)
 def test_tune_honours_run_max_points(tmp_path, capsys):
     from rpa_bench import cli
 

@@ -108,23 +108,8 @@ def format_table(results: list) -> str:
     return frame.to_string(index=False)
 
 
-class Eta:
-    """``[done/total] elapsed, ETA`` for a progress line (the mean time per finished job)."""
-
-    def __init__(self, total: int) -> None:
-        import time
-
-        self.total, self.count, self.start, self.clock = total, 0, time.perf_counter(), time.perf_counter
-
-    def done(self) -> str:
-        self.count += 1
-        elapsed = self.clock() - self.start
-        left = elapsed / self.count * (self.total - self.count)
-        return f"[{self.count}/{self.total}] {elapsed:.0f} s, ETA {left:.0f} s"
-
-
 def task(cfg: DictConfig) -> int:
-    from rpa_bench.kernels.compiling import compile_many, libtpu_status  # imports JAX: loaded when the command runs
+    from rpa_bench.kernels.compiling import Eta, compile_many, libtpu_status  # imports JAX: loaded when the command runs
 
     as_json = bool(cfg.compile.json) or _hydra.JSON_OUTPUT  # --json, or compile.json=true
     try:

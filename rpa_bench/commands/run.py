@@ -35,6 +35,7 @@ from rpa_bench.commands import _hydra, report
 from rpa_bench.commands._hydra import compose, run_hydra
 from rpa_bench.measure.host import fix_mmap_threshold
 from rpa_bench.measure.phases import Account, one_line, overhead_ratio, phase, scope, since_import
+from rpa_bench.paths import output_folder_problem
 from rpa_bench.pipeline.plan import check_run_name, plan_from_config
 from rpa_bench.pipeline.summary import final_table
 from rpa_bench.parallel import distributed
@@ -290,7 +291,6 @@ def _follow(prep: Any, scratch: Any, run_id: str, done: set, run_dir: Path) -> i
 def _writable_results_dir(argv: list[str]) -> str | None:
     """A one-line reason when the run folder's location cannot be written (checked before Hydra
     tries to create it), else None."""
-    import os
 
     for a in argv:  # before Hydra creates <results_dir>/<run.name>/hydra: the folder must stay inside
         if a.lstrip("+").startswith("run.name="):
@@ -302,17 +302,10 @@ def _writable_results_dir(argv: list[str]) -> str | None:
         return None
     try:
         cfg = compose([a for a in argv if "=" in a])
-        results = Path(str(cfg.run.results_dir))
+        results = str(cfg.run.results_dir)
     except Exception:  # noqa: BLE001 - Hydra reports config errors itself
         return None
-    probe = results
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if not probe.is_dir():
-        return f"run.results_dir={str(results)!r} cannot be created: {probe} is a file, not a folder"
-    if not os.access(probe, os.W_OK | os.X_OK):
-        return f"run.results_dir={str(results)!r} is not writable ({probe} is read-only for this user)"
-    return None
+    return output_folder_problem(results, "run.results_dir")
 
 
 def main(argv: list[str]) -> int:

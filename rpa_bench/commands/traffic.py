@@ -29,9 +29,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from rpa_bench.commands import _hydra
 from rpa_bench.commands._hydra import run_hydra
-from rpa_bench.generations import BY_KIND, generation_kind
+from rpa_bench.generations import BY_KIND
 from rpa_bench.paths import output_folder_problem
-from rpa_bench.roofline.specs import listed_device_spec
 from rpa_bench.typed import from_dict
 
 EXTRA_OVERRIDES = ("+traffic=default", "hydra.output_subdir=null", "hydra.run.dir=.", "hydra/job_logging=disabled",
@@ -41,22 +40,11 @@ COLUMNS = ("workload", "point_id", "kernel", "phase", "max_kv_len", "num_tokens"
            "bytes_q", "bytes_output", "bytes_kv_cache_write", "dmas", "iterations")
 
 
-def _generation(cfg_generation: str | None, device: str) -> str:
-    if cfg_generation:
-        return generation_kind(cfg_generation)
-    if device not in ("auto", "cpu"):
-        spec = listed_device_spec(device)
-        kinds = [k for k in spec.device_kinds if k in BY_KIND]
-        if kinds:
-            return kinds[0]
-    return generation_kind("tpu7x")
-
-
 def task(cfg: DictConfig) -> int:
     from hydra import compose as hydra_compose
     from hydra.core.hydra_config import HydraConfig
 
-    from rpa_bench.pipeline.plan import plan_from_config  # imports JAX: loaded when the command runs
+    from rpa_bench.pipeline.plan import plan_from_config, target_generation  # imports JAX: loaded when the command runs
     from rpa_bench.pipeline.traffic import TrafficConfig, audit  # imports JAX: loaded when the command runs
     from rpa_bench.reports.traffic_chart import traffic_png  # imports matplotlib: loaded when the command runs
 
@@ -75,7 +63,7 @@ def task(cfg: DictConfig) -> int:
         kernels = _hydra.compose_entries("kernel", cfg.run.get("kernels"), cfg.kernel, task_overrides, hydra_compose)
         experiment = HydraConfig.get().runtime.choices.get("experiment") or "traffic"
         plan = plan_from_config(config, workloads=workloads, kernels=kernels, experiment=str(experiment))
-        generation = _generation(tcfg.generation, plan.device.name)
+        generation = target_generation(tcfg.generation, plan.device.name)
         say = (lambda m: None) if as_json else (lambda m: print(m, file=sys.stderr, flush=True))
         records = audit(plan, tcfg, generation, say=say)
     except ValueError as exc:

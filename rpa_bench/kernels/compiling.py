@@ -41,6 +41,7 @@ from rpa_bench.kernels import tpu_target
 from rpa_bench.kernels.generations import TOPOLOGIES, generation_kind
 from rpa_bench.kernels.lowering import _for_generation, abstract_kernel_args
 from rpa_bench.kernels.registry import kernel_config_from_dict
+from rpa_bench.workloads.materialize import host_available_bytes
 
 STATUSES = ("ok", "vmem_oom", "hbm_oom", "failed", "timeout", "skipped")
 _USED_VMEM = re.compile(r'"used_scoped_memory_configs":\[(.*?)\]')
@@ -288,6 +289,20 @@ def _worker_init(schedule_dir: str | None) -> None:
                                           " --xla_jf_dump_llo_text=true --xla_jf_dump_llo_pass_label_regex=final").strip()
 
 
+class Eta:
+    """``[done/total] elapsed, ETA`` for a progress line (the mean time per finished job)."""
+
+    def __init__(self, total: int, clock=time.perf_counter) -> None:
+        self.total, self.count, self.clock = total, 0, clock
+        self.start = clock()
+
+    def done(self) -> str:
+        self.count += 1
+        elapsed = self.clock() - self.start
+        left = elapsed / self.count * (self.total - self.count)
+        return f"[{self.count}/{self.total}] {elapsed:.0f} s, ETA {left:.0f} s"
+
+
 COMPILE_BYTES = 2 * 2**30  # host memory one serving-size compile may take (measured 1-2 GiB): bounds the workers
 
 
@@ -295,14 +310,7 @@ def default_workers(num_jobs: int) -> int:
     """Compile workers on this machine: every core, bounded by available memory (one
     COMPILE_BYTES each, one kept for the rest) and by the jobs."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    avail = None
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    avail = int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    avail = host_available_bytes()
     by_memory = cores if avail is None else max(1, avail // COMPILE_BYTES - 1)
     return max(1, min(cores, by_memory, num_jobs))
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from rpa_bench.pipeline.plan import RunPlan
 from rpa_bench.pipeline.run import run_plan
+from rpa_bench.pipeline.run_folder import VOLATILE_RUN_KEYS
 from rpa_bench.store.revisions import Revision, RevisionResult, load_result
 
 def _git(repo: Path, *args: str) -> str:
@@ -112,8 +113,7 @@ class HistoryRequest:
 def request_config(config: dict) -> dict:
     """The run config without what does not change the result (folders, names, progress)."""
     out = json.loads(json.dumps(config, default=str))
-    out["run"] = {k: v for k, v in dict(out.get("run") or {}).items()
-                  if k not in ("name", "results_dir", "progress", "report")}
+    out["run"] = {k: v for k, v in dict(out.get("run") or {}).items() if k not in VOLATILE_RUN_KEYS}
     out.pop("composed", None)
     if isinstance(out.get("kernel"), dict):
         out["kernel"].pop("source", None)  # the revision: keyed apart

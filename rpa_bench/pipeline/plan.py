@@ -22,7 +22,9 @@ from typing import Any
 from rpa_bench.kernels.generations import generation_kind
 from rpa_bench.kernels.registry import SAFE_LABEL, KernelConfig, kernel_config_from_dict
 from rpa_bench.measure.timing import TimingConfig
+from rpa_bench.generations import BY_KIND
 from rpa_bench.roofline.metrics import PEAK_SOURCES
+from rpa_bench.roofline.specs import listed_device_spec
 from rpa_bench.typed import check_value, from_dict
 from rpa_bench.workloads.model import AttentionSpec, ModelSpec
 from rpa_bench.workloads.workload_spec import WorkloadSpec, workload_spec_from_dict
@@ -122,6 +124,20 @@ class RunPlan:
     @property
     def run_dir(self) -> Path:
         return self.results_dir / self.run_name
+
+
+def target_generation(explicit: str | None, device_name: str, attached: str | None = None) -> str:
+    """The TPU generation a command targets: the one named, else the ``device`` group's TPU,
+    else the attached TPU, else TPU7x (the paper's)."""
+    if explicit:
+        return generation_kind(str(explicit))
+    if device_name not in ("auto", "cpu"):
+        spec = listed_device_spec(device_name)
+        if spec.vendor == "google":
+            kinds = [k for k in spec.device_kinds if k in BY_KIND]
+            if kinds:
+                return kinds[0]
+    return generation_kind(attached or "tpu7x")
 
 
 def workload_entry(cfg: Mapping[str, Any]) -> WorkloadEntry:

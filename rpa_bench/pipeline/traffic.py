@@ -17,6 +17,7 @@ from rpa_bench.pipeline.point import cost_of
 from rpa_bench.pipeline.prepare import build_workloads, interpret_work
 from rpa_bench.roofline import paper
 from rpa_bench.roofline.traffic import TrafficCeiling
+from rpa_bench.store.rows import paper_axes
 from rpa_bench.workloads.model import AttentionSpec
 from rpa_bench.workloads.points import point_attention
 
@@ -58,7 +59,8 @@ def audit(plan: RunPlan, cfg: TrafficConfig, generation: str, *, say=lambda m: N
                 line = {"workload": wentry.name, "point_id": p.point_id, "kernel": entry.label,
                        "backend": entry.name, "generation": generation, "phase": p.batch.phase,
                        "num_seqs": p.batch.num_seqs, "num_tokens": p.batch.num_tokens,
-                       "max_kv_len": p.batch.max_kv_len, **_paper_axes(p, getattr(workload, "kind", wentry.kind)),
+                       "max_kv_len": p.batch.max_kv_len, **dict(zip(("context_len", "seq_len"), paper_axes(
+                           p.batch, getattr(workload, "kind", wentry.kind), getattr(p, "meta", None)))),
                        "analytic_hbm_bytes": int(cost.hbm_bytes)}
                 model_fn = getattr(backend, "traffic", None)
                 if model_fn is None:
@@ -92,19 +94,6 @@ def audit(plan: RunPlan, cfg: TrafficConfig, generation: str, *, say=lambda m: N
                 out.append(line)
     _side_by_side(out, [e.label for e, _ in backends])
     return out
-
-
-def _paper_axes(point: Any, kind: str) -> dict:
-    """The paper's sweep axis of a point (as the stored rows define it): decode context
-    ``c = kv_len - 1``, prefill sequence length ``s``."""
-    meta = dict(getattr(point, "meta", None) or {})
-    batch = point.batch
-    context, seq = meta.get("context_len"), meta.get("seq_len")
-    if context is None and kind == "paper_decode" and len(set(batch.kv_lens)) == 1:
-        context = batch.kv_lens[0] - 1
-    if seq is None and kind == "paper_prefill" and batch.num_seqs == 1:
-        seq = batch.q_lens[0]
-    return {"context_len": None if context is None else int(context), "seq_len": None if seq is None else int(seq)}
 
 
 def _blocks(backend: Any, model: Any, batch: Any, generation: str) -> dict:

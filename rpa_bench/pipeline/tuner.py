@@ -29,7 +29,7 @@ from rpa_bench.kernels.registry import KernelConfig
 from rpa_bench.measure.compare import IMPROVED, WORSE, compare_kernels, summarize
 from rpa_bench.pipeline import execute, prepare, run_folder, tune_space as tn
 from rpa_bench.paths import output_folder_problem
-from rpa_bench.pipeline.plan import RunPlan
+from rpa_bench.pipeline.plan import RunPlan, target_generation
 from rpa_bench.pipeline.point import cost_of
 from rpa_bench.roofline.traffic import modelled_time_s
 from rpa_bench.workloads.points import point_attention
@@ -115,9 +115,7 @@ class Tuner:
         self.quiet = tcfg.json
         attached = attached_device_kind()
         self.on_tpu = attached is not None
-        device = listed_device_spec(plan.device.name) if plan.device.name != "auto" else None
-        chosen = device.device_kinds[0] if device is not None and device.vendor == "google" else None
-        self.generation = generation_kind(tcfg.generation or chosen or attached or "tpu7x")
+        self.generation = target_generation(tcfg.generation, plan.device.name, attached)
         self.timed_here = self.kernel.name == "reference" or self.on_tpu
         # what the answer is for: the TPU generation compiled / timed for, or (a kernel timed
         # off TPU, the reference) the device it was timed on
@@ -289,7 +287,7 @@ class Tuner:
                  f"({len(cands) - len(jobs) - pruned} verdicts cached, {pruned} over VMEM by the kernel's own "
                  "estimate, not compiled)", self.quiet)
 
-        eta = {"done": 0, "start": time.perf_counter()}
+        eta = compiling.Eta(len(jobs))
 
         def progress(r) -> None:  # each verdict is cached as it comes: a killed tune keeps them
             v = dataclasses.replace(tn.verdict_from_compile(r, self.generation, phase), timeout_s=limit)
@@ -298,15 +296,12 @@ class Tuner:
                 self.estimate_is_lower_bound = False
                 _say(f"    note: {r.kernel}'s VMEM estimate {est} B exceeds the compiler's {v.vmem_used_bytes} B by "
                      f"more than {ESTIMATE_MARGIN:g}x: from here every candidate is compiled", self.quiet)
-            eta["done"] += 1
-            spent = time.perf_counter() - eta["start"]
-            left = spent / eta["done"] * (len(jobs) - eta["done"])
+            line = eta.done()
             verdicts[r.kernel] = v
             self.stats["compiles"] += 1
             if r.status != "skipped":
                 self.cache.put(keys[r.kernel], v)
-            _say(f"    {r.kernel:<28} {r.status:<9} {r.compile_s:6.1f} s   [{eta['done']}/{len(jobs)}] "
-                 f"{spent:.0f} s, ETA {left:.0f} s", self.quiet)
+            _say(f"    {r.kernel:<28} {r.status:<9} {r.compile_s:6.1f} s   {line}", self.quiet)
 
         compiling.compile_many(jobs, timeout_s=limit, progress=progress, timeout_field="tune.compile_timeout_s",
                                workers=self.tcfg.compile_workers)

@@ -293,17 +293,24 @@ def annotate(row: dict, *, warnings: Sequence[str] = (), phase_seconds: str | No
     return Row(**out).as_dict()
 
 
-def point_columns(*, workload: str, workload_kind: str, point_id: str, batch: RaggedBatch, causal: bool,
-                  weight: float, model: ModelSpec, model_name: str, attn: AttentionSpec,
-                  max_num_batched_tokens: int | None, max_num_seqs: int | None,
-                  meta: Mapping[str, Any] | None = None) -> PointColumns:
+def paper_axes(batch: RaggedBatch, workload_kind: str, meta: Mapping[str, Any] | None = None
+               ) -> tuple[int | None, int | None]:
+    """The paper's sweep axis of a point: decode context ``c = kv_len - 1`` and prefill
+    sequence length ``s`` (from the point's meta, else from a paper workload's batch)."""
     meta = dict(meta or {})
-    context_len = meta.get("context_len")
-    seq_len = meta.get("seq_len")
+    context_len, seq_len = meta.get("context_len"), meta.get("seq_len")
     if context_len is None and workload_kind == "paper_decode" and len(set(batch.kv_lens)) == 1:
         context_len = batch.kv_lens[0] - 1
     if seq_len is None and workload_kind == "paper_prefill" and batch.num_seqs == 1:
         seq_len = batch.q_lens[0]
+    return (None if context_len is None else int(context_len)), (None if seq_len is None else int(seq_len))
+
+
+def point_columns(*, workload: str, workload_kind: str, point_id: str, batch: RaggedBatch, causal: bool,
+                  weight: float, model: ModelSpec, model_name: str, attn: AttentionSpec,
+                  max_num_batched_tokens: int | None, max_num_seqs: int | None,
+                  meta: Mapping[str, Any] | None = None) -> PointColumns:
+    context_len, seq_len = paper_axes(batch, workload_kind, meta)
     return PointColumns(**{
         "workload": workload,
         "workload_kind": workload_kind,

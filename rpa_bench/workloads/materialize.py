@@ -157,6 +157,11 @@ def available_device_bytes(device: jax.Device) -> int | None:
         if "bytes_limit" in stats:
             return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
         return None
+    return host_available_bytes()
+
+
+def host_available_bytes() -> int | None:
+    """``MemAvailable`` of this host (else the free physical pages); None when it cannot be told."""
     try:
         with open("/proc/meminfo") as f:
             for line in f:
