@@ -24,6 +24,7 @@ def traffic_png(records: list[dict], path: Path) -> Path | None:
             g = g.sort_values("x")
             ax.plot(g["x"], g["refetch_factor"], marker="o", label=str(kernel))
         ax.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
+        ax.ticklabel_format(axis="y", useOffset=False, style="plain")  # refetch read as is, not "+1"
         ax.set_xscale("log", base=2)
         ax.set_xlabel("context length (tokens)" if phase == "decode" else "query length per sequence (tokens)")
         ax.set_ylabel("refetch factor (moved / analytic bytes)")
