@@ -6,6 +6,7 @@ import contextlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from rpa_bench.generations import ALIASES, generation_kind
 from rpa_bench.kernels import tpu_target
 from rpa_bench.kernels.compat_interpret import tpu_interpret_mode
 
@@ -50,12 +51,14 @@ def device_kind(kernel: str, value: str | None) -> str:
     """The TPU generation block-size defaults are chosen for: given, attached, else TPU7x."""
     kind = value or tpu_target.attached_device_kind() or "TPU7x"
     try:
-        tpu_target.generation(kind)
+        return generation_kind(kind)
     except ValueError:
-        raise ValueError(
-            f"kernel={kernel}: generation={kind!r} unknown; allowed: {', '.join(tpu_target.GENERATIONS)}"
-        ) from None
-    return kind
+        pass
+    try:  # a device kind JAX knows that the table does not list (an attached TPU's own name)
+        tpu_target.generation(kind)
+        return kind
+    except ValueError:
+        raise ValueError(f"kernel={kernel}: generation={kind!r} unknown; allowed: {', '.join(ALIASES)}") from None
 
 
 @contextlib.contextmanager

@@ -143,6 +143,13 @@ def write_view(base: np.ndarray, transforms: Sequence[Any], val: np.ndarray) -> 
 
 
 # --- replacements for the interpreter's ref access -------------------------------------
+# Called as ``hook(direction, memory_space, buffer_id, transforms)`` for every BlockSpec
+# pipeline copy (the interpreter's get with ``input_name`` / store with ``output_name``): how the
+# traffic observer (rpa_bench.kernels.traffic) sees copies no DMA makes. Read at call time, so
+# traces cached before it was set still report.
+block_copy_hook: Any = None
+
+
 def _make_replacements(ipc, memory) -> dict[tuple[Any, str], Any]:
     orig_get = ipc.get.__wrapped__
     orig_store = ipc.store.__wrapped__
@@ -155,6 +162,8 @@ def _make_replacements(ipc, memory) -> dict[tuple[Any, str], Any]:
 
     def get(token, device_id, local_core_id, memory_space, buffer_id, transforms, *args, **kwargs):
         transforms = _ints(transforms)
+        if block_copy_hook is not None and kwargs.get("input_name") is not None:
+            block_copy_hook("read", memory_space, buffer_id, transforms)
         prefix, view = _split(transforms)
         if not view:
             return orig_get(token, device_id, local_core_id, memory_space, buffer_id, transforms, *args, **kwargs)
@@ -163,6 +172,8 @@ def _make_replacements(ipc, memory) -> dict[tuple[Any, str], Any]:
 
     def store(token, device_id, local_core_id, memory_space, buffer_id, transforms, val, *args, **kwargs):
         transforms = _ints(transforms)
+        if block_copy_hook is not None and kwargs.get("output_name") is not None:
+            block_copy_hook("write", memory_space, buffer_id, transforms)
         prefix, view = _split(transforms)
         if not view:
             return orig_store(token, device_id, local_core_id, memory_space, buffer_id, transforms, val, *args, **kwargs)

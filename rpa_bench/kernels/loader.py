@@ -95,11 +95,11 @@ class LoadedSource:
     git_dirty: bool | None  # uncommitted changes under tpu_inference/ (False for @ref)
 
     def kernel_file(self, version: str) -> Path:
-        return self.package_dir.joinpath(*KERNEL_MODULES[_check_version(version)].split(".")).with_suffix(".py")
+        return self.package_dir.joinpath(*_module_rel(version).split(".")).with_suffix(".py")
 
     def module(self, version: str) -> ModuleType:
         """Import ``<namespace>.kernels.ragged_paged_attention.<version>.kernel``."""
-        name = f"{self.namespace}.{KERNEL_MODULES[_check_version(version)]}"
+        name = f"{self.namespace}.{_module_rel(version)}"
         with _lock:
             return importlib.import_module(name)
 
@@ -108,14 +108,21 @@ class LoadedSource:
         return KernelProvenance(
             kernel=kernel, package=DISTRIBUTION, version=self.version, source=self.source,
             source_path=self.source_path, git_ref=self.git_ref, git_commit=self.git_commit,
-            git_dirty=self.git_dirty, module=f"{self.namespace}.{KERNEL_MODULES[version]}",
+            git_dirty=self.git_dirty, module=f"{self.namespace}.{_module_rel(version)}",
             kernel_file=str(path), kernel_sha256=_loaded_sha256.get(str(path)) or file_sha256(path))
 
 
 def _check_version(version: str) -> str:
-    if version not in KERNEL_MODULES:
-        raise ValueError(f"kernel version {version!r} unknown; allowed: {', '.join(KERNEL_MODULES)}")
+    """A short name of :data:`KERNEL_MODULES`, or a module path inside the package
+    (``kernels.experimental.batched_rpa.wrapper``: what a kernel's declaration names)."""
+    if version not in KERNEL_MODULES and not version.startswith("kernels."):
+        raise ValueError(f"kernel version {version!r} unknown; allowed: {', '.join(KERNEL_MODULES)} "
+                         "or a module path kernels.<...> inside the package")
     return version
+
+
+def _module_rel(version: str) -> str:
+    return KERNEL_MODULES.get(_check_version(version), version)
 
 
 def file_sha256(path: Path | str) -> str:
@@ -177,6 +184,18 @@ class _NamespaceLoader(importlib.machinery.SourceFileLoader):
         return compile(tree, path, "exec", dont_inherit=True)
 
 
+class _StdlibLoggerLoader(importlib.abc.Loader):
+    """``<namespace>.logger`` without vLLM: ``init_logger(name)`` is ``logging.getLogger``."""
+
+    def create_module(self, spec):
+        return None
+
+    def exec_module(self, module):
+        import logging
+
+        module.init_logger = logging.getLogger
+
+
 class _SourceFinder(importlib.abc.MetaPathFinder):
     """Finds modules of registered namespaces: packages bare, modules from their files."""
 
@@ -188,6 +207,9 @@ class _SourceFinder(importlib.abc.MetaPathFinder):
         root = self.roots.get(namespace)
         if root is None:
             return None
+        if parts == ["logger"] and importlib.util.find_spec("vllm") is None:
+            # the package's logger wraps vLLM's (which the kernels never need): stdlib logging
+            return importlib.machinery.ModuleSpec(fullname, _StdlibLoggerLoader())
         where = root.joinpath(*parts)
         if where.is_dir():
             spec = importlib.machinery.ModuleSpec(fullname, _BarePackageLoader(), is_package=True)

@@ -28,7 +28,9 @@ import jax.numpy as jnp
 from rpa_bench.kernels import loader, tpu_target
 from rpa_bench.kernels.backend_util import call_context, device_kind, positive_int, settled, take_options
 from rpa_bench.kernels.base import Capabilities, KernelOutput, KernelProvenance, PreparedCall, check_capabilities
+from rpa_bench.kernels.old_api_traffic import old_api_traffic
 from rpa_bench.kernels.reference import kv_write_slots
+from rpa_bench.kernels.traffic import Traffic
 from rpa_bench.workloads.batch import RaggedBatch
 from rpa_bench.workloads.materialize import KernelInputs
 from rpa_bench.workloads.model import AttentionSpec, ModelSpec
@@ -143,6 +145,30 @@ class OldApiBackend:
             queries, source["num_queries_per_block"] = self.num_queries_per_block, "config"
         return {"num_kv_pages_per_block": int(kv_pages), "num_queries_per_block": int(queries),
                 "source": source, "device_kind": kind}
+
+    # --- traffic (rpa_bench.kernels.traffic): the kernel's schedule in bytes ----------------
+    blockspec_operands = ("q", "output")  # pipelined by BlockSpec, not by explicit DMAs
+
+    def traffic(self, model: ModelSpec, attn: AttentionSpec, batch: RaggedBatch, *,
+                generation: str | None = None) -> Traffic:
+        """Modelled HBM traffic of one call with the block sizes this build would use."""
+        blocks = self.block_sizes(model, batch, generation=generation)
+        heads_q, heads_kv2 = self.module().get_min_heads_per_blk(
+            model.num_q_heads, 2 * model.num_kv_heads, jnp.dtype(model.dtype), jnp.dtype(model.kv_dtype))
+        return old_api_traffic(model, batch, num_kv_pages_per_block=blocks["num_kv_pages_per_block"],
+                               num_queries_per_block=blocks["num_queries_per_block"], heads_q=heads_q,
+                               heads_kv2=heads_kv2)
+
+    def traffic_blocks(self, model: ModelSpec, batch: RaggedBatch, generation: str | None = None) -> dict:
+        """The block sizes the traffic model used, as stored (JSON-able)."""
+        b = self.block_sizes(model, batch, generation=generation)
+        return {k: b[k] for k in ("num_kv_pages_per_block", "num_queries_per_block")}
+
+    def traffic_operands(self, model: ModelSpec, inputs: KernelInputs) -> dict[tuple[int, ...], str]:
+        """HBM operand shapes of the pallas_call -> operand names (to name observed copies)."""
+        pages, page = int(inputs.k_cache.shape[0]), int(inputs.k_cache.shape[1])
+        return {tuple(int(x) for x in inputs.queries.shape): "q",
+                (pages, page, 2 * model.num_kv_heads, model.head_dim): "kv_cache"}
 
     def build(self, model: ModelSpec, attn: AttentionSpec, batch: RaggedBatch, *, interpret: bool = False) -> PreparedCall:
         self.validate(model, attn, batch)

@@ -219,6 +219,13 @@ class RpaV3Backend:
         sizes = {"decode": plan.d_block_sizes, "prefill": plan.p_block_sizes, "mixed": plan.m_block_sizes}
         return v3_traffic(model, batch, block_sizes=sizes, causal=attn.causal, sliding_window=attn.sliding_window)
 
+    def traffic_blocks(self, model: ModelSpec, batch: RaggedBatch, generation: str | None = None) -> dict:
+        """The block sizes the traffic model used, per case, as stored (JSON-able)."""
+        plan = self.plan(model, batch, generation=generation)
+        return {k: (None if v is None else list(v)) for k, v in (("decode", plan.d_block_sizes),
+                                                                  ("prefill", plan.p_block_sizes),
+                                                                  ("mixed", plan.m_block_sizes))}
+
     def traffic_operands(self, model: ModelSpec, inputs: KernelInputs) -> dict[tuple[int, ...], str]:
         """HBM operand shapes of the pallas_calls -> operand names (to name observed DMAs)."""
         q_pack, kv_pack = packing(model.dtype), packing(model.kv_dtype)

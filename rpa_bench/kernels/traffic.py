@@ -10,11 +10,15 @@ model's test oracle.
 
 How the observation works (JAX's TPU interpreter, ``jax._src.pallas.mosaic.interpret``):
 every explicit copy (``pltpu.make_async_copy``) is a ``DMA`` object whose ``execute_read``
-reads the source region (``data``: its bytes) once; every HBM buffer of a ``pallas_call``
-operand is created by ``SharedMemory.allocate_buffer`` with the operand's value, so a DMA's
-source / destination buffer id names the operand (matched by shape with the backend's
-``traffic_operands``). Both are private: the hooks are installed only on the JAX versions
-in :data:`VERIFIED_JAX_VERSIONS`, and :func:`observe_traffic` raises when they did not fire
+reads the source region (``data``: its bytes) once; operands pipelined by ``BlockSpec``
+(RPA v2's and JAX's queries and outputs) are copied per grid step by the interpreter's
+``get(..., input_name=)`` / ``store(..., output_name=)`` (only when the block index changes,
+as the TPU pipeline does; the bytes counted are the block's in-bounds part), reported by
+:mod:`compat_interpret`'s ``block_copy_hook`` (it already replaces those two); every HBM buffer
+of a ``pallas_call`` operand is created by ``SharedMemory.allocate_buffer`` with the operand's
+value, so a copy's source / destination buffer id names the operand (matched by shape with
+the backend's ``traffic_operands``). All are private: the hooks are installed only on the JAX
+versions in :data:`VERIFIED_JAX_VERSIONS`, and :func:`observe_traffic` raises when they did not fire
 (a changed interpreter must fail loudly, never report zero traffic). No library exposes a
 kernel's DMA schedule; this is written by hand for that reason.
 """
@@ -99,6 +103,7 @@ class _Recorder:
     def __init__(self) -> None:
         self.buffers: dict[int, tuple[tuple[int, ...], str]] = {}  # HBM buffer id -> (shape, dtype)
         self.dmas: list[tuple[str, int, int]] = []  # (direction, hbm buffer id, bytes)
+        self.blocks: list[tuple[str, int, tuple]] = []  # BlockSpec copies: (direction, hbm buffer id, region)
         self.other: list[tuple[int, int, int]] = []  # copies not between HBM and VMEM: (src, dst, bytes)
 
 
@@ -148,10 +153,38 @@ def _install() -> None:
                 value = np.asarray(value, dtype=value.dtype)
             return write_env(self, var, value)
 
+        def block_copy(direction, memory_space, buffer_id, transforms):  # noqa: ANN001
+            rec = _active
+            if rec is None or int(memory_space) not in spaces:
+                return
+            rec.blocks.append((READ if direction == "read" else WRITE, int(buffer_id), iutils.to_range(transforms)))
+
         ipc.DMA.execute_read = execute_read
         shm.SharedMemory.allocate_buffer = allocate_buffer
         iutils.JaxprEnv.write = env_write
+        compat_interpret.block_copy_hook = block_copy
         _installed = True
+
+
+def _operand_shape(shape: tuple[int, ...], operands: Mapping[tuple[int, ...], str]) -> tuple[int, ...]:
+    """The operand shape a buffer holds: its own, or the one operand it pads up to a block
+    multiple (the interpreter allocates BlockSpec operands padded to whole blocks)."""
+    if shape in operands:
+        return shape
+    fits = [o for o in operands if len(o) == len(shape) and all(a <= b for a, b in zip(o, shape))]
+    return fits[0] if len(fits) == 1 else shape
+
+
+def _in_bounds(rng: tuple, shape: tuple[int, ...]) -> int:
+    """Elements of the region ``rng`` (ints and unit-step slices) inside ``shape``."""
+    n = 1
+    for i, dim in enumerate(shape):
+        r = rng[i] if i < len(rng) else slice(0, dim)
+        if isinstance(r, int):
+            n *= 1 if 0 <= r < dim else 0
+        else:
+            n *= max(0, min(int(r.stop), dim) - max(int(r.start), 0))
+    return n
 
 
 @contextlib.contextmanager
@@ -186,13 +219,22 @@ def observe_traffic(backend: Any, model: Any, attn: Any, batch: Any, *, skip_flo
     if not rec.buffers or not rec.dmas:
         raise RuntimeError("the DMA hooks saw no HBM buffer or DMA: the interpreter no longer calls them "
                            f"(jax {jax.__version__}); observed traffic would be wrong")
-    names = {}
+    if getattr(backend, "blockspec_operands", ()) and not rec.blocks:
+        raise RuntimeError(f"{backend.name} pipelines {', '.join(backend.blockspec_operands)} by BlockSpec but the "
+                           f"block-copy hooks saw no copy (jax {jax.__version__}); observed traffic would be wrong")
+    names, true_shapes = {}, {}
     for buf, (shape, _) in rec.buffers.items():
-        names[buf] = operands.get(shape)
+        true_shapes[buf] = _operand_shape(shape, operands)
+        names[buf] = operands.get(true_shapes[buf])
+    copies = list(rec.dmas)
+    for direction, buf, rng in rec.blocks:  # a block's in-bounds part of the operand (not its padding)
+        shape, dtype = true_shapes.get(buf), rec.buffers.get(buf, (None, None))[1]
+        if shape is not None:
+            copies.append((direction, buf, _in_bounds(rng, shape) * np.dtype(dtype).itemsize))
     by_bytes: dict[str, int] = {}
     by_dmas: dict[str, int] = {}
     unknown = 0
-    for direction, buf, nbytes in rec.dmas:
+    for direction, buf, nbytes in copies:
         name = names.get(buf)
         if name is None:
             unknown += nbytes

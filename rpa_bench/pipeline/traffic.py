@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any
 
 from rpa_bench.kernels.traffic import hook_status, observe_traffic
 from rpa_bench.pipeline.plan import RunPlan
@@ -79,7 +78,7 @@ def audit(plan: RunPlan, cfg: TrafficConfig, generation: str, *, say=lambda m: N
                             "traffic_ceiling_pct": ceiling.ceiling_pct, "dmas": t.dmas,
                             "iterations": t.iterations, "kernel_calls": t.kernel_calls,
                             **{f"bytes_{k}": int(v) for k, v in t.bytes_by_operand.items()},
-                            "block_sizes": json.dumps(_blocks(backend, plan.model, p.batch, generation))})
+                            "block_sizes": json.dumps(backend.traffic_blocks(plan.model, p.batch, generation))})
                 if cfg.observe:
                     work = interpret_work(p.batch, plan.model)
                     if work > cfg.observe_max_kv_token_heads:
@@ -94,13 +93,6 @@ def audit(plan: RunPlan, cfg: TrafficConfig, generation: str, *, say=lambda m: N
                 out.append(line)
     _side_by_side(out, [e.label for e, _ in backends])
     return out
-
-
-def _blocks(backend: Any, model: Any, batch: Any, generation: str) -> dict:
-    plan = backend.plan(model, batch, generation=generation)
-    return {k: (None if v is None else list(v)) for k, v in (("decode", plan.d_block_sizes),
-                                                              ("prefill", plan.p_block_sizes),
-                                                              ("mixed", plan.m_block_sizes))}
 
 
 def _side_by_side(records: list[dict], labels: list[str]) -> None:

@@ -55,7 +55,7 @@ def test_options_are_checked_by_name_and_value():
         KernelConfig("rpa_v3", options={"m_block_sizes": [16, 32]})
     with pytest.raises(ValueError, match=r"num_queries_per_block=0 must be a positive integer"):
         get_backend("jax_rpa", options={"num_queries_per_block": 0})
-    with pytest.raises(ValueError, match=r"generation='TPU v9' unknown; allowed: TPU v5 lite"):
+    with pytest.raises(ValueError, match=r"generation='TPU v9' unknown; allowed: v5e"):
         get_backend("rpa_v2", options={"generation": "TPU v9"})
     with pytest.raises(ValueError, match=r"interpret='sometimes'; allowed: auto, true, false"):
         kernel_config_from_dict({"name": "rpa_v2", "interpret": "sometimes"})
