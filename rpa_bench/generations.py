@@ -20,16 +20,17 @@ class Generation:
     spec_name: str  # the roofline DeviceSpec name (conf/device)
     jax_chip_version: str  # jax._src.tpu_info.ChipVersion value
     compile_only: bool  # libtpu's compile-only client compiles for it here
+    upstream_name: str  # as tpu-inference's get_device_name() spells it (the key of its tuned tables)
     extra_aliases: tuple[str, ...] = ()
 
 
 GENERATIONS: tuple[Generation, ...] = (
-    Generation("TPU v5 lite", "v5e", "v5e:1x1", "tpu_v5e", "v5e", True, ("v5litepod",)),
-    Generation("TPU v6 lite", "v6e", "v6e:1x1", "tpu_v6e", "v6e", True),
-    Generation("TPU v5p", "v5p", "v5p:1x1x1", "tpu_v5p", "v5p", True),
+    Generation("TPU v5 lite", "v5e", "v5e:1x1", "tpu_v5e", "v5e", True, "TPU v5e", ("v5litepod",)),
+    Generation("TPU v6 lite", "v6e", "v6e:1x1", "tpu_v6e", "v6e", True, "TPU v6e"),
+    Generation("TPU v5p", "v5p", "v5p:1x1x1", "tpu_v5p", "v5p", True, "TPU v5p"),
     # libtpu 0.0.48 refuses to compile for v4 ("Unsupported tpu_version"): known, not offered
-    Generation("TPU v4", "v4", "v4:1x1x1", "tpu_v4", "v4", False),
-    Generation("TPU7x", "tpu7x", "tpu7x:1x1x1", "tpu7x", "7x", True),
+    Generation("TPU v4", "v4", "v4:1x1x1", "tpu_v4", "v4", False, "TPU v4"),
+    Generation("TPU7x", "tpu7x", "tpu7x:1x1x1", "tpu7x", "7x", True, "TPU v7"),
 )
 BY_KIND = {g.device_kind: g for g in GENERATIONS}
 ALIASES = {a: g.device_kind for g in GENERATIONS for a in (g.alias, *g.extra_aliases)}

@@ -22,7 +22,7 @@ from rpa_bench.commands import _hydra
 from rpa_bench.commands._hydra import run_hydra
 from rpa_bench.commands.lower import kernel_was_chosen
 from rpa_bench.generations import COMPILABLE, generation_kinds
-from rpa_bench.kernels.registry import PALLAS_BACKENDS, kernel_config_from_dict
+from rpa_bench.kernels.registry import PALLAS_BACKENDS, fitting, kernel_config_from_dict
 from rpa_bench.workloads.batch import RaggedBatch
 from rpa_bench.workloads.model import AttentionSpec, ModelSpec
 
@@ -86,7 +86,13 @@ def jobs_for(cfg: DictConfig, *, all_pallas: bool) -> list:
         raise ValueError(f"compile.schedule={comp.schedule!r}; allowed: true, false")
     chosen = OmegaConf.to_container(cfg.kernel, resolve=True)
     kernel_config_from_dict(chosen)  # refuse unknown keys before any compile
-    kernels = [{"name": n} for n in PALLAS_BACKENDS] if all_pallas else [chosen]
+    if all_pallas:  # every Pallas kernel that takes this model (the others say why not)
+        names, refused = fitting(PALLAS_BACKENDS, model, attn)
+        for name, why in refused.items():
+            print(f"rpa-bench compile: {name} not compiled: {why}", file=sys.stderr)
+        kernels = [{"name": n} for n in names]
+    else:
+        kernels = [chosen]
     for k in kernels:
         backend = kernel_config_from_dict(k).backend()
         ok, reason = backend.availability()

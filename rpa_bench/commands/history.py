@@ -29,6 +29,7 @@ from pathlib import Path
 from rpa_bench.commands._hydra import compose_run
 from rpa_bench.commands.compile import case_batches
 from rpa_bench.kernels import compiling
+from rpa_bench.kernels.registry import SOURCE_BACKENDS
 from rpa_bench.pipeline import history as hist
 from rpa_bench.pipeline.plan import plan_from_config
 from rpa_bench.reports.history_events import find_events
@@ -45,7 +46,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--revisions", required=True, help="A..B (A is the baseline) or a comma-separated list of refs")
     p.add_argument("--every", type=int, default=1, help="every N-th commit of a range (endpoints kept)")
     p.add_argument("--steps", action="store_true", help="bisect: the first revision that differs from the first")
-    p.add_argument("--kernel", default="rpa_v3", choices=("rpa_v3", "rpa_v2"), help="kernel family (default rpa_v3)")
+    p.add_argument("--kernel", default="rpa_v3", choices=SOURCE_BACKENDS,
+                   help="a kernel that loads from a tpu-inference checkout (default rpa_v3)")
     p.add_argument("--generations", default="tpu7x", help="comma-separated TPU generations to compile for ('' none)")
     p.add_argument("--cases", default="decode_8x1k", help="compile cases (see rpa-bench compile)")
     p.add_argument("--compile-timeout", type=float, default=300.0, help="seconds per compile")

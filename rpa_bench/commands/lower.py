@@ -12,7 +12,7 @@ import sys
 
 from omegaconf import DictConfig, OmegaConf
 from rpa_bench.commands._hydra import run_hydra
-from rpa_bench.kernels.registry import PALLAS_BACKENDS, get_backend, kernel_config_from_dict
+from rpa_bench.kernels.registry import PALLAS_BACKENDS, fitting, get_backend, kernel_config_from_dict
 from rpa_bench.workloads.model import AttentionSpec, ModelSpec
 
 EXTRA_OVERRIDES = (
@@ -41,7 +41,13 @@ def lower_table(cfg: DictConfig, *, all_pallas: bool) -> list:
     attn = AttentionSpec(**OmegaConf.to_container(cfg.attention, resolve=True))
     low = cfg.lower
     chosen = kernel_config_from_dict(OmegaConf.to_container(cfg.kernel, resolve=True))
-    backends = [get_backend(n) for n in PALLAS_BACKENDS] if all_pallas else [chosen.backend()]
+    if all_pallas:  # every Pallas kernel that takes this model (the others say why not)
+        names, refused = fitting(PALLAS_BACKENDS, model, attn)
+        for name, why in refused.items():
+            print(f"rpa-bench lower: {name} not lowered: {why}", file=sys.stderr)
+        backends = [get_backend(n) for n in names]
+    else:
+        backends = [chosen.backend()]
     batch = lowering_batch(int(low.page_size), chunk_prefill_size=low.chunk_prefill_size)
     return [
         lower_for_tpu(b, model, attn, batch, str(g), max_num_batched_tokens=low.max_num_batched_tokens,

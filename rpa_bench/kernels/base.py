@@ -55,6 +55,10 @@ class KernelProvenance:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
 
 
+FEATURES = ("non_causal", "sliding_window", "soft_cap", "kv_scales", "kv_update", "chunked_prefill",
+            "attention_sinks")
+
+
 @dataclasses.dataclass(frozen=True)
 class Capabilities:
     """What a backend supports; anything else is refused before compiling."""
@@ -63,7 +67,7 @@ class Capabilities:
     kv_dtypes: tuple[str, ...]
     head_dims: tuple[int, ...] | None  # None: any head_dim
     page_sizes: tuple[int, ...] | None  # None: any page size
-    features: frozenset[str]  # subset of {"non_causal","sliding_window","soft_cap","kv_scales","kv_update","chunked_prefill"}
+    features: frozenset[str]  # subset of FEATURES
     updates_kv_cache: bool  # True: the kernel writes the new K/V into the cache itself
     head_dim_multiple: int | None = None  # e.g. 128: head_dim must be a multiple of it
 
@@ -91,7 +95,10 @@ def check_capabilities(
             f"kernel={name}: model.head_dim={model.head_dim} unsupported; "
             f"allowed: multiples of {caps.head_dim_multiple}"
         )
-    missing = attn.features - caps.features
+    missing = (attn.features | ({"attention_sinks"} if model.attention_sinks else set())) - caps.features
+    if missing == {"attention_sinks"}:
+        raise ValueError(f"kernel={name}: model.attention_sinks=true unsupported; allowed: false "
+                         "(the kernel has no attention sinks)")
     if missing:
         raise ValueError(
             f"kernel={name}: attention feature(s) {sorted(missing)} unsupported; "

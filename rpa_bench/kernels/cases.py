@@ -81,6 +81,7 @@ def check_model(model: ModelSpec, *, dtype: str | None = None, kv_dtype: str | N
         head_dim=model.head_dim,
         dtype=dtype or model.dtype,
         kv_dtype=kv_dtype or dtype or model.kv_dtype,
+        attention_sinks=model.attention_sinks,  # every case then checks the sinks too
     )
 
 

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from rpa_bench.kernels import loader
+from rpa_bench.kernels.declaration import KernelDeclaration
 from rpa_bench.kernels.base import KernelProvenance
 from rpa_bench.kernels.rpa_v2 import OldApiBackend
 
@@ -34,3 +35,8 @@ class JaxRpaBackend(OldApiBackend):
 
     def provenance(self) -> KernelProvenance:
         return loader.jax_rpa_provenance(self.name)
+
+
+DECLARATION = KernelDeclaration(
+    name="jax_rpa", backend=JaxRpaBackend, pallas=True, takes_source=False,
+    summary="JAX's own ragged paged attention (ships with jax)")

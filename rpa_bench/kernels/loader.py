@@ -40,6 +40,7 @@ import threading
 from pathlib import Path
 from types import ModuleType
 
+from rpa_bench.generations import BY_KIND
 from rpa_bench.kernels.base import KernelProvenance
 
 PACKAGE = "tpu_inference"
@@ -193,7 +194,43 @@ class _StdlibLoggerLoader(importlib.abc.Loader):
     def exec_module(self, module):
         import logging
 
-        module.init_logger = logging.getLogger
+        class _OnceLogger(logging.LoggerAdapter):  # vLLM's logger adds the *_once methods
+            def _once(self, level, msg, *args):
+                key = (level, msg, args)
+                if key not in _said:
+                    _said.add(key)
+                    self.log(level, msg, *args)
+
+            def warning_once(self, msg, *args, **_):
+                self._once(logging.WARNING, msg, *args)
+
+            def info_once(self, msg, *args, **_):
+                self._once(logging.INFO, msg, *args)
+
+            def debug_once(self, msg, *args, **_):
+                self._once(logging.DEBUG, msg, *args)
+
+        _said: set = set()
+        module.init_logger = lambda name: _OnceLogger(logging.getLogger(name), {})
+
+
+class _DeviceNameLoader(importlib.abc.Loader):
+    """``<namespace>.utils`` without torch: ``get_device_name`` of the attached TPU, named as
+    the package names it (the generations table's ``upstream_name``; the tuned tables' keys)."""
+
+    def create_module(self, spec):
+        return None
+
+    def exec_module(self, module):
+        import jax
+
+        def get_device_name(num_devices=None):
+            kind = jax.devices()[0].device_kind
+            if kind not in BY_KIND:
+                raise RuntimeError(f"Expected TPU devices (this is {kind!r})")
+            return BY_KIND[kind].upstream_name + (f"-{num_devices}" if num_devices else "")
+
+        module.get_device_name = get_device_name
 
 
 class _SourceFinder(importlib.abc.MetaPathFinder):
@@ -210,6 +247,9 @@ class _SourceFinder(importlib.abc.MetaPathFinder):
         if parts == ["logger"] and importlib.util.find_spec("vllm") is None:
             # the package's logger wraps vLLM's (which the kernels never need): stdlib logging
             return importlib.machinery.ModuleSpec(fullname, _StdlibLoggerLoader())
+        if parts == ["utils"] and importlib.util.find_spec("torch") is None:
+            # the package's utils import torch / torchax; the kernels take only get_device_name
+            return importlib.machinery.ModuleSpec(fullname, _DeviceNameLoader())
         where = root.joinpath(*parts)
         if where.is_dir():
             spec = importlib.machinery.ModuleSpec(fullname, _BarePackageLoader(), is_package=True)

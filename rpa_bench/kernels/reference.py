@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from rpa_bench.kernels.declaration import KernelDeclaration
 from rpa_bench.kernels.base import Capabilities, KernelOutput, KernelProvenance, PreparedCall, check_capabilities
 from rpa_bench.workloads.batch import RaggedBatch, cdiv
 from rpa_bench.workloads.materialize import KernelInputs
@@ -129,7 +130,7 @@ def _tiles(cu_q_lens, kv_lens, num_seqs, *, bq: int, num_tiles: int):
     return seq, first, ok, q_lens, end - n
 
 
-def _attend_group(q, seq_kv_len, q_pos, row_ok, table, k_cache, v_cache, *, kv_block_pages,
+def _attend_group(q, seq_kv_len, q_pos, row_ok, table, k_cache, v_cache, sinks, *, kv_block_pages,
                   scale, v_scale, causal, sliding_window, soft_cap):
     """Online-softmax attention of one tile group over its sequences' KV blocks.
 
@@ -177,7 +178,11 @@ def _attend_group(q, seq_kv_len, q_pos, row_ok, table, k_cache, v_cache, *, kv_b
     if sliding_window is not None:
         kv_begin = jnp.maximum(q_pos - sliding_window + 1, 0)
     kv_begin = jnp.min(jnp.where(row_ok, kv_begin, big))
-    _, l, acc = lax.fori_loop(kv_begin // kb, (kv_end + kb - 1) // kb, body, carry0)
+    m, l, acc = lax.fori_loop(kv_begin // kb, (kv_end + kb - 1) // kb, body, carry0)
+    if sinks is not None:  # the sink logit joins each head's denominator: exp(sink - m), m the running max
+        sink = sinks.reshape(1, h_kv, g, 1).astype(jnp.float32)
+        m_safe = jnp.where(jnp.isfinite(m), m, sink)
+        l = l + jnp.exp(sink - m_safe)
     out = jnp.where(l[..., None] > 0, acc / jnp.where(l > 0, l, 1.0)[..., None], 0.0)
     if v_scale is not None:
         out = out * v_scale
@@ -196,6 +201,7 @@ def ragged_paged_attention(
     page_indices,  # i32[S_pad, pages_per_seq]
     cu_q_lens,  # i32[S_pad + 1]
     num_seqs,  # i32[1]
+    sinks=None,  # f32[h_q] attention-sink logits, or None
     *,
     scale: float,
     v_scale: float | None = None,
@@ -237,7 +243,7 @@ def ragged_paged_attention(
 
     def per_group(xs):
         return _attend_group(
-            *xs, k_cache, v_cache, kv_block_pages=kbp, scale=scale, v_scale=v_scale,
+            *xs, k_cache, v_cache, sinks, kv_block_pages=kbp, scale=scale, v_scale=v_scale,
             causal=causal, sliding_window=sliding_window, soft_cap=soft_cap,
         )
 
@@ -277,7 +283,8 @@ def reference_attention(inputs: KernelInputs, attn: AttentionSpec, *,
     )
     out = ragged_paged_attention(
         inputs.queries, k_cache, v_cache, inputs.kv_lens, inputs.page_indices,
-        inputs.cu_q_lens, inputs.num_seqs, **attention_kwargs(inputs.model, attn, block_bytes=block_bytes),
+        inputs.cu_q_lens, inputs.num_seqs, inputs.attention_sink,
+        **attention_kwargs(inputs.model, attn, block_bytes=block_bytes),
     )
     return KernelOutput(output=out, k_cache=k_cache, v_cache=v_cache)
 
@@ -288,7 +295,8 @@ REFERENCE_CAPABILITIES = Capabilities(
     kv_dtypes=SUPPORTED_KV_DTYPES,
     head_dims=None,
     page_sizes=None,
-    features=frozenset({"non_causal", "sliding_window", "soft_cap", "kv_scales", "kv_update", "chunked_prefill"}),
+    features=frozenset({"non_causal", "sliding_window", "soft_cap", "kv_scales", "kv_update", "chunked_prefill",
+                        "attention_sinks"}),
     updates_kv_cache=True,
 )
 
@@ -338,13 +346,13 @@ class ReferenceBackend:
                 inputs.kv_lens, inputs.page_indices, inputs.cu_q_lens, inputs.num_seqs,
             )
             return (inputs.queries, k_cache, v_cache, inputs.kv_lens, inputs.page_indices,
-                    inputs.cu_q_lens, inputs.num_seqs)
+                    inputs.cu_q_lens, inputs.num_seqs, inputs.attention_sink)
 
         extra = self.extra_work
 
-        def kernel(queries, k_cache, v_cache, kv_lens, page_indices, cu_q_lens, num_seqs):
+        def kernel(queries, k_cache, v_cache, kv_lens, page_indices, cu_q_lens, num_seqs, sinks=None):
             out = ragged_paged_attention(queries, k_cache, v_cache, kv_lens, page_indices,
-                                         cu_q_lens, num_seqs, **kwargs)
+                                         cu_q_lens, num_seqs, sinks, **kwargs)
             passes, part = int(extra), extra - int(extra)
             for i in range(passes + (1 if part > 0 else 0)):  # deliberate extra work (A/B checks only)
                 frac = 1.0 if i < passes else part
@@ -352,7 +360,7 @@ class ReferenceBackend:
                 # a runtime-zero offset per pass: identical passes would be merged by XLA (CSE)
                 q_i = queries + jnp.where(num_seqs[0] < 0, i + 1, 0).astype(queries.dtype)
                 again = ragged_paged_attention(q_i, k_cache, v_cache, kv_lens, page_indices, cu_q_lens, n,
-                                               **kwargs)
+                                               sinks, **kwargs)
                 out = jnp.where(num_seqs[0] < 0, again, out)  # never true at run time; not foldable
             return out, k_cache, v_cache
 
@@ -371,3 +379,8 @@ class ReferenceBackend:
         except PackageNotFoundError:
             pkg_version = "unknown"
         return KernelProvenance(kernel=self.name, package="rpa_bench", version=pkg_version, jax=jax.__version__)
+
+
+DECLARATION = KernelDeclaration(
+    name="reference", backend=ReferenceBackend, pallas=False, takes_source=False,
+    summary="the suite's pure-JAX reference (XLA; times on any device)")

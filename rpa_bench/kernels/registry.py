@@ -1,39 +1,68 @@
 """The kernel backends by name, and the validated kernel config the commands hand over.
 
-Backends are imported lazily, so asking for one never imports the others (nor
-tpu-inference, which :mod:`rpa_bench.kernels.loader` loads on first use).
+Every module of this package that ends with ``DECLARATION = KernelDeclaration(...)``
+(:mod:`rpa_bench.kernels.declaration`) is a backend: found by reading the package's files
+for that line (no list here names a kernel), imported when first asked for. Importing a
+backend module never imports tpu-inference (:mod:`rpa_bench.kernels.loader` loads it on
+first use).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import re
+import functools
 import importlib
+import re
 from collections.abc import Mapping
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 from rpa_bench.kernels.base import KernelBackend
+from rpa_bench.kernels.declaration import KernelDeclaration
 
-# name -> (module, class)
-_BACKENDS: dict[str, tuple[str, str]] = {
-    "rpa_v3": ("rpa_bench.kernels.rpa_v3", "RpaV3Backend"),
-    "rpa_v2": ("rpa_bench.kernels.rpa_v2", "RpaV2Backend"),
-    "jax_rpa": ("rpa_bench.kernels.jax_rpa", "JaxRpaBackend"),
-    "reference": ("rpa_bench.kernels.reference", "ReferenceBackend"),
-}
-BACKENDS = tuple(_BACKENDS)
-PALLAS_BACKENDS = ("rpa_v3", "rpa_v2", "jax_rpa")  # Pallas TPU kernels (interpret mode off TPU)
-SOURCE_BACKENDS = ("rpa_v3", "rpa_v2")  # take kernel.source (a tpu-inference checkout or revision)
+DECLARATION_LINE = re.compile(r"^DECLARATION = KernelDeclaration\(\s*name=\"([a-z0-9_]+)\"", re.MULTILINE)
+# the paper's kernel first, then the others by name
+_ORDER = ("rpa_v3", "rpa_v2", "jax_rpa")
+
+
+@functools.cache
+def _modules() -> dict[str, str]:
+    """kernel name -> module, from the package's files (read as text: nothing is imported)."""
+    found = {}
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        m = DECLARATION_LINE.search(path.read_text(encoding="utf-8"))
+        if m:
+            found[m.group(1)] = f"{__package__}.{path.stem}"
+    first = [n for n in _ORDER if n in found]
+    return {n: found[n] for n in first + sorted(set(found) - set(first))}
+
+
+def declaration(name: str) -> KernelDeclaration:
+    """The kernel's own declaration (imports its module)."""
+    decl = importlib.import_module(_modules()[_check_name(name)]).DECLARATION
+    assert decl.name == name, (decl.name, name)
+    return decl
+
+
+def declarations() -> tuple[KernelDeclaration, ...]:
+    return tuple(declaration(n) for n in _modules())
+
+
 INTERPRET_CHOICES = ("auto", True, False)
 KERNEL_KEYS = ("name", "source", "options", "interpret", "label", "compiler_options")
 SAFE_LABEL = re.compile(r"[A-Za-z0-9_.=-]{1,120}")
 
 
 def _check_name(name: str) -> str:
-    if name not in _BACKENDS:
+    if name not in _modules():
         raise ValueError(f"kernel={name!r} unknown; allowed: {', '.join(BACKENDS)}")
     return name
+
+
+BACKENDS = tuple(_modules())
+PALLAS_BACKENDS = tuple(d.name for d in declarations() if d.pallas)  # interpret mode off TPU
+SOURCE_BACKENDS = tuple(d.name for d in declarations() if d.takes_source)  # take kernel.source
 
 
 def get_backend(name: str, *, source: str | None = None, options: Mapping[str, Any] | None = None) -> KernelBackend:
@@ -43,12 +72,24 @@ def get_backend(name: str, *, source: str | None = None, options: Mapping[str, A
         raise ValueError(
             f"kernel={name}: kernel.source={source!r} unsupported; allowed for {', '.join(SOURCE_BACKENDS)} only"
         )
-    module, cls = _BACKENDS[name]
-    backend_cls = getattr(importlib.import_module(module), cls)
+    backend_cls = declaration(name).backend
     kwargs: dict[str, Any] = {"options": dict(options or {})}
     if name in SOURCE_BACKENDS:
         kwargs["source"] = source
     return backend_cls(**kwargs)
+
+
+def fitting(names, model: Any, attn: Any) -> tuple[list[str], dict[str, str]]:
+    """Of ``names``, those whose declared capabilities take ``model`` and ``attn`` (no batch),
+    and the refusal of each of the others (e.g. head_dim 64 only, or no attention sinks)."""
+    fit, refused = [], {}
+    for name in names:
+        try:
+            get_backend(name).validate(model, attn)
+            fit.append(name)
+        except ValueError as exc:
+            refused[name] = str(exc)
+    return fit, refused
 
 
 def availability_report() -> dict[str, tuple[bool, str]]:

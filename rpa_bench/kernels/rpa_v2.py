@@ -27,6 +27,7 @@ import jax.numpy as jnp
 
 from rpa_bench.kernels import loader, tpu_target
 from rpa_bench.kernels.backend_util import call_context, device_kind, positive_int, settled, take_options
+from rpa_bench.kernels.declaration import KernelDeclaration
 from rpa_bench.kernels.base import Capabilities, KernelOutput, KernelProvenance, PreparedCall, check_capabilities
 from rpa_bench.kernels.old_api_traffic import old_api_traffic
 from rpa_bench.kernels.reference import kv_write_slots
@@ -237,3 +238,8 @@ class RpaV2Backend(OldApiBackend):
 
     def provenance(self) -> KernelProvenance:
         return loader.load_source(self.source).provenance("v2", self.name)
+
+
+DECLARATION = KernelDeclaration(
+    name="rpa_v2", backend=RpaV2Backend, pallas=True, takes_source=True, upstream_module=loader.KERNEL_MODULES["v2"],
+    summary="tpu-inference RPA v2 (the older API)")

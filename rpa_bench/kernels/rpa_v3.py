@@ -42,6 +42,7 @@ from rpa_bench.kernels.backend_util import (
 )
 from rpa_bench.kernels.rpa_v3_traffic import align, packing, v3_traffic
 from rpa_bench.kernels.traffic import Traffic
+from rpa_bench.kernels.declaration import KernelDeclaration
 from rpa_bench.kernels.base import Capabilities, KernelOutput, KernelProvenance, PreparedCall, check_capabilities
 from rpa_bench.workloads.batch import RaggedBatch, cdiv
 from rpa_bench.workloads.materialize import KernelInputs
@@ -319,3 +320,8 @@ def split_cache(
     num_pages, page_size = kv_cache.shape[:2]
     flat = kv_cache.reshape(num_pages, page_size, -1, kv_cache.shape[-1])[:, :, : 2 * num_kv_heads, :head_dim]
     return flat[:, :, 0::2], flat[:, :, 1::2]
+
+
+DECLARATION = KernelDeclaration(
+    name="rpa_v3", backend=RpaV3Backend, pallas=True, takes_source=True, upstream_module=loader.KERNEL_MODULES["v3"],
+    summary="tpu-inference RPA v3 (the paper's kernel)")

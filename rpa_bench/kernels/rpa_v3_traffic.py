@@ -49,7 +49,9 @@ def packing(dtype: str) -> int:
     return 4 // _itemsize(dtype)
 
 
-def kv_token_bytes(model) -> int:
+def kv_token_bytes(model, head_dim_x2: bool = False) -> int:
+    if head_dim_x2:  # K and V side by side in one 128-lane row per KV head (the head_dim 64 kernel)
+        return align(model.num_kv_heads, packing(model.kv_dtype)) * 128 * _itemsize(model.kv_dtype)
     return align(2 * model.num_kv_heads, packing(model.kv_dtype)) * align(model.head_dim, 128) * \
         _itemsize(model.kv_dtype)
 
@@ -61,17 +63,20 @@ def q_token_bytes(model) -> int:
 
 
 def v3_traffic(model, batch, *, block_sizes: dict, causal: bool = True, sliding_window: int | None = None,
-               max_num_seqs: int | None = None, pages_per_seq: int | None = None) -> Traffic:
+               max_num_seqs: int | None = None, pages_per_seq: int | None = None, single_call: bool = False,
+               head_dim_x2: bool = False) -> Traffic:
     """Modelled traffic of one v3 call on ``batch``; ``block_sizes``: case -> (bq, bkv, bq_c,
-    bkv_c) as the backend's plan resolves them (decode / prefill / mixed)."""
-    kv_tok, q_tok = kv_token_bytes(model), q_token_bytes(model)
+    bkv_c) as the backend's plan resolves them (decode / prefill / mixed). ``single_call``: one
+    pallas_call walks every sequence with the mixed case's iteration (the head_dim 64 kernel);
+    ``head_dim_x2``: its cache layout (K and V side by side in 128 lanes)."""
+    kv_tok, q_tok = kv_token_bytes(model, head_dim_x2), q_token_bytes(model)
     page = batch.page_size
     out = {k: 0 for k in ("kv_cache", "new_kv", "q", "output", "kv_cache_write", "metadata")}
     dmas = dict.fromkeys(out, 0)
     iterations = 0
     cases = {"decode": [], "prefill": [], "mixed": []}
     for i in range(batch.num_seqs):
-        cases[batch.seq_class(i)].append(i)
+        cases["mixed" if single_call else batch.seq_class(i)].append(i)
     max_seqs = max_num_seqs or batch.num_seqs
     pps = pages_per_seq or max(batch.pages_per_seq)
     calls = 0
@@ -81,7 +86,7 @@ def v3_traffic(model, batch, *, block_sizes: dict, causal: bool = True, sliding_
         calls += 1
         bq_sz, bkv_sz = int(block_sizes[case][0]), int(block_sizes[case][1])
         bkv_p = bkv_sz // page
-        out["metadata"] += 4 * (max_seqs + max_seqs * pps + max_seqs + 1 + 3 + 13)
+        out["metadata"] += 4 * (max_seqs + max_seqs * pps + max_seqs + 1 + 3 + 13)  # v3: 13 ids; hd64: 3+4+6
         dmas["metadata"] += 1
         for s in seqs:
             q, kv = int(batch.q_lens[s]), int(batch.kv_lens[s])

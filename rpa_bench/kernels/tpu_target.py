@@ -81,9 +81,11 @@ def as_tpu(module: ModuleType, device_kind: str | None) -> Iterator[None]:
         yield
         return
     version = generation(device_kind)
+    gen = _generations.BY_KIND.get(device_kind)
+    upstream = gen.upstream_name if gen is not None else f"TPU v{version}"
     answers = {
         "get_tpu_version": lambda: version,
-        "get_device_name": lambda num_devices=None: f"TPU v{version}" + (f"-{num_devices}" if num_devices else ""),
+        "get_device_name": lambda num_devices=None: upstream + (f"-{num_devices}" if num_devices else ""),
     }
     with _override_lock:
         saved = {name: getattr(module, name) for name in answers if hasattr(module, name)}

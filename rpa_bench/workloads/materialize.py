@@ -54,6 +54,7 @@ class KernelInputs:
     num_seqs: Any  # i32[1]
     distribution: Any  # i32[3]: (decode_end, prefill_end, num_seqs)
     seed: int = 0
+    attention_sink: Any = None  # f32[h_q] sink logits (model.attention_sinks), else None
 
     @property
     def pages_per_seq(self) -> int:
@@ -362,4 +363,12 @@ def materialize(
         num_seqs=put(np.asarray([batch.num_seqs], np.int32)),
         distribution=put(np.asarray(batch.distribution, np.int32)),
         seed=seed,
+        attention_sink=put(sink_logits(model, seed)) if model.attention_sinks else None,
     )
+
+
+def sink_logits(model: ModelSpec, seed: int) -> np.ndarray:
+    """f32[h_q] sink logits for a seed: normal around 0 with spread 2, so a sink can take from
+    a few percent to most of a head's softmax mass (learned sinks in gpt-oss span that)."""
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x51CC]))
+    return (2.0 * rng.standard_normal(model.num_q_heads)).astype(np.float32)

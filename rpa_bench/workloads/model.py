@@ -24,6 +24,9 @@ class ModelSpec:
     head_dim: int
     dtype: str = "bfloat16"
     kv_dtype: str = "bfloat16"
+    # gpt-oss-style learned attention sinks: one logit per query head joins each head's softmax
+    # denominator (no value); the suite draws them per seed, as it draws the queries
+    attention_sinks: bool = False
     # Whole-model figures, used only by the scheduler's step-time model (per device):
     num_layers: int = 1  # attention layers per forward step
     model_weight_bytes: int = 0  # weights read once per step (0: attention only)
@@ -43,6 +46,8 @@ class ModelSpec:
                 f"model.num_q_heads={self.num_q_heads} must be a multiple of "
                 f"model.num_kv_heads={self.num_kv_heads}"
             )
+        if not isinstance(self.attention_sinks, bool):
+            raise ValueError(f"model.attention_sinks={self.attention_sinks!r}; allowed: true, false")
         if self.dtype not in SUPPORTED_DTYPES:
             raise ValueError(f"model.dtype={self.dtype!r}; allowed: {', '.join(SUPPORTED_DTYPES)}")
         if self.kv_dtype not in SUPPORTED_KV_DTYPES:
