@@ -107,9 +107,10 @@ def targets(cfg: DictConfig, explicit: bool) -> list[KernelConfig]:
     return [configured if name == configured.name else KernelConfig(name=name) for name in BACKENDS]
 
 
-def run_checks(kernels: list[tuple[KernelConfig, KernelBackend]], cases: tuple[CheckCase, ...], *,
+def run_checks(kernels: list[tuple[KernelConfig, KernelBackend]], cases, *,
                platform: str, on_record=print_record) -> list[CheckRecord]:
-    """Every (kernel, case); each case's inputs and reference are made once and shared."""
+    """Every (kernel, case); each case's inputs and reference are made once and shared.
+    ``cases``: the cases, or a function backend -> its cases (kernels that need their own page size)."""
     shared: dict[str, tuple[KernelInputs, KernelOutput]] = {}
     records = []
     for kc, backend in kernels:
@@ -118,8 +119,8 @@ def run_checks(kernels: list[tuple[KernelConfig, KernelBackend]], cases: tuple[C
             records.append(CheckRecord(kc.name, "-", "-", SKIPPED, message=reason))
             on_record(records[-1])
             continue
-        for case in cases:
-            key = f"{case.name}/{case.dtype_label}"
+        for case in (cases(backend) if callable(cases) else cases):
+            key = f"{case.name}/{case.dtype_label}/{case.batch.page_size}"
             try:
                 backend.validate(case.model, case.attn, case.batch)
             except ValueError as e:
@@ -158,11 +159,23 @@ def task(cfg: DictConfig) -> int:
         return 2
 
     cases = check_cases(model, attention=attn, seed=int(cfg.seed))
+    own_pages = {}  # page size -> cases, for kernels whose layout needs page-size multiples (stacked RPA: 128)
+
+    def cases_for(backend: KernelBackend) -> tuple[CheckCase, ...]:
+        multiple = getattr(backend.capabilities, "page_size_multiple", None)
+        page = cases[0].batch.page_size
+        if not multiple or page % multiple == 0:
+            return cases
+        if multiple not in own_pages:
+            own_pages[multiple] = check_cases(model, attention=attn, seed=int(cfg.seed), page_size=multiple)
+        return own_pages[multiple]
+
     as_json = _hydra.JSON_OUTPUT
     if not as_json:
         print(describe(model, cases, platform))
         print(_row(tuple(name for name, _ in COLUMNS)), flush=True)
-    records = run_checks(kernels, cases, platform=platform, on_record=(lambda r: None) if as_json else print_record)
+    records = run_checks(kernels, cases_for, platform=platform,
+                         on_record=(lambda r: None) if as_json else print_record)
     counts = {str(s): sum(r.status == s for r in records) for s in CHECK_STATUSES}
     if as_json:
         import dataclasses

@@ -41,14 +41,14 @@ def lower_table(cfg: DictConfig, *, all_pallas: bool) -> list:
     attn = AttentionSpec(**OmegaConf.to_container(cfg.attention, resolve=True))
     low = cfg.lower
     chosen = kernel_config_from_dict(OmegaConf.to_container(cfg.kernel, resolve=True))
-    if all_pallas:  # every Pallas kernel that takes this model (the others say why not)
-        names, refused = fitting(PALLAS_BACKENDS, model, attn)
+    batch = lowering_batch(int(low.page_size), chunk_prefill_size=low.chunk_prefill_size)
+    if all_pallas:  # every Pallas kernel that takes this model and batch (the others say why not)
+        names, refused = fitting(PALLAS_BACKENDS, model, attn, batch)
         for name, why in refused.items():
             print(f"rpa-bench lower: {name} not lowered: {why}", file=sys.stderr)
         backends = [get_backend(n) for n in names]
     else:
         backends = [chosen.backend()]
-    batch = lowering_batch(int(low.page_size), chunk_prefill_size=low.chunk_prefill_size)
     return [
         lower_for_tpu(b, model, attn, batch, str(g), max_num_batched_tokens=low.max_num_batched_tokens,
                       max_num_seqs=low.max_num_seqs)

@@ -8,6 +8,7 @@ from typing import Any
 
 from rpa_bench.generations import ALIASES, generation_kind
 from rpa_bench.kernels import tpu_target
+from rpa_bench.kernels import compat_interpret
 from rpa_bench.kernels.compat_interpret import tpu_interpret_mode
 
 BlockSizes = tuple[int, int, int, int]  # (bq_sz, bkv_sz, bq_csz, bkv_csz)
@@ -62,18 +63,33 @@ def device_kind(kernel: str, value: str | None) -> str:
 
 
 @contextlib.contextmanager
-def call_context(interpret: bool):
+def call_context(interpret: bool, *, target: str | None = None, overhanging_dmas: bool = False):
     """TPU interpret mode (with the interpreter fixes) when ``interpret``, else nothing.
 
     In interpret mode the CPU cannot reuse the buffers a kernel donates; that warning is
-    silenced there (on TPU it would mean something and is left alone).
+    silenced there (on TPU it would mean something and is left alone). ``target``: a device
+    kind the kernel asks ``pltpu.get_tpu_info()`` about while it runs (off TPU, answered for
+    that generation). ``overhanging_dmas``: the kernel copies past the end of its own buffers
+    (see :func:`compat_interpret.overhanging_dmas`).
     """
-    if not interpret:
-        yield
-        return
-    import warnings
+    with contextlib.ExitStack() as stack:
+        if target is not None and tpu_target.attached_device_kind() is None:
+            stack.enter_context(tpu_target.abstract_tpu(target))
+        if not interpret:
+            yield
+            return
+        import dataclasses
+        import warnings
 
-    with tpu_interpret_mode(), warnings.catch_warnings():
+        from jax.experimental.pallas import tpu as pltpu
+
+        if overhanging_dmas:
+            params = compat_interpret.params_override() or pltpu.InterpretParams()
+            stack.enter_context(compat_interpret.interpret_params(
+                dataclasses.replace(params, out_of_bounds_reads="uninitialized")))
+            stack.enter_context(compat_interpret.overhanging_dmas())
+        stack.enter_context(tpu_interpret_mode())
+        stack.enter_context(warnings.catch_warnings())
         warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
         yield
 

@@ -70,6 +70,10 @@ class Capabilities:
     features: frozenset[str]  # subset of FEATURES
     updates_kv_cache: bool  # True: the kernel writes the new K/V into the cache itself
     head_dim_multiple: int | None = None  # e.g. 128: head_dim must be a multiple of it
+    page_size_multiple: int | None = None  # e.g. 128: page_size must be a multiple of it
+    # True: the cache update may write past a sequence's tokens inside the pages it owns
+    # (lane-aligned stores; those slots are unused until the sequence's next step)
+    writes_own_page_tail: bool = False
 
 
 def check_capabilities(
@@ -105,6 +109,9 @@ def check_capabilities(
             f"supported: {sorted(caps.features) or 'none'}"
         )
     if batch is not None:
+        if caps.page_size_multiple and batch.page_size % caps.page_size_multiple:
+            raise ValueError(f"kernel={name}: page_size={batch.page_size} unsupported; "
+                             f"allowed: multiples of {caps.page_size_multiple}")
         if caps.page_sizes is not None and batch.page_size not in caps.page_sizes:
             raise ValueError(
                 f"kernel={name}: page_size={batch.page_size} unsupported; allowed: {allowed(caps.page_sizes)}"

@@ -26,6 +26,7 @@ import functools
 import math
 
 import jax
+import numpy as np
 import jax.numpy as jnp
 
 from rpa_bench.kernels.base import KernelBackend, KernelOutput
@@ -83,27 +84,49 @@ def _output_err(candidate, reference, num_tokens):
 
 
 @jax.jit
-def _cache_err(candidate, reference):
-    """Max |candidate - reference| over the whole cache; NaN must meet NaN (poison kept)."""
+def _cache_err(candidate, reference, ignore=None):
+    """Max |candidate - reference| over the whole cache; NaN must meet NaN (poison kept).
+    ``ignore``: bool[pages, page_size] slots left out (a declared scratch tail)."""
     a, b = candidate.astype(jnp.float32), reference.astype(jnp.float32)
     both_nan = jnp.isnan(a) & jnp.isnan(b)
     diff = jnp.where(both_nan, 0.0, jnp.abs(a - b))
-    return jnp.max(jnp.where(jnp.isnan(diff), jnp.inf, diff))
+    diff = jnp.where(jnp.isnan(diff), jnp.inf, diff)
+    if ignore is not None:
+        diff = jnp.where(ignore[:, :, None, None], 0.0, diff)
+    return jnp.max(diff)
+
+
+def own_page_tails(inputs: KernelInputs):
+    """bool[pages, page_size]: the slots past each sequence's kv_len inside the pages it owns
+    (a sequence's last page beyond its tokens: unused until its next step writes them)."""
+    pages, page = inputs.num_pages, inputs.page_size
+    table, kv_lens = np.asarray(inputs.page_indices), np.asarray(inputs.kv_lens)
+    tail = np.zeros((pages, page), bool)
+    for s in range(int(np.asarray(inputs.num_seqs)[0])):
+        kv = int(kv_lens[s])
+        for j in range(-(-kv // page)):
+            start = max(kv - j * page, 0)
+            tail[int(table[s, j]), start:] = True
+    return tail
 
 
 def compare_details(candidate: KernelOutput, reference: KernelOutput,
-                    inputs: KernelInputs) -> tuple[float, float | None]:
-    """(output error over valid rows, cache error or None when the candidate has no cache)."""
+                    inputs: KernelInputs, *, scratch_tail: bool = False) -> tuple[float, float | None]:
+    """(output error over valid rows, cache error or None when the candidate has no cache).
+    ``scratch_tail``: the kernel declares it may write past a sequence's tokens inside the
+    pages that sequence owns (``Capabilities.writes_own_page_tail``); those slots are not
+    compared (every other slot, other sequences' and unused pages, still must stay as it was)."""
     if candidate.output.shape != reference.output.shape:
         raise ValueError(f"output shape {candidate.output.shape} != reference {reference.output.shape}")
     out_err = float(_output_err(candidate.output, reference.output, inputs.num_tokens))
     if candidate.k_cache is None:
         return out_err, None
     cache_err = 0.0
+    ignore = jnp.asarray(own_page_tails(inputs)) if scratch_tail else None
     for cand, ref in ((candidate.k_cache, reference.k_cache), (candidate.v_cache, reference.v_cache)):
         if cand.shape != ref.shape:
             raise ValueError(f"cache shape {cand.shape} != reference {ref.shape}")
-        cache_err = max(cache_err, float(_cache_err(cand, ref)))
+        cache_err = max(cache_err, float(_cache_err(cand, ref, ignore)))
     return out_err, cache_err
 
 
@@ -151,7 +174,8 @@ def check_on_inputs(backend: KernelBackend, inputs: KernelInputs, attn: Attentio
     try:
         ref = reference if reference is not None else jax.block_until_ready(reference_attention(inputs, attn))
         cand = run_backend(backend, model, attn, inputs, interpret=interpret)
-        out_err, cache_err = compare_details(cand, ref, inputs)
+        out_err, cache_err = compare_details(
+            cand, ref, inputs, scratch_tail=getattr(backend.capabilities, "writes_own_page_tail", False))
     except Exception as e:  # noqa: BLE001 - a failing kernel is a record, not a crash
         return record(status=FAILED, message=_first_line(e))
     err = max(out_err, cache_err or 0.0)

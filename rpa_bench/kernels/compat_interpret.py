@@ -149,6 +149,11 @@ def write_view(base: np.ndarray, transforms: Sequence[Any], val: np.ndarray) -> 
 # traces cached before it was set still report.
 block_copy_hook: Any = None
 
+# True while a kernel that DMAs past the end of its own buffers runs (see
+# :func:`overhanging_dmas`): such a copy moves its in-bounds part instead of failing.
+# (a process-wide count: the interpreter's callbacks run on threads of JAX's own)
+_overhang = {"depth": 0}
+
 
 def _make_replacements(ipc, memory) -> dict[tuple[Any, str], Any]:
     orig_get = ipc.get.__wrapped__
@@ -196,6 +201,26 @@ def _make_replacements(ipc, memory) -> dict[tuple[Any, str], Any]:
                    source_info=source_info)
         return token, (old if mask is None else np.where(np.asarray(mask), old, val))
 
+    orig_store_content = memory.SharedMemory.store_buffer_content
+
+    def store_buffer_content(self, key, rnge, value, thread, increment_clock=True, logging_info=None):
+        ok, shape_dtype, clock = orig_store_content(self, key, rnge, value, thread, increment_clock, logging_info)
+        if ok or not _overhang["depth"]:
+            return ok, shape_dtype, clock
+        shape = tuple(self.mem[key].shape)
+        clipped, part = [], []
+        for dim, r in zip(shape, tuple(rnge) + (slice(None),) * (len(shape) - len(rnge))):
+            if isinstance(r, int):
+                clipped.append(r)
+                continue
+            start = 0 if r.start is None else int(r.start)
+            stop = min(dim if r.stop is None else int(r.stop), dim)
+            clipped.append(slice(start, stop))
+            part.append(slice(0, max(0, stop - start)))
+        value = np.asarray(value)
+        return orig_store_content(self, key, tuple(clipped), value[tuple(part)], thread, increment_clock,
+                                  logging_info)
+
     def swap_buffer_content(self, key, rnge, value, mask, thread, increment_clock=True, logging_info=None):
         # A fully in-bounds masked swap is an unmasked swap of the merged value; anything
         # else keeps the interpreter's own path (and its out-of-bounds report).
@@ -215,6 +240,7 @@ def _make_replacements(ipc, memory) -> dict[tuple[Any, str], Any]:
         (ipc, "store"): wrap(store),
         (ipc, "swap"): wrap(swap),
         (memory.SharedMemory, "swap_buffer_content"): swap_buffer_content,
+        (memory.SharedMemory, "store_buffer_content"): store_buffer_content,
     }
 
 
@@ -255,7 +281,28 @@ def patched_interpreter() -> Iterator[bool]:
                 _uninstall()
 
 
+@contextlib.contextmanager
+def overhanging_dmas() -> Iterator[None]:
+    """Inside: a copy that runs past the end of its source or destination moves the part in
+    bounds (reads past the end give uninitialised values: run with ``out_of_bounds_reads=
+    "uninitialized"``). For kernels that round a copy's length up past their buffer (batched
+    RPA copies its step schedule in 1024-element multiples), which a TPU with bounds checks
+    disabled does silently; the part past the end is never read back."""
+    with _lock:
+        _overhang["depth"] += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _overhang["depth"] -= 1
+
+
 _params_override: Any = None  # set by :func:`interpret_params` (e.g. the traffic observer's)
+
+
+def params_override() -> Any:
+    """The ``pltpu.InterpretParams`` set by :func:`interpret_params`, or None."""
+    return _params_override
 
 
 @contextlib.contextmanager

@@ -38,6 +38,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from rpa_bench.kernels import tpu_target
+from rpa_bench.kernels.base import check_capabilities
 from rpa_bench.kernels.generations import TOPOLOGIES, generation_kind
 from rpa_bench.kernels.lowering import _for_generation, abstract_kernel_args
 from rpa_bench.kernels.registry import kernel_config_from_dict
@@ -205,6 +206,10 @@ def compile_for_tpu(backend: Any, model: Any, attn: Any, batch: Any, generation:
     ok, reason = libtpu_status()
     if not ok:
         return CompileResult(name, kind, case, "skipped", error=reason)
+    try:  # a case the kernel declares it cannot take (page size, chunked prefill, ...) is not a failure
+        check_capabilities(backend.name, backend.capabilities, model, attn, batch)
+    except ValueError as exc:
+        return CompileResult(name, kind, case, "skipped", error=str(exc))
     try:
         provenance = backend.provenance().as_dict()
     except Exception as exc:  # noqa: BLE001 - provenance is informative; a compile can still be tried

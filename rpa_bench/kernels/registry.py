@@ -22,8 +22,8 @@ from rpa_bench.kernels.base import KernelBackend
 from rpa_bench.kernels.declaration import KernelDeclaration
 
 DECLARATION_LINE = re.compile(r"^DECLARATION = KernelDeclaration\(\s*name=\"([a-z0-9_]+)\"", re.MULTILINE)
-# the paper's kernel first, then the others by name
-_ORDER = ("rpa_v3", "rpa_v2", "jax_rpa")
+# the paper's kernel first, the older ones and the reference, then the others by name
+_ORDER = ("rpa_v3", "rpa_v2", "jax_rpa", "reference")
 
 
 @functools.cache
@@ -79,13 +79,13 @@ def get_backend(name: str, *, source: str | None = None, options: Mapping[str, A
     return backend_cls(**kwargs)
 
 
-def fitting(names, model: Any, attn: Any) -> tuple[list[str], dict[str, str]]:
-    """Of ``names``, those whose declared capabilities take ``model`` and ``attn`` (no batch),
+def fitting(names, model: Any, attn: Any, batch: Any = None) -> tuple[list[str], dict[str, str]]:
+    """Of ``names``, those whose declared capabilities take ``model``, ``attn`` (and ``batch``),
     and the refusal of each of the others (e.g. head_dim 64 only, or no attention sinks)."""
     fit, refused = [], {}
     for name in names:
         try:
-            get_backend(name).validate(model, attn)
+            get_backend(name).validate(model, attn, batch)
             fit.append(name)
         except ValueError as exc:
             refused[name] = str(exc)

@@ -30,7 +30,7 @@ def test_every_named_backend_is_built_with_its_name_and_capabilities():
 
 
 def test_unknown_backend_is_refused_listing_the_allowed_names():
-    with pytest.raises(ValueError, match=r"kernel='rpa_v9' unknown; allowed: rpa_v3, rpa_v2, jax_rpa, reference"):
+    with pytest.raises(ValueError, match=r"kernel='rpa_v9' unknown; allowed: rpa_v3, rpa_v2, jax_rpa, reference, batched_rpa"):
         get_backend("rpa_v9")
 
 

@@ -1,0 +1,189 @@
+"""tpu-inference's experimental stacked RPA (``kernels/experimental/stacked_rpa``) as a backend.
+
+v3's call signature with its own cache layout: ``[pages, 2 h_kv, align(d, sublanes x
+packing), page_size]``, K and V interleaved on the head axis (even K, odd V) and the sequence
+along the lanes, so ``page_size`` must be a multiple of 128. Two ``pallas_call`` families
+(decode; prefill / mixed), each picking its block sizes by its own policy for the generation
+(separate policies with a sliding window); options ``decode_block_sizes``
+``[bq_sz, bkv_sz, batch_size, n_buffer]`` and ``prefill_block_sizes`` ``[bq_sz, bq_c_sz,
+bkv_sz, batch_size, n_buffer]`` override them (``n_buffer`` must be 2). The sizes recorded
+are the ones the kernel resolves (its ``_resolve_attn_static``, asked for the target
+generation). Causal only; no sinks; ``chunk_prefill_size`` is refused by the kernel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from rpa_bench.kernels import loader, tpu_target
+from rpa_bench.kernels.backend_util import call_context, device_kind, positive_int, settled, take_options
+from rpa_bench.kernels.base import Capabilities, KernelOutput, KernelProvenance, PreparedCall, check_capabilities
+from rpa_bench.kernels.declaration import KernelDeclaration
+from rpa_bench.workloads.batch import RaggedBatch
+from rpa_bench.workloads.materialize import KernelInputs
+from rpa_bench.workloads.model import AttentionSpec, ModelSpec
+
+MODULE = "kernels.experimental.stacked_rpa.wrapper"
+FIELDS = {"decode": ("bq_sz", "bkv_sz", "batch_size", "n_buffer"),
+          "prefill": ("bq_sz", "bq_c_sz", "bkv_sz", "batch_size", "n_buffer")}
+OPTIONS = {"decode_block_sizes": None, "prefill_block_sizes": None, "vmem_limit_bytes": None, "generation": None}
+PAGE_MULTIPLE = 128
+CAPABILITIES = Capabilities(
+    dtypes=("float32", "bfloat16"),
+    kv_dtypes=("float32", "bfloat16"),
+    head_dims=None,
+    page_sizes=None,  # multiples of 128 (checked in validate)
+    features=frozenset({"sliding_window", "soft_cap", "kv_scales", "kv_update"}),
+    updates_kv_cache=True,
+    page_size_multiple=PAGE_MULTIPLE,
+    # its cache update stores whole lane-aligned runs: past a sequence's last token, inside its
+    # own last page (seen in `rpa-bench check`; other sequences' pages are never touched)
+    writes_own_page_tail=True,
+)
+
+
+def _sizes(kernel: str, case: str, value: Any) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    fields = FIELDS[case]
+    items = list(value) if isinstance(value, (list, tuple)) else []
+    if len(items) != len(fields) or any(not isinstance(x, int) or isinstance(x, bool) or x < 1 for x in items):
+        raise ValueError(f"kernel={kernel}: {case}_block_sizes={value!r} must be [{', '.join(fields)}] "
+                         f"({len(fields)} positive integers) or null")
+    if items[-1] != 2:
+        raise ValueError(f"kernel={kernel}: {case}_block_sizes n_buffer={items[-1]}; allowed: 2 (double buffering)")
+    return tuple(items)
+
+
+class StackedRpaBackend:
+    """Stacked RPA; ``source``: installed release, checkout path, or path@ref."""
+
+    name = "stacked_rpa"
+    capabilities = CAPABILITIES
+
+    def __init__(self, *, source: str | None = None, options: Mapping[str, Any] | None = None) -> None:
+        opts = take_options(self.name, options, OPTIONS)
+        self.options, self.source = opts, source
+        self.sizes = {c: _sizes(self.name, c, opts[f"{c}_block_sizes"]) for c in FIELDS}
+        self.vmem_limit_bytes = positive_int(self.name, "vmem_limit_bytes", opts["vmem_limit_bytes"])
+        self.generation = opts["generation"]
+        if self.generation is not None:
+            device_kind(self.name, self.generation)
+
+    def module(self):
+        return loader.kernel_module(MODULE, self.source)
+
+    def availability(self) -> tuple[bool, str]:
+        ok, why = loader.availability(self.source)
+        if not ok:
+            return ok, why
+        try:
+            self.module()
+        except (ImportError, AttributeError) as e:
+            return False, f"this tpu-inference has no stacked RPA ({e})"
+        return True, why
+
+    def provenance(self) -> KernelProvenance:
+        return loader.load_source(self.source).provenance(MODULE, self.name)
+
+    def validate(self, model: ModelSpec, attn: AttentionSpec, batch: RaggedBatch | None = None) -> None:
+        check_capabilities(self.name, self.capabilities, model, attn, batch)
+
+    def _overrides(self, mod) -> dict:
+        dec = mod.decode_blocks.BlockSizes(*self.sizes["decode"]) if self.sizes["decode"] else None
+        pre = mod.prefill_blocks.BlockSizes(*self.sizes["prefill"]) if self.sizes["prefill"] else None
+        return {"decode_block_sizes": dec, "prefill_block_sizes": pre}
+
+    def block_sizes(self, model: ModelSpec, attn: AttentionSpec, batch: RaggedBatch, *,
+                    generation: str | None = None) -> dict:
+        """The sizes the kernel resolves for this batch on the target generation, and their origin."""
+        kind = device_kind(self.name, generation or self.generation)
+        mod = self.module()
+        pages = max(batch.pages_per_seq)
+
+        def sds(shape, dtype):
+            return jax.ShapeDtypeStruct(shape, jnp.dtype(dtype))
+
+        with tpu_target.abstract_tpu(kind):
+            cache = mod.get_kv_cache_shape(batch.num_pages, batch.page_size, model.num_kv_heads, model.head_dim,
+                                           jnp.dtype(model.kv_dtype))
+            _, _, dec, pre, *_ = mod._resolve_attn_static(  # the kernel's own resolution, not a copy of it
+                sds((batch.num_tokens, model.num_q_heads, model.head_dim), model.dtype),
+                sds((batch.num_tokens, model.num_kv_heads, model.head_dim), model.kv_dtype),
+                sds(tuple(cache), model.kv_dtype),
+                sds((batch.num_seqs,), "int32"), sds((batch.num_seqs * pages,), "int32"),
+                sm_scale=float(attn.scale(model.head_dim)), sliding_window=attn.sliding_window,
+                soft_cap=attn.soft_cap, mask_value=None, q_scale=None, k_scale=attn.k_scale, v_scale=attn.v_scale,
+                vmem_limit_bytes=self.vmem_limit_bytes, out_dtype=None, **self._overrides(mod))
+        policy = "sliding-window policy" if attn.sliding_window is not None else "policy"
+        return {"decode": tuple(int(getattr(dec, f)) for f in FIELDS["decode"]),
+                "prefill": tuple(int(getattr(pre, f)) for f in FIELDS["prefill"]),
+                "source": {c: "config" if self.sizes[c] else f"{policy}:{kind}" for c in FIELDS},
+                "device_kind": kind}
+
+    def build(self, model: ModelSpec, attn: AttentionSpec, batch: RaggedBatch, *, interpret: bool = False) -> PreparedCall:
+        self.validate(model, attn, batch)
+        mod = self.module()
+        blocks = self.block_sizes(model, attn, batch)
+        kind = blocks["device_kind"]
+        static = dict(
+            sm_scale=float(attn.scale(model.head_dim)),
+            sliding_window=attn.sliding_window,
+            soft_cap=None if attn.soft_cap is None else float(attn.soft_cap),
+            k_scale=None if attn.k_scale is None else float(attn.k_scale),
+            v_scale=None if attn.v_scale is None else float(attn.v_scale),
+            vmem_limit_bytes=self.vmem_limit_bytes, **self._overrides(mod),
+        )
+        rpa = mod.ragged_paged_attention
+        h_kv, d = model.num_kv_heads, model.head_dim
+
+        @jax.jit
+        def merge(k_cache, v_cache):  # [P, page, h_kv, d] x2 -> [P, 2 h_kv, d_aligned, page]
+            pages, page = k_cache.shape[:2]
+            kv = jnp.stack([k_cache, v_cache], axis=3).reshape(pages, page, 2 * h_kv, d)
+            with tpu_target.abstract_tpu(kind):
+                target = mod.get_kv_cache_shape(pages, page, h_kv, d, k_cache.dtype)
+            kv = jnp.pad(kv, ((0, 0), (0, 0), (0, 0), (0, target[2] - d)))
+            return kv.transpose(0, 2, 3, 1)
+
+        @jax.jit
+        def split(kv_cache):
+            kv = kv_cache.transpose(0, 3, 1, 2)[..., :d]  # [P, page, 2 h_kv, d]
+            return kv[:, :, 0::2], kv[:, :, 1::2]
+
+        def layout(inputs: KernelInputs) -> tuple:
+            return (inputs.queries, inputs.new_keys, inputs.new_values, merge(inputs.k_cache, inputs.v_cache),
+                    inputs.kv_lens, inputs.page_indices.reshape(-1), inputs.cu_q_lens, inputs.distribution)
+
+        def prepare(state) -> tuple:
+            return layout(state) if isinstance(state, KernelInputs) else tuple(state)
+
+        def kernel(queries, keys, values, kv_cache, kv_lens, page_indices, cu_q_lens, distribution):
+            with call_context(interpret, target=kind, overhanging_dmas=True):
+                return settled(interpret, rpa(queries, keys, values, kv_cache, kv_lens, page_indices, cu_q_lens,
+                                              distribution, **static))
+
+        def finish(raw) -> KernelOutput:
+            out, kv_cache = raw
+            k_cache, v_cache = split(kv_cache)
+            return KernelOutput(output=out, k_cache=k_cache, v_cache=v_cache)
+
+        meta = {
+            "block_sizes": {c: list(blocks[c]) for c in FIELDS},
+            "block_sizes_source": blocks["source"],
+            "device_kind": kind,
+            "vmem_limit_bytes": self.vmem_limit_bytes,
+            "kernel_includes_prep": True,
+            "pallas_name_prefix": "rpa",
+            "source": self.source,
+        }
+        return PreparedCall(prepare=prepare, kernel=kernel, finish=finish, donates=True, meta=meta, layout=layout)
+
+
+DECLARATION = KernelDeclaration(
+    name="stacked_rpa", backend=StackedRpaBackend, pallas=True, takes_source=True, upstream_module=MODULE,
+    summary="tpu-inference's experimental stacked RPA (sequence along lanes; page size multiple of 128)")
