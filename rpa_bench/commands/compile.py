@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 from rpa_bench.commands import _hydra
 from rpa_bench.commands._hydra import run_hydra
 from rpa_bench.commands.lower import kernel_was_chosen
-from rpa_bench.generations import COMPILABLE, generation_kinds
+from rpa_bench.engine import engine_from_dict
+from rpa_bench.generations import COMPILABLE, generation_kind, generation_kinds
 from rpa_bench.kernels.registry import PALLAS_BACKENDS, fitting, kernel_config_from_dict
+from rpa_bench.paths import output_folder_problem
 from rpa_bench.workloads.batch import RaggedBatch
 from rpa_bench.workloads.model import AttentionSpec, ModelSpec
 
@@ -103,6 +106,54 @@ def jobs_for(cfg: DictConfig, *, all_pallas: bool) -> list:
             for k in kernels for g in gens for case, (batch, padding) in cases.items()]
 
 
+class CompileLog:
+    """``<compile.out>/compile.jsonl``: one line per finished compile, keyed by the job (kernel
+    config, model, attention, batch, generation, case), appended on the driver as each result
+    arrives; read back so a rerun skips what is there. A line cut short by a kill is ignored."""
+
+    def __init__(self, folder: str | None) -> None:
+        self.path = None if folder in (None, "") else Path(str(folder)) / "compile.jsonl"
+        self.seen: dict[str, dict] = {}
+        if self.path is None:
+            return
+        problem = output_folder_problem(str(folder), "compile.out")
+        if problem:
+            raise ValueError(problem)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists():
+            for line in self.path.read_text().splitlines():
+                try:
+                    rec = json.loads(line)
+                    self.seen[rec["key"]] = rec["result"]
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    continue
+
+    @staticmethod
+    def key(job) -> str:
+        import dataclasses
+        import hashlib
+
+        parts = [job.kernel, job.label, dataclasses.asdict(job.model), dataclasses.asdict(job.attn),
+                 job.batch.to_dict(), generation_kind(job.generation), job.case, job.padding, job.schedule]
+        return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+    def get(self, job):
+        from rpa_bench.kernels.compiling import CompileResult  # imports JAX: loaded when the command runs
+
+        rec = self.seen.get(self.key(job)) if self.path else None
+        if rec is None:
+            return None
+        fields = {f for f in CompileResult.__dataclass_fields__}
+        return CompileResult(**{k: v for k, v in rec.items() if k in fields})
+
+    def add(self, job, result) -> None:
+        if self.path is None:
+            return
+        with self.path.open("a") as f:  # one line per result: a kill loses at most the line being written
+            f.write(json.dumps({"key": self.key(job), "result": result.as_dict()}, default=str) + "\n")
+            f.flush()
+
+
 def format_table(results: list) -> str:
     import pandas as pd
 
@@ -144,7 +195,26 @@ def task(cfg: DictConfig) -> int:
             print(f"  {r.kernel:<8} {r.generation:<12} {r.case:<14} {r.status:<8} {r.compile_s:6.1f} s   {line}",
                   file=sys.stderr, flush=True)
 
-    results = compile_many(jobs, timeout_s=timeout, progress=progress, workers=workers)
+    try:
+        engine = engine_from_dict(OmegaConf.to_container(cfg.engine, resolve=True) if "engine" in cfg else None)
+        log = CompileLog(cfg.compile.get("out"))
+    except (ValueError, TypeError) as err:
+        return _hydra.fail("rpa-bench compile", str(err), as_json=as_json)
+    done = {i: r for i, j in enumerate(jobs) if (r := log.get(j)) is not None}
+    if done and not as_json:
+        print(f"rpa-bench compile: {len(done)} of {len(jobs)} already in {log.path} (not compiled again)",
+              file=sys.stderr)
+    todo = [j for i, j in enumerate(jobs) if i not in done]
+    eta = Eta(len(todo))
+
+    def record(r) -> None:
+        log.add(todo_by_label.pop((r.kernel, r.generation, r.case)), r)
+        progress(r)
+
+    todo_by_label = {(j.label, generation_kind(j.generation), j.case): j for j in todo}
+    fresh = compile_many(todo, timeout_s=timeout, progress=record, workers=workers, engine=engine)
+    fresh_iter = iter(fresh)
+    results = [done[i] if i in done else next(fresh_iter) for i in range(len(jobs))]
     if as_json:
         print(json.dumps([r.as_dict() for r in results], indent=1, default=str))
     else:

@@ -321,7 +321,8 @@ def default_workers(num_jobs: int) -> int:
 
 
 def compile_many(jobs: Sequence[CompileJob], *, timeout_s: float, progress: Any = None,
-                 timeout_field: str = "compile.timeout_s", workers: int | None = None) -> list[CompileResult]:
+                 timeout_field: str = "compile.timeout_s", workers: int | None = None,
+                 engine: Any = None) -> list[CompileResult]:
     """Each job in a worker process, killed past ``timeout_s`` (``timeout_field``: the
     setting that sets it, named in a timeout's message); ``workers`` lanes in parallel
     (None: :func:`default_workers`), each lane one reused worker process with its own
@@ -339,6 +340,9 @@ def compile_many(jobs: Sequence[CompileJob], *, timeout_s: float, progress: Any 
                 progress(r)
         return out
     jobs = list(jobs)
+    if engine is not None and engine.is_ray:
+        return _compile_on_ray(jobs, timeout_s=timeout_s, progress=progress, timeout_field=timeout_field,
+                               engine=engine)
     n = max(1, min(int(workers) if workers else default_workers(len(jobs)), len(jobs) or 1))
     results: list[CompileResult | None] = [None] * len(jobs)
     queue = list(enumerate(jobs))
@@ -417,6 +421,28 @@ def compile_many(jobs: Sequence[CompileJob], *, timeout_s: float, progress: Any 
             for pool in pools:
                 _kill(pool)
             raise
+    return [r for r in results if r is not None]
+
+
+def _compile_on_ray(jobs: list[CompileJob], *, timeout_s: float, progress: Any, timeout_field: str,
+                    engine: Any) -> list[CompileResult]:
+    """Each job a Ray task (compile-only: CPUs and memory, no accelerator); results in the
+    jobs' order, ``progress`` called on the driver as each arrives. Bundle counts
+    (``compile.schedule``) need the local engine: libtpu's dump folder is per worker process."""
+    from rpa_bench import engine as eng  # the Ray path only: the local path never needs it
+
+    results: list[CompileResult | None] = [None] * len(jobs)
+    plain = [dataclasses.replace(j, schedule=False) for j in jobs]
+    for index, res in eng.map_as_completed(_run_job, plain, engine, timeout_s=timeout_s):
+        job = jobs[index]
+        if isinstance(res, eng.TaskFailure):
+            status = "timeout" if res.timed_out else "failed"
+            error = (f"compile did not finish within {timeout_s:g} s ({timeout_field})" if res.timed_out
+                     else f"Ray task failed: {res.error}")
+            res = CompileResult(job.label, generation_kind(job.generation), job.case, status, error=error)
+        results[index] = res
+        if progress:
+            progress(res)
     return [r for r in results if r is not None]
 
 

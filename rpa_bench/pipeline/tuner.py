@@ -18,6 +18,7 @@ from typing import Any
 import jax
 
 from rpa_bench.kernels.generations import generation_kind
+from rpa_bench.engine import engine_from_dict
 from rpa_bench.kernels import compiling, tpu_target
 from rpa_bench.kernels.cases import check_model
 from rpa_bench.kernels.checking import check_on_inputs
@@ -124,6 +125,7 @@ class Tuner:
         self.cache = tn.VerdictCache(plan.results_dir / "tune" / "verdicts.json")
         self.stats = {"compiles": 0, "cached_verdicts": 0, "rows_measured": 0}
         self.estimate_is_lower_bound = True
+        self.engine = engine_from_dict(config.get("engine"))  # where the compile pruning runs
 
     # --- the flow ----------------------------------------------------------------------
     def run(self) -> int:
@@ -304,7 +306,7 @@ class Tuner:
             _say(f"    {r.kernel:<28} {r.status:<9} {r.compile_s:6.1f} s   {line}", self.quiet)
 
         compiling.compile_many(jobs, timeout_s=limit, progress=progress, timeout_field="tune.compile_timeout_s",
-                               workers=self.tcfg.compile_workers)
+                               workers=self.tcfg.compile_workers, engine=self.engine)
         return verdicts
 
     # --- measuring ------------------------------------------------------------------------
