@@ -156,3 +156,23 @@ def test_repo_must_be_a_checkouts_top_level(tmp_path):
     (tmp_path / "sub").mkdir()
     with pytest.raises(ValueError, match="not a git checkout's top level"):
         hist.git_toplevel(tmp_path / "sub")
+
+
+@pytest.mark.slow  # two revisions as Ray tasks on a local head (~1 min)
+def test_history_revisions_run_as_ray_tasks(repo, tmp_path, capsys, monkeypatch):
+    pytest.importorskip("ray")
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    path, shas = repo
+    out = tmp_path / "history"
+    argv = ["history", "--repo", str(path), "--revisions", f"{shas['blocks']},{shas['wrong']}", "--generations", "",
+            "--engine", "ray", "--out", str(out), "--", *TINY]
+    try:
+        assert cli.main(argv) == 1  # the logit scale breaks correctness: a regression
+    finally:
+        import ray
+
+        ray.shutdown()
+    text = capsys.readouterr().out
+    assert text.count("done (Ray task)") == 2
+    events = json.loads(next(out.glob("*/events.json")).read_text())
+    assert any(e["kind"] == "correctness" and e["commit"] == shas["wrong"][:10] for e in events)

@@ -53,6 +53,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--compile-timeout", type=float, default=300.0, help="seconds per compile")
     p.add_argument("--threshold", type=float, default=1.1, help="latency ratio that counts as a step (default 1.1)")
     p.add_argument("--out", default="results/history", help="history folder (default results/history)")
+    p.add_argument("--engine", default="local", choices=("local", "ray"),
+                   help="ray: each revision a Ray task (one accelerator of the run's kind each; docs/cluster.md)")
+    p.add_argument("--address", default=None,
+                   help="with --engine ray: auto, ray://host:port or host:port (default: a local head on 127.0.0.1)")
     return p
 
 
@@ -86,6 +90,40 @@ def _evaluate(rev: hist.Revision, repo: Path, args, base: tuple, folder: Path) -
                          say=lambda m: print(m, flush=True))
 
 
+def _evaluate_remote(item: tuple) -> str:
+    """One revision in a Ray worker: the request is composed there again (the same config
+    files and overrides), the result written to the revision's own folder (one writer each)."""
+    rev, repo, args, overrides, folder = item
+    _evaluate(rev, repo, args, _request(args, overrides, repo), folder)
+    return str(folder)
+
+
+def task_resources(platform: str) -> dict[str, float]:
+    """What one revision's task needs: the accelerator its run is timed on (none off one)."""
+    return {"tpu": {"TPU": 1.0}, "gpu": {"GPU": 1.0}}.get(platform, {})
+
+
+def _evaluate_on_ray(revs: list, repo: Path, args, overrides: list[str], folder) -> list:
+    import jax  # imports JAX: loaded when the command runs
+
+    from rpa_bench import engine as eng  # imports Ray on use: only on this path
+
+    cfg = eng.EngineConfig(kind="ray", address=args.address)
+    platform = jax.devices()[0].platform
+    resources = task_resources(platform)
+    if not resources:
+        print("note: --engine ray off an accelerator: revisions run side by side on CPUs and their timings share "
+              "the machines' cores; compare them on a cluster with one accelerator per task", flush=True)
+    items = [(r, repo, args, overrides, folder(r)) for r in revs]
+    for index, res in eng.map_as_completed(_evaluate_remote, items, cfg, resources=resources, memory_gib=None):
+        rev = revs[index]
+        if isinstance(res, eng.TaskFailure):
+            raise RuntimeError(f"the Ray task for {rev.short} failed: {res.error}")
+        print(f"  {rev.short} {rev.subject[:60]}: done (Ray task)", flush=True)
+    out = [load_result(folder(r), r) for r in revs]
+    return [r for r in out if r is not None]
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(argv or [])
     overrides: list[str] = []
@@ -104,6 +142,12 @@ def main(argv: list[str] | None = None) -> int:
             compiling.generation_kind(g.strip(), compilable=True)
         if not args.threshold > 1.0:
             raise ValueError(f"--threshold={args.threshold} must be > 1")
+        if args.engine == "ray" and args.steps:
+            raise ValueError("--steps bisects one revision after another; allowed with --engine local only")
+        if args.address is not None:
+            from rpa_bench.engine import EngineConfig  # the engine's own check of the address, one line
+
+            EngineConfig(kind="ray", address=args.address)
     except (ValueError, FileNotFoundError) as e:
         err(str(e))
         return 2
@@ -135,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
             results = [r for r in results if r is not None]
             print(f"first revision that differs from {revs[0].short}: "
                   + (f"{found.short} {found.subject}" if found else "none (or the last one does not differ)"))
+        elif args.engine == "ray":
+            results = _evaluate_on_ray(revs, repo, args, overrides, folder)
         else:
             results = [_evaluate(r, repo, args, base, folder(r)) for r in revs]
     except RuntimeError as e:
