@@ -183,3 +183,27 @@ def test_eta_line_counts_and_estimates():
     assert eta.done() == "[1/4] 10 s, ETA 30 s"
     now[0] = 120.0
     assert eta.done() == "[2/4] 20 s, ETA 20 s"
+
+
+def test_compile_out_keeps_each_result_once_and_a_rerun_skips_what_is_there(tmp_path, capsys):
+    if not compiling.libtpu_status()[0]:
+        pytest.skip("libtpu not installed")
+    args = ["compile", "kernel=reference", "compile.generations=[tpu7x]", "compile.cases=[decode_8x1k]",
+            f"compile.out={tmp_path / 'c'}"]
+    assert cli.main(args) == 0
+    log = tmp_path / "c" / "compile.jsonl"
+    assert len(log.read_text().splitlines()) == 1
+    with log.open("a") as f:
+        f.write('{"key": "cut short by a ki')  # a line a kill cut short is ignored
+    capsys.readouterr()
+    assert cli.main([*args[:3], "compile.cases=[decode_8x1k,lower]", args[4]]) == 0
+    captured = capsys.readouterr()
+    assert "1 of 2 already in" in captured.err and captured.out.count("reference") == 2
+    keys = [json.loads(x)["key"] for x in log.read_text().splitlines() if x.startswith('{"key": "') and x.endswith("}")]
+    assert len(keys) == 2 == len(set(keys))
+
+
+def test_bad_engine_settings_are_one_line_errors(capsys):
+    assert cli.main(["compile", "kernel=reference", "engine=ray", "engine.address=nowhere"]) == 2
+    err = capsys.readouterr().err
+    assert "engine.address='nowhere'; allowed: null" in err and "Traceback" not in err

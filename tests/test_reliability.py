@@ -29,7 +29,7 @@ def _run(tmp_path, *args):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["experiment=nosuch"], "experiment='nosuch' unknown; available: main_cpu"),
+    (["experiment=nosuch"], "experiment='nosuch' unknown; available: kernel_family, main_cpu"),
     (["experiment=paper_decode", "seed=abc"], "seed='abc' must be an integer"),
     (["experiment=paper_decode", "run.max_points=abc"], "run.max_points='abc' must be an integer or null"),
     (["experiment=paper_decode", "model.head_dim=true"], "model.head_dim=True must be an integer (got bool)"),

@@ -138,3 +138,17 @@ def test_aa_check_adds_no_twin_for_a_kernel_that_is_only_checked(capsys):
     labels = [s.entry.label for s in prep.kernels]
     assert labels == ["reference", "rpa_v3", "reference.aa"]  # rpa_v3 is checked in interpret mode on CPU
     assert "no A/A twin for rpa_v3" in capsys.readouterr().err
+
+
+def test_a_kernel_the_model_does_not_fit_refuses_the_run_unless_asked_to_skip():
+    from rpa_bench.pipeline.prepare import prepare_run
+
+    base = ["experiment=paper_decode", "scale=cpu_smoke", "run.kernels=[reference,rpa_v3_hd64]", "run.max_points=1"]
+    with pytest.raises(ValueError, match=r"kernel=rpa_v3_hd64: model.head_dim=128 unsupported; allowed: 64"):
+        prepare_run(_plan(base))
+    with pytest.raises(ValueError, match=r"run.unfit_kernels='maybe'; allowed: refuse, skip"):
+        _plan([*base, "run.unfit_kernels=maybe"])
+    prep = prepare_run(_plan([*base, "run.unfit_kernels=skip"]))
+    reasons = {k: v for k, v in prep.unsupported.items() if k[2] == "rpa_v3_hd64"}
+    assert reasons and all("head_dim=128 unsupported" in v for v in reasons.values())
+    assert not any(k[2] == "reference" for k in prep.unsupported)

@@ -121,7 +121,11 @@ class CompileLog:
             raise ValueError(problem)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists():
-            for line in self.path.read_text().splitlines():
+            text = self.path.read_text()
+            if text and not text.endswith("\n"):  # a line a kill cut short: the next one starts fresh
+                with self.path.open("a") as f:
+                    f.write("\n")
+            for line in text.splitlines():
                 try:
                     rec = json.loads(line)
                     self.seen[rec["key"]] = rec["result"]

@@ -114,12 +114,15 @@ class RpaV3Hd64Backend:
     # --- traffic --------------------------------------------------------------------------
     def traffic(self, model: ModelSpec, attn: AttentionSpec, batch: RaggedBatch, *,
                 generation: str | None = None) -> Traffic:
-        """Modelled traffic: v3's block iteration with one (bq, bkv) for every sequence, one call."""
+        """Modelled traffic: v3's block iteration with one (bq, bkv) for every sequence, one call,
+        and no causal trim: every query block walks the KV blocks to the sequence's end
+        (``num_bkv = cdiv(kv_len, bkv_sz)``); a sliding window moves the first block once per
+        sequence (from its first query token), not per query block."""
         b = self.block_sizes(model, batch, generation=generation)
         bq, bkv = b["num_queries_per_block"], b["num_kv_pages_per_block"] * batch.page_size
         return v3_traffic(model, batch, block_sizes=dict.fromkeys(("decode", "prefill", "mixed"), (bq, bkv)),
-                          causal=True, sliding_window=attn.sliding_window, single_call=True,
-                          head_dim_x2=True)
+                          causal=False, sliding_window=attn.sliding_window, single_call=True,
+                          head_dim_x2=True, window_start_per_seq=True)
 
     def traffic_blocks(self, model: ModelSpec, batch: RaggedBatch, generation: str | None = None) -> dict:
         b = self.block_sizes(model, batch, generation=generation)

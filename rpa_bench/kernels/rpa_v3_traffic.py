@@ -64,11 +64,13 @@ def q_token_bytes(model) -> int:
 
 def v3_traffic(model, batch, *, block_sizes: dict, causal: bool = True, sliding_window: int | None = None,
                max_num_seqs: int | None = None, pages_per_seq: int | None = None, single_call: bool = False,
-               head_dim_x2: bool = False) -> Traffic:
+               head_dim_x2: bool = False, window_start_per_seq: bool = False) -> Traffic:
     """Modelled traffic of one v3 call on ``batch``; ``block_sizes``: case -> (bq, bkv, bq_c,
     bkv_c) as the backend's plan resolves them (decode / prefill / mixed). ``single_call``: one
     pallas_call walks every sequence with the mixed case's iteration (the head_dim 64 kernel);
-    ``head_dim_x2``: its cache layout (K and V side by side in 128 lanes)."""
+    ``head_dim_x2``: its cache layout (K and V side by side in 128 lanes);
+    ``window_start_per_seq``: a sliding window's first KV block is the sequence's (from its first
+    query token), not each query block's (the head_dim 64 kernel)."""
     kv_tok, q_tok = kv_token_bytes(model, head_dim_x2), q_token_bytes(model)
     page = batch.page_size
     out = {k: 0 for k in ("kv_cache", "new_kv", "q", "output", "kv_cache_write", "metadata")}
@@ -106,7 +108,8 @@ def v3_traffic(model, batch, *, block_sizes: dict, causal: bool = True, sliding_
                 dmas["q"] += 1
                 dmas["output"] += 1
                 done = gap + b * abq
-                start = 0 if sliding_window is None else max(done - sliding_window, 0) // bkv_sz
+                first = gap if window_start_per_seq else done
+                start = 0 if sliding_window is None else max(first - sliding_window, 0) // bkv_sz
                 end = cdiv(min(kv, done + abq) if causal else kv, bkv_sz)
                 for j in range(start, end):
                     iterations += 1

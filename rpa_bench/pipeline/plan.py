@@ -120,6 +120,7 @@ class RunPlan:
     seed: int
     max_points: int | None  # per workload; None: all
     compile_only: str | None = None  # a TPU generation's device kind: compile for it, run nothing
+    unfit_kernels: str = "refuse"  # a kernel that cannot take the model: refuse the run | skip its rows
 
     @property
     def run_dir(self) -> Path:
@@ -181,6 +182,9 @@ def plan_from_config(
     seed = check_value("", "seed", cfg.get("seed", 0), int)
     if max_points is not None and int(max_points) < 1:
         raise ValueError(f"run.max_points={max_points} must be >= 1 or null")
+    unfit = str(run.get("unfit_kernels", "refuse"))
+    if unfit not in ("refuse", "skip"):
+        raise ValueError(f"run.unfit_kernels={unfit!r}; allowed: refuse, skip")
     compile_only = run.get("compile_only")
     if compile_only is not None:
         try:
@@ -220,4 +224,5 @@ def plan_from_config(
         seed=seed,
         max_points=None if max_points is None else int(max_points),
         compile_only=compile_only,
+        unfit_kernels=unfit,
     )

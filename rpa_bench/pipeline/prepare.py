@@ -99,16 +99,22 @@ def build_workloads(plan: RunPlan) -> list[tuple[WorkloadEntry, Any]]:
 def _check_limits(plan: RunPlan, workloads, kernels: list[KernelSlot], platform: str) -> dict:
     problems: list[str] = []
     unsupported: dict[tuple[str, str, str], str] = {}
-    for slot in kernels:  # model-level support: a config error for the whole run
+    unfit: dict[str, str] = {}
+    for slot in kernels:  # model-level support: a config error for the whole run (or, asked, skipped rows)
         if slot.available:
             try:
                 slot.backend.validate(plan.model, plan.attention, None)
             except ValueError as e:
-                problems.append(str(e))
+                if plan.unfit_kernels == "skip":
+                    unfit[slot.entry.label] = f"not supported: {e}"
+                else:
+                    problems.append(str(e))
     for entry, wl in workloads:
         for p in (wl.points if plan.max_points is None else wl.points[: plan.max_points]):
             for slot in kernels:  # point-level support (e.g. no causal mask): skipped rows
-                if slot.available:
+                if slot.entry.label in unfit:
+                    unsupported[(entry.name, p.point_id, slot.entry.label)] = unfit[slot.entry.label]
+                elif slot.available:
                     try:
                         slot.backend.validate(plan.model, point_attention(plan.attention, p), p.batch)
                     except ValueError as e:

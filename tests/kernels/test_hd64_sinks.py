@@ -63,3 +63,23 @@ def test_hd64_kernel_with_sinks_matches_the_reference_in_interpret_mode(inputs):
 def test_kernels_without_sinks_refuse_a_model_with_sinks():
     with pytest.raises(ValueError, match=r"kernel=rpa_v3: model.attention_sinks=true unsupported; allowed: false"):
         get_backend("rpa_v3").validate(dataclasses.replace(GPT_OSS_SHARD, head_dim=128), AttentionSpec(), BATCH)
+
+
+@pytest.mark.parametrize("seed", [0, 1, pytest.param(2, marks=pytest.mark.slow), pytest.param(3, marks=pytest.mark.slow),
+                                  pytest.param(4, marks=pytest.mark.slow), pytest.param(5, marks=pytest.mark.slow)])
+def test_hd64_traffic_model_equals_the_observed_dmas(seed):
+    import random
+
+    from rpa_bench.kernels.traffic import hook_status, observe_traffic
+
+    if not hook_status()[0]:
+        pytest.skip(hook_status()[1])
+    rng = random.Random(seed)
+    q = [rng.choice([1, rng.randint(2, 40)]) for _ in range(rng.randint(1, 4))]
+    batch = RaggedBatch.ordered(q, [x + rng.randint(0, 90) for x in q], page_size=16)
+    model = dataclasses.replace(GPT_OSS_SHARD, dtype="bfloat16", kv_dtype="bfloat16")
+    backend = get_backend("rpa_v3_hd64", options={"num_kv_pages_per_block": rng.randint(1, 3),
+                                                  "num_queries_per_block": rng.choice([8, 16])})
+    attn = rng.choice([AttentionSpec(), AttentionSpec(sliding_window=30)])
+    modelled, observed = backend.traffic(model, attn, batch), observe_traffic(backend, model, attn, batch)
+    assert modelled.comparable() == observed.comparable(), (batch.q_lens, batch.kv_lens)
