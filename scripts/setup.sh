@@ -34,5 +34,9 @@ $UV pip install --quiet -p .venv/bin/python --no-deps "tpu-inference==0.32.0"
 # libtpu: the TPU compiler, used off TPU as a compile-only client (rpa-bench compile); the
 # version tpu-inference 0.32.0 and jax[tpu]==0.11.2 pin.
 $UV pip install --quiet -p .venv/bin/python "libtpu==0.0.48"
+# Hydra's Ray launcher (sweeps on Ray: docs/cluster.md) without its declared dependencies:
+# it pins cloudpickle<3 and boto3 for its AWS launcher; joblib 1.6 needs cloudpickle>=3, and
+# the local Ray launcher the suite uses works with it (tests/test_ray_engine.py).
+$UV pip install --quiet -p .venv/bin/python --no-deps "hydra-ray-launcher==1.2.2"
 $UV pip install --quiet -p .venv/bin/python --no-deps -e .
 echo "setup: .venv ready ($(.venv/bin/python --version))"
