@@ -48,6 +48,9 @@ class EngineConfig:
     task_memory_gib: float | None = 2.0  # memory one compile task declares (a serving-size compile: 1-2 GiB)
     max_retries: int = 2  # Ray retries of a task whose worker died
     runtime_env: str = "none"
+    # the resource one timed task declares (a tune rung's candidate, a history revision): null:
+    # TPU where the driver sees a TPU, GPU where it sees a GPU, none on a CPU (not spread)
+    accelerator: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -179,6 +182,11 @@ def map_as_completed(fn: Callable[[Any], Any], items: Sequence[Any], cfg: Engine
 def _short(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[-1] if text else ''}"[:300]
+
+
+def accelerator_resource(cfg: EngineConfig, platform: str) -> str | None:
+    """The Ray resource a timed task declares: ``engine.accelerator``, else the driver's kind."""
+    return cfg.accelerator or {"tpu": "TPU", "gpu": "GPU"}.get(platform)
 
 
 def engine_from_dict(d: dict | None) -> EngineConfig:

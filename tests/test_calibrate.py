@@ -12,7 +12,7 @@ from rpa_bench.commands._hydra import compose, conf_dir
 from rpa_bench.commands.calibrate import main as calibrate_main
 from rpa_bench.measure.calibrate import CalibrationPlan, measure
 from rpa_bench.roofline.calibration import latest_calibration, resolve_roofline
-from rpa_bench.roofline.specs import device_names, get_device_spec, listed_device_spec
+from rpa_bench.roofline.specs import device_names, listed_device_spec
 
 DEVICE_FILES = sorted(p.stem for p in (conf_dir() / "device").glob("*.yaml"))
 

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rpa_bench.kernels.base import Capabilities, KernelOutput
+from rpa_bench.kernels.base import KernelOutput
 from rpa_bench.kernels.cases import check_cases
 from rpa_bench.kernels.checking import check_backend, check_on_inputs, compare_outputs
 from rpa_bench.kernels.reference import REFERENCE_CAPABILITIES, ReferenceBackend, reference_attention

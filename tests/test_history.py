@@ -5,7 +5,6 @@ event found at its commit."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 

@@ -30,7 +30,9 @@ TINY = ["workload=batch_spec", "workload.page_size=16", "model.num_q_heads=4", "
 def local_ray():
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     if not ray.is_initialized():
-        ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, num_cpus=2, log_to_driver=False)
+        # two stand-in accelerators, so timed work can be spread as on a cluster with two
+        ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, num_cpus=2, log_to_driver=False,
+                 resources={"test_accelerator": 2})
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import this test file
     yield
     ray.shutdown()
@@ -101,6 +103,31 @@ def test_a_two_job_hydra_sweep_runs_through_the_ray_launcher(local_ray, tmp_path
     assert len(jobs) == 2
     assert {json.loads((j / "manifest.json").read_text())["config"]["seed"] for j in jobs} == {0, 1}
     assert all(json.loads((j / "manifest.json").read_text())["status"] == "complete" for j in jobs)
+
+
+def test_a_tune_rung_spreads_its_candidates_over_accelerators_each_timed_with_the_heuristic(local_ray, tmp_path,
+                                                                                             capsys):
+    """Two (stand-in) accelerators: each contender is one Ray task declaring one, timed interleaved
+    with the heuristic on it; scores are paired ratios; the store holds each task's rows once."""
+    code = cli.main(["tune", "kernel=reference", "workload=batch_spec", "workload.spec=[4q1s256,2q1s512]",
+                     "scale=cpu_smoke", "timing=quick", "timing.capture=false", "tune.strategy=grid",
+                     "tune.max_candidates=3", "run.progress=false", "tune.json=true", "engine=ray",
+                     "engine.accelerator=test_accelerator", "engine.task_memory_gib=null",
+                     f"run.results_dir={tmp_path}"])
+    out = capsys.readouterr().out
+    assert code == 0, out[-3000:]
+    summary = json.loads(out[out.index("{"):])
+    (phase,) = summary["phases"].values()
+    assert phase["spread_over"] == "test_accelerator"
+    contenders = [c for c in phase["measured"] if c != phase["heuristic"]]
+    assert len(contenders) == 2 and set(phase["answer"]["totals"]) == set(phase["measured"])
+    rung = Path(summary["folder"]) / "decode" / "rung0"
+    for label in contenders:  # each task's own run folder: its contender and the heuristic, each point once
+        from rpa_bench.store.run_store import RunStore
+
+        df = RunStore(rung / label).read()
+        assert set(df["kernel"]) == {label, phase["heuristic"]}
+        assert not df.duplicated(["kernel", "point_id", "variant"]).any()
 
 
 def test_a_compile_resumes_after_its_driver_is_killed(tmp_path):

@@ -9,7 +9,6 @@ import json
 import os
 import socket
 import subprocess
-from pathlib import Path
 
 import numpy as np
 import pandas as pd

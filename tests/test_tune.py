@@ -12,6 +12,7 @@ import pytest
 from rpa_bench import cli
 from rpa_bench.kernels import tpu_target
 from rpa_bench.kernels.registry import KernelConfig, get_backend
+from rpa_bench.kernels.rpa_v3 import MIN_BQ
 from rpa_bench.pipeline import tune_space as tn
 from rpa_bench.store.run_store import RunStore
 from rpa_bench.workloads.batch import RaggedBatch
@@ -40,7 +41,7 @@ def test_the_space_obeys_the_kernels_rules_and_always_holds_the_heuristic(phase)
         if phase == "decode":
             assert bq == bq_c == 1
         else:
-            assert tn.MIN_BQ <= bq <= 64  # doubling up to the longest query (37 -> 64)
+            assert MIN_BQ <= bq <= 64  # doubling up to the longest query (37 -> 64)
     # every fetch size from one page to the longest kv, and every page-multiple compute size that divides it
     fetch = {c.values[1] for c in cands[1:]}
     assert fetch == {256, 512, 1024, 2048, 3072}
@@ -171,8 +172,16 @@ def test_tune_on_the_reference_end_to_end_and_resume_after_a_kill_redoes_nothing
 def test_bad_tune_settings_are_refused_in_one_line(tmp_path, capsys):
     assert cli.main([*TUNE, "tune.strategy=bayes", f"run.results_dir={tmp_path}"]) == 2
     assert "tune.strategy='bayes'; allowed: halving, grid" in capsys.readouterr().err
-    assert cli.main([*TUNE, "kernel=jax_rpa", f"run.results_dir={tmp_path}"]) == 2
-    assert "rpa-bench tune tunes rpa_v3, reference" in capsys.readouterr().err
+    assert cli.main([*TUNE, "tune.phases=[decode,speculate]", f"run.results_dir={tmp_path}"]) == 2
+    assert "tune.phases: 'speculate' unknown; allowed: decode, prefill, mixed, verify" in capsys.readouterr().err
+
+
+def test_every_declared_kernel_is_tunable_and_a_kernel_without_knobs_is_refused_naming_the_tunable_ones():
+    from rpa_bench.kernels import registry
+
+    assert set(tn.TUNABLE) == set(registry.BACKENDS)
+    with pytest.raises(ValueError, match=r"kernel=nope: no tunable knobs declared; allowed: rpa_v3, rpa_v2"):
+        registry.tuning("nope")
 
 
 def test_a_timeout_verdict_holds_only_for_the_limit_it_was_reached_under(tmp_path):

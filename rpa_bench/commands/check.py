@@ -3,6 +3,7 @@
     rpa-bench check                         # every kernel the registry knows
     rpa-bench check kernel=rpa_v3           # only RPA v3 (its conf/kernel options apply)
     rpa-bench check kernel=rpa_v3 model=llama3_8b_hd256 attention.soft_cap=30
+    rpa-bench check kernel=rpa_v3_hd64 check.cases=upstream   # tpu-inference's own test inputs
 
 Cases keep the configured model's head_dim and q/KV head ratio with few heads (see
 :mod:`rpa_bench.kernels.cases`); Pallas kernels run in interpret mode off TPU. Prints one
@@ -26,9 +27,12 @@ from rpa_bench.kernels.cases import CheckCase, check_cases, padded_sizes
 from rpa_bench.kernels.checking import CheckRecord, SKIPPED, check_on_inputs, summary_ok, tolerance_for
 from rpa_bench.kernels.reference import reference_attention
 from rpa_bench.kernels.registry import BACKENDS, KernelConfig, PALLAS_BACKENDS, kernel_config_from_dict
+from rpa_bench.kernels.upstream_cases import SKIPPED_UPSTREAM, as_check_case, upstream_inputs
 from rpa_bench.status import CHECK_STATUSES
 from rpa_bench.workloads.materialize import KernelInputs
 from rpa_bench.workloads.model import AttentionSpec, ModelSpec
+
+CASE_SETS = ("ours", "upstream", "all")
 
 # write nothing: no run folder, no .hydra copy, no log file
 NO_OUTPUT = (
@@ -121,8 +125,11 @@ def run_checks(kernels: list[tuple[KernelConfig, KernelBackend]], cases, *,
             continue
         for case in (cases(backend) if callable(cases) else cases):
             key = f"{case.name}/{case.dtype_label}/{case.batch.page_size}"
+            own = backend
             try:
-                backend.validate(case.model, case.attn, case.batch)
+                if case.kernel_options:  # the case's own options (an upstream test's explicit block sizes)
+                    own = dataclasses.replace(kc, options={**kc.options, **dict(case.kernel_options)}).backend()
+                own.validate(case.model, case.attn, case.batch)
             except ValueError as e:
                 record = CheckRecord(kc.name, case.name, case.dtype_label, SKIPPED,
                                      tolerance=tolerance_for(case.model), message=str(e))
@@ -131,7 +138,7 @@ def run_checks(kernels: list[tuple[KernelConfig, KernelBackend]], cases, *,
                     inputs = case.materialize()
                     shared[key] = (inputs, jax.block_until_ready(reference_attention(inputs, case.attn)))
                 inputs, ref = shared[key]
-                record = check_on_inputs(backend, inputs, case.attn, interpret=resolve_interpret(kc, platform),
+                record = check_on_inputs(own, inputs, case.attn, interpret=resolve_interpret(kc, platform),
                                          case=case.name, reference=ref)
             records.append(record)
             on_record(record)
@@ -158,10 +165,14 @@ def task(cfg: DictConfig) -> int:
         print(f"rpa-bench check: {e}", file=sys.stderr)
         return 2
 
+    which = str((cfg.get("check") or {}).get("cases", "ours"))
+    if which not in CASE_SETS:
+        print(f"rpa-bench check: check.cases={which!r}; allowed: {', '.join(CASE_SETS)}", file=sys.stderr)
+        return 2
     cases = check_cases(model, attention=attn, seed=int(cfg.seed))
     own_pages = {}  # page size -> cases, for kernels whose layout needs page-size multiples (stacked RPA: 128)
 
-    def cases_for(backend: KernelBackend) -> tuple[CheckCase, ...]:
+    def ours(backend: KernelBackend) -> tuple[CheckCase, ...]:
         multiple = getattr(backend.capabilities, "page_size_multiple", None)
         page = cases[0].batch.page_size
         if not multiple or page % multiple == 0:
@@ -170,9 +181,27 @@ def task(cfg: DictConfig) -> int:
             own_pages[multiple] = check_cases(model, attention=attn, seed=int(cfg.seed), page_size=multiple)
         return own_pages[multiple]
 
+    def cases_for(backend: KernelBackend) -> tuple[CheckCase, ...]:
+        mine = ours(backend) if which in ("ours", "all") else ()
+        if which in ("upstream", "all"):
+            mine += tuple(as_check_case(u, seed=int(cfg.seed)) for u in upstream_inputs(backend.name))
+        return mine
+
     as_json = _hydra.JSON_OUTPUT
     if not as_json:
-        print(describe(model, cases, platform))
+        shown = ours(kernels[0][1]) if explicit else cases  # the explicit kernel's own page size
+        if which != "upstream":
+            print(describe(model, shown, platform))
+        if which != "ours":
+            for kc, backend in kernels:
+                n = len(upstream_inputs(backend.name))
+                print(f"  {kc.name}: {n} upstream test input(s)" + ("" if n else " (upstream has no test of it)")
+                      + (f"; upstream skips: {'; '.join(SKIPPED_UPSTREAM[backend.name])}"
+                         if backend.name in SKIPPED_UPSTREAM else ""))
+        for kc, backend in ([] if explicit or which == "upstream" else kernels):
+            own = ours(backend)
+            if own is not cases:
+                print(f"  {kc.name}: the same cases at page_size={own[0].batch.page_size} (its layout's multiple)")
         print(_row(tuple(name for name, _ in COLUMNS)), flush=True)
     records = run_checks(kernels, cases_for, platform=platform,
                          on_record=(lambda r: None) if as_json else print_record)

@@ -1,21 +1,23 @@
 """``rpa-bench tune``: the block sizes of each kernel case, tuned for the traffic you serve.
 
-For a model, a kernel (``kernel=rpa_v3``, or ``kernel=reference`` whose ``block_bytes``
-knob lets the whole machinery run for real on a CPU or GPU) and a workload (a trace's
+For a model, a kernel (any kernel that declares its knobs: ``rpa_v3``, ``batched_rpa``,
+``stacked_rpa``, ``rpa_v3_hd64``, ``rpa_v2``, ``jax_rpa``; or ``kernel=reference`` whose
+``block_bytes`` knob lets the whole machinery run for real on a CPU or GPU) and a workload (a trace's
 sampled steps with their time weights, a paper sweep, a batch-spec list, the
 speculative-decoding verify shapes), search each phase the workload exercises:
 
 1. candidates from the kernel's rules, the kernel's heuristic tuple always among them;
-2. rpa_v3: each compiled for the target TPU generation (``tune.generation``; offline with
+2. a Pallas kernel: each compiled for the target TPU generation (``tune.generation``; offline with
    libtpu, no TPU needed) and pruned when it does not fit VMEM or compile; verdicts cached;
-3. where the kernel can be timed here (rpa_v3 on a TPU; the reference anywhere): successive
+3. where the kernel can be timed here (a Pallas kernel on a TPU; the reference anywhere): successive
    halving, each rung an interleaved, correctness-gated run of the suite stored under the
    tuning folder (resumable: a rerun measures nothing twice);
 4. the best tuple per phase (time-weighted), per bucket, the regret of one tuple for all
-   buckets, the heuristic vs the tuned time with CIs, the ``RPA_V3_*_BLOCK_SIZES`` lines for
-   serving, a JSON table and an HTML page.
+   buckets, the heuristic vs the tuned time with CIs, each kernel's own override form for
+   serving (``RPA_V3_*_BLOCK_SIZES`` lines; call arguments for the others), a JSON table and
+   an HTML page.
 
-Off TPU rpa_v3 is not timed (interpret mode is not kernel performance): the survivors are
+Off TPU a Pallas kernel is not timed (interpret mode is not kernel performance): the survivors are
 listed with their VMEM headroom and static schedule length, ready to be timed on a TPU, and
 the tuple with the shortest schedule is checked for correctness in interpret mode.
 

@@ -15,19 +15,27 @@ mode moves the in-bounds part (:func:`rpa_bench.kernels.compat_interpret.overhan
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 
 from rpa_bench.kernels import loader, tpu_target
-from rpa_bench.kernels.backend_util import call_context, device_kind, positive_int, settled, take_options
-from rpa_bench.kernels.base import Capabilities, KernelOutput, KernelProvenance, PreparedCall, check_capabilities
+from rpa_bench.kernels.backend_util import (
+    UpstreamKernel,
+    attention_kwargs,
+    device_kind,
+    positive_int,
+    sized_tuple,
+    take_options,
+    v3_signature_call,
+)
+from rpa_bench.kernels.base import Capabilities, PreparedCall, check_capabilities
 from rpa_bench.kernels.declaration import KernelDeclaration
+from rpa_bench.kernels.tuning import Knob, Tuning, fetch_sizes, query_blocks
 from rpa_bench.kernels.rpa_v3 import merge_cache, split_cache
 from rpa_bench.workloads.batch import RaggedBatch
-from rpa_bench.workloads.materialize import KernelInputs
 from rpa_bench.workloads.model import AttentionSpec, ModelSpec
 
 MODULE = "kernels.experimental.batched_rpa.wrapper"
@@ -44,46 +52,45 @@ CAPABILITIES = Capabilities(
 )
 
 
-def _sizes(kernel: str, field: str, value: Any) -> tuple[int, ...] | None:
-    if value is None:
-        return None
-    items = list(value) if isinstance(value, (list, tuple)) else []
-    if len(items) != 5 or any(not isinstance(x, int) or isinstance(x, bool) or x < 1 for x in items):
-        raise ValueError(f"kernel={kernel}: {field}={value!r} must be [{', '.join(FIELDS)}] "
-                         "(5 positive integers) or null")
-    return tuple(items)
+class BatchedTuning(Tuning):
+    """``BlockSizes(bq_sz, bq_c_sz, bkv_sz, batch_size, n_buffer)`` per call (decode; every other
+    sequence), passed as call arguments (production reads no environment variable for them).
+    The space follows the kernel's own sizing: KV blocks in multiples of 128 lanes and of the page,
+    doubling up to the longest kv; decode with one query per block and up to 8 sequences per
+    step; prefill query blocks doubling from 128, computed whole or in halves, 1 or 2 sequences
+    per step; 2 or 3 buffers."""
+
+    knobs = {c: Knob(c, FIELDS, option=f"{c}_block_sizes", call=f"{c}_block_sizes", call_type="BlockSizes")
+             for c in CASES}
+    phase_case = {"decode": "decode", "prefill": "prefill", "mixed": "prefill", "verify": "prefill"}
+
+    def grid(self, case, *, page_size, max_kv, max_q, generation=None):
+        fetch = fetch_sizes(math.lcm(128, page_size), max_kv)
+        if case == "decode":
+            return [(1, 1, bkv, b, n) for bkv in fetch for b in (1, 2, 4, 8) for n in (2, 3)]
+        return [(bq, bq_c, bkv, b, n) for bq in query_blocks(128, max_q) for bq_c in (bq, bq // 2)
+                for bkv in fetch for b in (1, 2) for n in (2, 3)]
+
+    def default(self, backend, model, attn, batch, case, generation):
+        return tuple(backend.block_sizes(model, attn, batch, generation=generation)[case])
 
 
-class BatchedRpaBackend:
+class BatchedRpaBackend(UpstreamKernel):
     """Batched RPA; ``source``: installed release, checkout path, or path@ref."""
 
     name = "batched_rpa"
+    upstream, missing = MODULE, "batched RPA"
     capabilities = CAPABILITIES
+    tuning = BatchedTuning()
 
     def __init__(self, *, source: str | None = None, options: Mapping[str, Any] | None = None) -> None:
         opts = take_options(self.name, options, OPTIONS)
         self.options, self.source = opts, source
-        self.sizes = {c: _sizes(self.name, f"{c}_block_sizes", opts[f"{c}_block_sizes"]) for c in CASES}
+        self.sizes = {c: sized_tuple(self.name, f"{c}_block_sizes", opts[f"{c}_block_sizes"], FIELDS) for c in CASES}
         self.vmem_limit_bytes = positive_int(self.name, "vmem_limit_bytes", opts["vmem_limit_bytes"])
         self.generation = opts["generation"]
         if self.generation is not None:
             device_kind(self.name, self.generation)
-
-    def module(self):
-        return loader.kernel_module(MODULE, self.source)
-
-    def availability(self) -> tuple[bool, str]:
-        ok, why = loader.availability(self.source)
-        if not ok:
-            return ok, why
-        try:
-            self.module()
-        except (ImportError, AttributeError) as e:
-            return False, f"this tpu-inference has no batched RPA ({e})"
-        return True, why
-
-    def provenance(self) -> KernelProvenance:
-        return loader.load_source(self.source).provenance(MODULE, self.name)
 
     def validate(self, model: ModelSpec, attn: AttentionSpec, batch: RaggedBatch | None = None) -> None:
         check_capabilities(self.name, self.capabilities, model, attn, batch)
@@ -118,6 +125,14 @@ class BatchedRpaBackend:
                 out["source"][case] = f"{origin}:{kind}"
         return out
 
+    def traffic_operands(self, model: ModelSpec, inputs) -> dict[tuple[int, ...], str]:
+        """HBM operand shapes -> names, for observing its DMAs (no traffic model: observed only)."""
+        v3 = loader.kernel_module("v3", self.source)
+        pages, page = int(inputs.k_cache.shape[0]), int(inputs.k_cache.shape[1])
+        cache = tuple(int(x) for x in v3.get_kv_cache_shape(pages, page, model.num_kv_heads, model.head_dim,
+                                                            jnp.dtype(model.kv_dtype)))
+        return {tuple(int(x) for x in inputs.queries.shape): "q", cache: "kv_cache"}
+
     def build(self, model: ModelSpec, attn: AttentionSpec, batch: RaggedBatch, *, interpret: bool = False) -> PreparedCall:
         self.validate(model, attn, batch)
         mod, v3 = self.module(), loader.kernel_module("v3", self.source)
@@ -125,36 +140,11 @@ class BatchedRpaBackend:
         kind = blocks["device_kind"]
         sizes = {c: mod.configs.BlockSizes(*blocks[c]) for c in CASES}
         static = dict(
-            sm_scale=float(attn.scale(model.head_dim)),
-            sliding_window=attn.sliding_window,
-            soft_cap=None if attn.soft_cap is None else float(attn.soft_cap),
-            k_scale=None if attn.k_scale is None else float(attn.k_scale),
-            v_scale=None if attn.v_scale is None else float(attn.v_scale),
+            attention_kwargs(model, attn),
             decode_block_sizes=sizes["decode"], prefill_block_sizes=sizes["prefill"],
             vmem_limit_bytes=self.vmem_limit_bytes, kv_layout=mod.configs.KVLayout.HEAD_ALONG_SUBLANE,
         )
-        rpa = mod.ragged_paged_attention
         h_kv, d = model.num_kv_heads, model.head_dim
-        merge = jax.jit(lambda k_cache, v_cache: merge_cache(v3, k_cache, v_cache))
-        split = jax.jit(lambda kv_cache: split_cache(kv_cache, num_kv_heads=h_kv, head_dim=d))
-
-        def layout(inputs: KernelInputs) -> tuple:
-            return (inputs.queries, inputs.new_keys, inputs.new_values, merge(inputs.k_cache, inputs.v_cache),
-                    inputs.kv_lens, inputs.page_indices.reshape(-1), inputs.cu_q_lens, inputs.distribution)
-
-        def prepare(state) -> tuple:
-            return layout(state) if isinstance(state, KernelInputs) else tuple(state)
-
-        def kernel(queries, keys, values, kv_cache, kv_lens, page_indices, cu_q_lens, distribution):
-            with call_context(interpret, target=kind, overhanging_dmas=True):
-                return settled(interpret, rpa(queries, keys, values, kv_cache, kv_lens, page_indices, cu_q_lens,
-                                              distribution, **static))
-
-        def finish(raw) -> KernelOutput:
-            out, kv_cache = raw
-            k_cache, v_cache = split(kv_cache)
-            return KernelOutput(output=out, k_cache=k_cache, v_cache=v_cache)
-
         meta = {
             "block_sizes": {c: list(blocks[c]) for c in CASES},
             "block_sizes_source": blocks["source"],
@@ -164,7 +154,10 @@ class BatchedRpaBackend:
             "pallas_name_prefix": "rpa",
             "source": self.source,
         }
-        return PreparedCall(prepare=prepare, kernel=kernel, finish=finish, donates=True, meta=meta, layout=layout)
+        return v3_signature_call(
+            mod.ragged_paged_attention, static, meta=meta, interpret=interpret, target=kind, overhanging_dmas=True,
+            merge=lambda k_cache, v_cache: merge_cache(v3, k_cache, v_cache),
+            split=lambda kv_cache: split_cache(kv_cache, num_kv_heads=h_kv, head_dim=d))
 
 
 DECLARATION = KernelDeclaration(

@@ -47,6 +47,7 @@ class CheckCase:
     num_pages: int
     pages_per_seq: int | None = None  # page-table width; None: the batch's own need
     seed: int = 0
+    kernel_options: tuple[tuple[str, object], ...] = ()  # options the case calls the kernel with (upstream's)
 
     def __post_init__(self) -> None:
         if self.max_num_batched_tokens < self.batch.num_tokens:

@@ -31,6 +31,7 @@ from jax import lax
 
 from rpa_bench.kernels.declaration import KernelDeclaration
 from rpa_bench.kernels.base import Capabilities, KernelOutput, KernelProvenance, PreparedCall, check_capabilities
+from rpa_bench.kernels.tuning import PHASES, Knob, Tuning
 from rpa_bench.workloads.batch import RaggedBatch, cdiv
 from rpa_bench.workloads.materialize import KernelInputs
 from rpa_bench.workloads.model import AttentionSpec, ModelSpec, SUPPORTED_DTYPES, SUPPORTED_KV_DTYPES
@@ -301,6 +302,20 @@ REFERENCE_CAPABILITIES = Capabilities(
 )
 
 
+class ReferenceTuning(Tuning):
+    """One knob for every case: ``block_bytes``, the working set of one step (a power of two
+    from 256 KiB to 128 MiB): tuned for real wherever XLA runs (CPU, GPU)."""
+
+    knobs = {"all": Knob("all", ("block_bytes",), option="block_bytes", call="block_bytes")}
+    phase_case = dict.fromkeys(PHASES, "all")
+
+    def grid(self, case, *, page_size, max_kv, max_q, generation=None):
+        return [(2**k,) for k in range(18, 28)]
+
+    def default(self, backend, model, attn, batch, case, generation):
+        return (int(backend.block_bytes),)
+
+
 class ReferenceBackend:
     """The pure-jnp reference as a kernel backend.
 
@@ -314,6 +329,7 @@ class ReferenceBackend:
 
     name = "reference"
     capabilities = REFERENCE_CAPABILITIES
+    tuning = ReferenceTuning()
 
     def __init__(self, *, options: Mapping[str, Any] | None = None) -> None:
         options = dict(options or {})

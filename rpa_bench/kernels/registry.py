@@ -63,6 +63,15 @@ def _check_name(name: str) -> str:
 BACKENDS = tuple(_modules())
 PALLAS_BACKENDS = tuple(d.name for d in declarations() if d.pallas)  # interpret mode off TPU
 SOURCE_BACKENDS = tuple(d.name for d in declarations() if d.takes_source)  # take kernel.source
+# kernels whose block sizes `rpa-bench tune` searches (their backend class declares `tuning`)
+TUNABLE_BACKENDS = tuple(d.name for d in declarations() if getattr(d.backend, "tuning", None) is not None)
+
+
+def tuning(name: str):
+    """The :class:`rpa_bench.kernels.tuning.Tuning` a kernel declares; refused naming the tunable ones."""
+    if name not in TUNABLE_BACKENDS:
+        raise ValueError(f"kernel={name}: no tunable knobs declared; allowed: {', '.join(TUNABLE_BACKENDS)}")
+    return declaration(name).backend.tuning
 
 
 def get_backend(name: str, *, source: str | None = None, options: Mapping[str, Any] | None = None) -> KernelBackend:

@@ -26,8 +26,17 @@ import jax
 import jax.numpy as jnp
 
 from rpa_bench.kernels import loader, tpu_target
-from rpa_bench.kernels.backend_util import call_context, device_kind, positive_int, settled, take_options
+from rpa_bench.kernels.backend_util import (
+    UpstreamKernel,
+    attention_kwargs,
+    call_context,
+    device_kind,
+    positive_int,
+    settled,
+    take_options,
+)
 from rpa_bench.kernels.declaration import KernelDeclaration
+from rpa_bench.kernels.tuning import PageBlockTuning
 from rpa_bench.kernels.base import Capabilities, KernelOutput, KernelProvenance, PreparedCall, check_capabilities
 from rpa_bench.kernels.old_api_traffic import old_api_traffic
 from rpa_bench.kernels.reference import kv_write_slots
@@ -91,6 +100,7 @@ class OldApiBackend:
 
     name = "old_api"
     capabilities = OLD_API_CAPABILITIES
+    tuning = PageBlockTuning()
 
     def __init__(self, *, source: str | None = None, options: Mapping[str, Any] | None = None) -> None:
         opts = take_options(self.name, options, OPTIONS)
@@ -176,11 +186,7 @@ class OldApiBackend:
         mod = self.module()
         blocks = self.block_sizes(model, batch)
         static = dict(
-            sm_scale=float(attn.scale(model.head_dim)),
-            sliding_window=attn.sliding_window,
-            soft_cap=None if attn.soft_cap is None else float(attn.soft_cap),
-            k_scale=None if attn.k_scale is None else float(attn.k_scale),
-            v_scale=None if attn.v_scale is None else float(attn.v_scale),
+            attention_kwargs(model, attn),
             num_kv_pages_per_block=blocks["num_kv_pages_per_block"],
             num_queries_per_block=blocks["num_queries_per_block"],
             vmem_limit_bytes=self.vmem_limit_bytes,
@@ -225,19 +231,11 @@ class OldApiBackend:
         return PreparedCall(prepare=prepare, kernel=kernel, finish=finish, donates=True, meta=meta, layout=layout)
 
 
-class RpaV2Backend(OldApiBackend):
+class RpaV2Backend(UpstreamKernel, OldApiBackend):
     """tpu-inference RPA v2; ``source``: installed release, checkout path, or path@ref."""
 
     name = "rpa_v2"
-
-    def module(self):
-        return loader.kernel_module("v2", self.source)
-
-    def availability(self) -> tuple[bool, str]:
-        return loader.availability(self.source)
-
-    def provenance(self) -> KernelProvenance:
-        return loader.load_source(self.source).provenance("v2", self.name)
+    upstream = "v2"
 
 
 DECLARATION = KernelDeclaration(

@@ -25,25 +25,26 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from rpa_bench.kernels import loader, tpu_target
 from rpa_bench.kernels.backend_util import (
     BlockSizes,
+    UpstreamKernel,
+    attention_kwargs,
     block_sizes,
-    call_context,
-    settled,
     device_kind,
     largest_divisor_at_most,
     positive_int,
     take_options,
+    v3_signature_call,
 )
 from rpa_bench.kernels.rpa_v3_traffic import align, packing, v3_traffic
+from rpa_bench.kernels.tuning import Knob, Tuning, fetch_sizes, query_blocks
 from rpa_bench.kernels.traffic import Traffic
 from rpa_bench.kernels.declaration import KernelDeclaration
-from rpa_bench.kernels.base import Capabilities, KernelOutput, KernelProvenance, PreparedCall, check_capabilities
+from rpa_bench.kernels.base import Capabilities, PreparedCall, check_capabilities
 from rpa_bench.workloads.batch import RaggedBatch, cdiv
 from rpa_bench.workloads.materialize import KernelInputs
 from rpa_bench.workloads.model import AttentionSpec, ModelSpec
@@ -107,11 +108,61 @@ def check_blocks(kernel: str, field: str, sizes: BlockSizes, page_size: int) -> 
             raise ValueError(f"kernel={kernel}: {field}={list(sizes)}: {name}={value} must be a multiple of {page_size=}")
 
 
-class RpaV3Backend:
+MIN_BQ = 8  # the smallest query block the tuner tries for prefill / mixed
+
+
+class V3Tuning(Tuning):
+    """``(bq_sz, bkv_sz, bq_csz, bkv_csz)`` per case, in tokens; production reads them from
+    ``RPA_V3_{DECODE,PREFILL,MIXED}_BLOCK_SIZES``.
+
+    The space follows the kernel's rules: ``bq % bq_c == 0``, ``bkv % bkv_c == 0``, ``bkv`` and
+    ``bkv_c`` multiples of the page size; decode has ``bq = bq_c = 1``; fetch sizes doubling
+    from one page up to the longest kv (that one included), compute sizes dividing them;
+    prefill / mixed add query blocks doubling from 8 up to the longest query, computed whole
+    or in halves."""
+
+    knobs = {c: Knob(c, ("bq_sz", "bkv_sz", "bq_csz", "bkv_csz"), option=f"{c[0]}_block_sizes",
+                     env=f"RPA_V3_{c.upper()}_BLOCK_SIZES", call=f"{c[0]}_block_sizes") for c in CASES}
+    phase_case = {"decode": "decode", "prefill": "prefill", "mixed": "mixed", "verify": "mixed"}
+    estimate_checked = True  # 0.8x to 1.096x of the compiler's VMEM use, docs/tuning.md
+
+    def grid(self, case, *, page_size, max_kv, max_q, generation=None):
+        fetch = fetch_sizes(page_size, max_kv)
+        out = []
+        for bkv in fetch:
+            for bkv_c in fetch:
+                if bkv_c > bkv or bkv % bkv_c:
+                    continue
+                if case == "decode":
+                    out.append((1, bkv, 1, bkv_c))
+                    continue
+                for bq in query_blocks(MIN_BQ, max_q):
+                    for bq_c in (bq, bq // 2):
+                        if bq_c >= 1 and bq % bq_c == 0 and (bq, bkv, bq_c, bkv_c) not in out:
+                            out.append((bq, bkv, bq_c, bkv_c))
+        for t in out:
+            check_blocks("rpa_v3", f"{case[0]}_block_sizes", t, page_size)
+        return out
+
+    def default(self, backend, model, attn, batch, case, generation):
+        plan = backend.plan(model, batch, generation=generation)
+        sizes = {"decode": plan.d_block_sizes, "prefill": plan.p_block_sizes, "mixed": plan.m_block_sizes}
+        return tuple(int(v) for v in sizes[case])
+
+    def vmem_estimate(self, backend, model, case, values, *, page_size, generation):
+        return backend.vmem_estimate_bytes(model, {"block_sizes": {case: values}})
+
+    def kernel_prefix(self, case):
+        return f"RPA{case[0]}"  # the kernel's Pallas calls: RPA{d,p,m}-p_<page>-bq_..-bkv_..
+
+
+class RpaV3Backend(UpstreamKernel):
     """tpu-inference RPA v3; ``source``: installed release, checkout path, or path@ref."""
 
     name = "rpa_v3"
+    upstream = "v3"
     capabilities = CAPABILITIES
+    tuning = V3Tuning()
     # Refuse block sizes whose kernel-side VMEM estimate exceeds the limit before compiling;
     # the offline TPU compile turns it off so the real compiler gives its verdict.
     check_vmem_estimate = True
@@ -127,15 +178,6 @@ class RpaV3Backend:
             device_kind(self.name, self.generation)
 
     # --- interface ---------------------------------------------------------------------
-    def availability(self) -> tuple[bool, str]:
-        return loader.availability(self.source)
-
-    def module(self):
-        return loader.kernel_module("v3", self.source)
-
-    def provenance(self) -> KernelProvenance:
-        return loader.load_source(self.source).provenance("v3", self.name)
-
     def vmem_estimate_bytes(self, model: ModelSpec, meta: Mapping[str, Any]) -> int | None:
         """The kernel's own ``get_vmem_estimate_bytes`` for the largest case of a build's block sizes."""
         fn = getattr(self.module(), "get_vmem_estimate_bytes", None)
@@ -242,12 +284,8 @@ class RpaV3Backend:
 
     def static_kwargs(self, model: ModelSpec, attn: AttentionSpec, batch: RaggedBatch, plan: V3Plan) -> dict:
         return dict(
+            attention_kwargs(model, attn),
             use_causal_mask=attn.causal,
-            sm_scale=float(attn.scale(model.head_dim)),
-            sliding_window=attn.sliding_window,
-            soft_cap=None if attn.soft_cap is None else float(attn.soft_cap),
-            k_scale=None if attn.k_scale is None else float(attn.k_scale),
-            v_scale=None if attn.v_scale is None else float(attn.v_scale),
             chunk_prefill_size=batch.chunk_prefill_size,
             d_block_sizes=plan.d_block_sizes,
             p_block_sizes=plan.p_block_sizes,
@@ -260,28 +298,7 @@ class RpaV3Backend:
         mod = self.module()
         plan = self.plan(model, batch)
         static = self.static_kwargs(model, attn, batch, plan)
-        rpa = mod.ragged_paged_attention
         h_kv, d = model.num_kv_heads, model.head_dim
-
-        merge = jax.jit(lambda k_cache, v_cache: merge_cache(mod, k_cache, v_cache))
-        split = jax.jit(lambda kv_cache: split_cache(kv_cache, num_kv_heads=h_kv, head_dim=d))
-
-        def layout(inputs: KernelInputs) -> tuple:
-            return (inputs.queries, inputs.new_keys, inputs.new_values, merge(inputs.k_cache, inputs.v_cache),
-                    inputs.kv_lens, inputs.page_indices.reshape(-1), inputs.cu_q_lens, inputs.distribution)
-
-        def prepare(state) -> tuple:
-            return layout(state) if isinstance(state, KernelInputs) else tuple(state)
-
-        def kernel(queries, keys, values, kv_cache, kv_lens, page_indices, cu_q_lens, distribution):
-            with call_context(interpret):
-                return settled(interpret, rpa(queries, keys, values, kv_cache, kv_lens, page_indices, cu_q_lens,
-                                              distribution, **static))
-
-        def finish(raw) -> KernelOutput:
-            out, kv_cache = raw
-            k_cache, v_cache = split(kv_cache)
-            return KernelOutput(output=out, k_cache=k_cache, v_cache=v_cache)
 
         meta = {
             "block_sizes": {"decode": plan.d_block_sizes, "prefill": plan.p_block_sizes, "mixed": plan.m_block_sizes},
@@ -293,7 +310,9 @@ class RpaV3Backend:
             "padded_head_dim": cdiv(d, 128) * 128,
             "source": self.source,
         }
-        return PreparedCall(prepare=prepare, kernel=kernel, finish=finish, donates=True, meta=meta, layout=layout)
+        return v3_signature_call(mod.ragged_paged_attention, static, meta=meta, interpret=interpret,
+                                 merge=lambda k_cache, v_cache: merge_cache(mod, k_cache, v_cache),
+                                 split=lambda kv_cache: split_cache(kv_cache, num_kv_heads=h_kv, head_dim=d))
 
 
 def merge_cache(

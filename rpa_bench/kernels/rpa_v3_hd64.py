@@ -15,13 +15,20 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 
-from rpa_bench.kernels import loader, tpu_target
-from rpa_bench.kernels.backend_util import call_context, device_kind, positive_int, settled, take_options
-from rpa_bench.kernels.base import Capabilities, KernelOutput, KernelProvenance, PreparedCall, check_capabilities
+from rpa_bench.kernels import tpu_target
+from rpa_bench.kernels.backend_util import (
+    UpstreamKernel,
+    attention_kwargs,
+    device_kind,
+    positive_int,
+    take_options,
+    v3_signature_call,
+)
+from rpa_bench.kernels.base import Capabilities, PreparedCall, check_capabilities
 from rpa_bench.kernels.declaration import KernelDeclaration
+from rpa_bench.kernels.tuning import PageBlockTuning
 from rpa_bench.kernels.rpa_v3_traffic import align, packing, v3_traffic
 from rpa_bench.kernels.traffic import Traffic
 from rpa_bench.workloads.batch import RaggedBatch
@@ -43,11 +50,13 @@ CAPABILITIES = Capabilities(
 )
 
 
-class RpaV3Hd64Backend:
+class RpaV3Hd64Backend(UpstreamKernel):
     """``ragged_paged_attention_hd64``; ``source``: installed release, checkout path, or path@ref."""
 
     name = "rpa_v3_hd64"
+    upstream, missing = MODULE, "head_dim 64 kernel"
     capabilities = CAPABILITIES
+    tuning = PageBlockTuning()
 
     def __init__(self, *, source: str | None = None, options: Mapping[str, Any] | None = None) -> None:
         opts = take_options(self.name, options, OPTIONS)
@@ -58,22 +67,6 @@ class RpaV3Hd64Backend:
         self.generation = opts["generation"]
         if self.generation is not None:
             device_kind(self.name, self.generation)
-
-    def module(self):
-        return loader.kernel_module(MODULE, self.source)
-
-    def availability(self) -> tuple[bool, str]:
-        ok, why = loader.availability(self.source)
-        if not ok:
-            return ok, why
-        try:
-            self.module()
-        except (ImportError, AttributeError) as e:
-            return False, f"this tpu-inference has no head_dim 64 kernel ({e})"
-        return True, why
-
-    def provenance(self) -> KernelProvenance:
-        return loader.load_source(self.source).provenance(MODULE, self.name)
 
     def validate(self, model: ModelSpec, attn: AttentionSpec, batch: RaggedBatch | None = None) -> None:
         check_capabilities(self.name, self.capabilities, model, attn, batch)
@@ -145,48 +138,23 @@ class RpaV3Hd64Backend:
         mod = self.module()
         blocks = self.block_sizes(model, batch)
         static = dict(
-            sm_scale=float(attn.scale(model.head_dim)),
-            sliding_window=attn.sliding_window,
-            soft_cap=None if attn.soft_cap is None else float(attn.soft_cap),
-            k_scale=None if attn.k_scale is None else float(attn.k_scale),
-            v_scale=None if attn.v_scale is None else float(attn.v_scale),
+            attention_kwargs(model, attn),
             chunk_prefill_size=batch.chunk_prefill_size,
             num_kv_pages_per_block=blocks["num_kv_pages_per_block"],
             num_queries_per_block=blocks["num_queries_per_block"],
             vmem_limit_bytes=self.vmem_limit_bytes,
         )
-        rpa = mod.ragged_paged_attention_hd64
         h_kv, d = model.num_kv_heads, model.head_dim
 
-        @jax.jit
         def merge(k_cache, v_cache):
             pages, page = k_cache.shape[:2]
             merged = mod.merge_kv(k_cache.reshape(-1, h_kv, d), v_cache.reshape(-1, h_kv, d))
             return merged.reshape(pages, page, *merged.shape[1:])
 
-        @jax.jit
         def split(kv_cache):
             pages, page = kv_cache.shape[:2]
             flat = kv_cache.reshape(pages, page, -1, 2 * d)[:, :, :h_kv]
             return flat[..., :d], flat[..., d:]
-
-        def layout(inputs: KernelInputs) -> tuple:
-            return (inputs.queries, inputs.new_keys, inputs.new_values, merge(inputs.k_cache, inputs.v_cache),
-                    inputs.kv_lens, inputs.page_indices.reshape(-1), inputs.cu_q_lens, inputs.distribution,
-                    inputs.attention_sink)
-
-        def prepare(state) -> tuple:
-            return layout(state) if isinstance(state, KernelInputs) else tuple(state)
-
-        def kernel(queries, keys, values, kv_cache, kv_lens, page_indices, cu_q_lens, distribution, sink):
-            with call_context(interpret):
-                return settled(interpret, rpa(queries, keys, values, kv_cache, kv_lens, page_indices, cu_q_lens,
-                                              distribution, sink, **static))
-
-        def finish(raw) -> KernelOutput:
-            out, kv_cache = raw
-            k_cache, v_cache = split(kv_cache)
-            return KernelOutput(output=out, k_cache=k_cache, v_cache=v_cache)
 
         meta = {
             "num_kv_pages_per_block": blocks["num_kv_pages_per_block"],
@@ -199,7 +167,8 @@ class RpaV3Hd64Backend:
             "pallas_name_prefix": "RPA",
             "source": self.source,
         }
-        return PreparedCall(prepare=prepare, kernel=kernel, finish=finish, donates=True, meta=meta, layout=layout)
+        return v3_signature_call(mod.ragged_paged_attention_hd64, static, merge=merge, split=split, meta=meta,
+                                 interpret=interpret, sinks=True)
 
 
 def _in_table(table, args) -> bool:

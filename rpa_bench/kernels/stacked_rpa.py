@@ -19,12 +19,20 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from rpa_bench.kernels import loader, tpu_target
-from rpa_bench.kernels.backend_util import call_context, device_kind, positive_int, settled, take_options
-from rpa_bench.kernels.base import Capabilities, KernelOutput, KernelProvenance, PreparedCall, check_capabilities
+from rpa_bench.kernels import tpu_target
+from rpa_bench.kernels.backend_util import (
+    UpstreamKernel,
+    attention_kwargs,
+    device_kind,
+    positive_int,
+    sized_tuple,
+    take_options,
+    v3_signature_call,
+)
+from rpa_bench.kernels.base import Capabilities, PreparedCall, check_capabilities
 from rpa_bench.kernels.declaration import KernelDeclaration
+from rpa_bench.kernels.tuning import Knob, Tuning, fetch_sizes, query_blocks
 from rpa_bench.workloads.batch import RaggedBatch
-from rpa_bench.workloads.materialize import KernelInputs
 from rpa_bench.workloads.model import AttentionSpec, ModelSpec
 
 MODULE = "kernels.experimental.stacked_rpa.wrapper"
@@ -47,22 +55,43 @@ CAPABILITIES = Capabilities(
 
 
 def _sizes(kernel: str, case: str, value: Any) -> tuple[int, ...] | None:
-    if value is None:
-        return None
-    fields = FIELDS[case]
-    items = list(value) if isinstance(value, (list, tuple)) else []
-    if len(items) != len(fields) or any(not isinstance(x, int) or isinstance(x, bool) or x < 1 for x in items):
-        raise ValueError(f"kernel={kernel}: {case}_block_sizes={value!r} must be [{', '.join(fields)}] "
-                         f"({len(fields)} positive integers) or null")
-    if items[-1] != 2:
+    items = sized_tuple(kernel, f"{case}_block_sizes", value, FIELDS[case])
+    if items is not None and items[-1] != 2:
         raise ValueError(f"kernel={kernel}: {case}_block_sizes n_buffer={items[-1]}; allowed: 2 (double buffering)")
-    return tuple(items)
+    return items
 
 
-class StackedRpaBackend:
+class StackedTuning(Tuning):
+    """Decode ``BlockSizes(bq_sz, bkv_sz, batch_size, n_buffer)`` and prefill / mixed
+    ``BlockSizes(bq_sz, bq_c_sz, bkv_sz, batch_size, n_buffer)``, passed as call arguments.
+    The space follows the kernel's policies: KV blocks in page multiples (the page a multiple of
+    128) doubling up to the longest kv; decode one query per block, 1 to 8 sequences per step;
+    prefill query blocks doubling from 8, computed whole or in halves, 1 or 2 per step; always
+    2 buffers (the kernel refuses others)."""
+
+    knobs = {"decode": Knob("decode", FIELDS["decode"], option="decode_block_sizes", call="decode_block_sizes",
+                            call_type="decode_blocks.BlockSizes"),
+             "prefill": Knob("prefill", FIELDS["prefill"], option="prefill_block_sizes", call="prefill_block_sizes",
+                             call_type="prefill_blocks.BlockSizes")}
+    phase_case = {"decode": "decode", "prefill": "prefill", "mixed": "prefill", "verify": "prefill"}
+
+    def grid(self, case, *, page_size, max_kv, max_q, generation=None):
+        fetch = fetch_sizes(page_size, max_kv)
+        if case == "decode":
+            return [(1, bkv, b, 2) for bkv in fetch for b in (1, 2, 4, 8)]
+        return [(bq, bq_c, bkv, b, 2) for bq in query_blocks(8, max_q) for bq_c in (bq, bq // 2)
+                for bkv in fetch for b in (1, 2)]
+
+    def default(self, backend, model, attn, batch, case, generation):
+        return tuple(backend.block_sizes(model, attn, batch, generation=generation)[case])
+
+
+class StackedRpaBackend(UpstreamKernel):
     """Stacked RPA; ``source``: installed release, checkout path, or path@ref."""
 
     name = "stacked_rpa"
+    upstream, missing = MODULE, "stacked RPA"
+    tuning = StackedTuning()
     capabilities = CAPABILITIES
 
     def __init__(self, *, source: str | None = None, options: Mapping[str, Any] | None = None) -> None:
@@ -73,22 +102,6 @@ class StackedRpaBackend:
         self.generation = opts["generation"]
         if self.generation is not None:
             device_kind(self.name, self.generation)
-
-    def module(self):
-        return loader.kernel_module(MODULE, self.source)
-
-    def availability(self) -> tuple[bool, str]:
-        ok, why = loader.availability(self.source)
-        if not ok:
-            return ok, why
-        try:
-            self.module()
-        except (ImportError, AttributeError) as e:
-            return False, f"this tpu-inference has no stacked RPA ({e})"
-        return True, why
-
-    def provenance(self) -> KernelProvenance:
-        return loader.load_source(self.source).provenance(MODULE, self.name)
 
     def validate(self, model: ModelSpec, attn: AttentionSpec, batch: RaggedBatch | None = None) -> None:
         check_capabilities(self.name, self.capabilities, model, attn, batch)
@@ -125,23 +138,22 @@ class StackedRpaBackend:
                 "source": {c: "config" if self.sizes[c] else f"{policy}:{kind}" for c in FIELDS},
                 "device_kind": kind}
 
+    def traffic_operands(self, model: ModelSpec, inputs) -> dict[tuple[int, ...], str]:
+        """HBM operand shapes -> names, for observing its DMAs (no traffic model: observed only)."""
+        pages, page = int(inputs.k_cache.shape[0]), int(inputs.k_cache.shape[1])
+        with tpu_target.abstract_tpu(device_kind(self.name, self.generation)):
+            cache = self.module().get_kv_cache_shape(pages, page, model.num_kv_heads, model.head_dim,
+                                                     jnp.dtype(model.kv_dtype))
+        return {tuple(int(x) for x in inputs.queries.shape): "q", tuple(int(x) for x in cache): "kv_cache"}
+
     def build(self, model: ModelSpec, attn: AttentionSpec, batch: RaggedBatch, *, interpret: bool = False) -> PreparedCall:
         self.validate(model, attn, batch)
         mod = self.module()
         blocks = self.block_sizes(model, attn, batch)
         kind = blocks["device_kind"]
-        static = dict(
-            sm_scale=float(attn.scale(model.head_dim)),
-            sliding_window=attn.sliding_window,
-            soft_cap=None if attn.soft_cap is None else float(attn.soft_cap),
-            k_scale=None if attn.k_scale is None else float(attn.k_scale),
-            v_scale=None if attn.v_scale is None else float(attn.v_scale),
-            vmem_limit_bytes=self.vmem_limit_bytes, **self._overrides(mod),
-        )
-        rpa = mod.ragged_paged_attention
+        static = dict(attention_kwargs(model, attn), vmem_limit_bytes=self.vmem_limit_bytes, **self._overrides(mod))
         h_kv, d = model.num_kv_heads, model.head_dim
 
-        @jax.jit
         def merge(k_cache, v_cache):  # [P, page, h_kv, d] x2 -> [P, 2 h_kv, d_aligned, page]
             pages, page = k_cache.shape[:2]
             kv = jnp.stack([k_cache, v_cache], axis=3).reshape(pages, page, 2 * h_kv, d)
@@ -150,27 +162,9 @@ class StackedRpaBackend:
             kv = jnp.pad(kv, ((0, 0), (0, 0), (0, 0), (0, target[2] - d)))
             return kv.transpose(0, 2, 3, 1)
 
-        @jax.jit
         def split(kv_cache):
             kv = kv_cache.transpose(0, 3, 1, 2)[..., :d]  # [P, page, 2 h_kv, d]
             return kv[:, :, 0::2], kv[:, :, 1::2]
-
-        def layout(inputs: KernelInputs) -> tuple:
-            return (inputs.queries, inputs.new_keys, inputs.new_values, merge(inputs.k_cache, inputs.v_cache),
-                    inputs.kv_lens, inputs.page_indices.reshape(-1), inputs.cu_q_lens, inputs.distribution)
-
-        def prepare(state) -> tuple:
-            return layout(state) if isinstance(state, KernelInputs) else tuple(state)
-
-        def kernel(queries, keys, values, kv_cache, kv_lens, page_indices, cu_q_lens, distribution):
-            with call_context(interpret, target=kind, overhanging_dmas=True):
-                return settled(interpret, rpa(queries, keys, values, kv_cache, kv_lens, page_indices, cu_q_lens,
-                                              distribution, **static))
-
-        def finish(raw) -> KernelOutput:
-            out, kv_cache = raw
-            k_cache, v_cache = split(kv_cache)
-            return KernelOutput(output=out, k_cache=k_cache, v_cache=v_cache)
 
         meta = {
             "block_sizes": {c: list(blocks[c]) for c in FIELDS},
@@ -181,7 +175,8 @@ class StackedRpaBackend:
             "pallas_name_prefix": "rpa",
             "source": self.source,
         }
-        return PreparedCall(prepare=prepare, kernel=kernel, finish=finish, donates=True, meta=meta, layout=layout)
+        return v3_signature_call(mod.ragged_paged_attention, static, merge=merge, split=split, meta=meta,
+                                 interpret=interpret, target=kind, overhanging_dmas=True)
 
 
 DECLARATION = KernelDeclaration(

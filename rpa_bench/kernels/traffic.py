@@ -203,10 +203,12 @@ def recording() -> Iterator[_Recorder]:
 
 
 def observe_traffic(backend: Any, model: Any, attn: Any, batch: Any, *, skip_floating_point: bool = True,
-                    seed: int = 0) -> Traffic:
+                    seed: int = 0, count_unnamed: bool = False) -> Traffic:
     """Run ``backend``'s real kernel once on ``batch`` in Pallas TPU interpret mode and count
     its DMAs by operand (``skip_floating_point``: the interpreter skips the arithmetic, which
-    changes no address or size). Raises RuntimeError when the hooks saw nothing."""
+    changes no address or size). ``count_unnamed``: bytes of HBM buffers no operand shape names
+    count as operand ``unnamed`` (for a kernel without a model to compare with; otherwise they
+    are only noted). Raises RuntimeError when the hooks saw nothing."""
     from jax.experimental.pallas import tpu as pltpu
 
     inputs = materialize(batch, model, poison=False, seed=seed)
@@ -236,9 +238,10 @@ def observe_traffic(backend: Any, model: Any, attn: Any, batch: Any, *, skip_flo
     unknown = 0
     for direction, buf, nbytes in copies:
         name = names.get(buf)
-        if name is None:
+        if name is None and not count_unnamed:
             unknown += nbytes
             continue
+        name = name or "unnamed"
         if direction == WRITE:
             name = {"q": "output", "kv_cache": "kv_cache_write"}.get(name, name + "_write")
         by_bytes[name] = by_bytes.get(name, 0) + nbytes

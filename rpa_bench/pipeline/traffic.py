@@ -64,6 +64,9 @@ def audit(plan: RunPlan, cfg: TrafficConfig, generation: str, *, say=lambda m: N
                 model_fn = getattr(backend, "traffic", None)
                 if model_fn is None:
                     line["note"] = f"kernel {entry.name} declares no traffic model"
+                    if cfg.observe and hasattr(backend, "traffic_operands"):
+                        line.update(_observed_only(backend, plan.model, attn, p, cost, cfg, say,
+                                                   f"{entry.label} at {wentry.name}:{p.point_id}"))
                     out.append(line)
                     continue
                 try:
@@ -93,6 +96,26 @@ def audit(plan: RunPlan, cfg: TrafficConfig, generation: str, *, say=lambda m: N
                 out.append(line)
     _side_by_side(out, [e.label for e, _ in backends])
     return out
+
+
+def _observed_only(backend, model, attn, point, cost, cfg: TrafficConfig, say, where: str) -> dict:
+    """A kernel with no traffic model: its real DMAs counted in interpret mode (small points only),
+    every HBM buffer's bytes included (those no operand shape names as ``unnamed``)."""
+    work = interpret_work(point.batch, model)
+    if work > cfg.observe_max_kv_token_heads:
+        return {"observed": f"not observed: sum(kv_lens) x h_kv = {work} > "
+                            f"traffic.observe_max_kv_token_heads={cfg.observe_max_kv_token_heads}"}
+    say(f"  observing {where} (interpret mode; no model)")
+    try:
+        backend.validate(model, attn, point.batch)
+        seen = observe_traffic(backend, model, attn, point.batch, count_unnamed=True)
+    except ValueError as exc:
+        return {"observed": f"not observed: {exc}"}
+    ceiling = TrafficCeiling(int(cost.hbm_bytes), seen.hbm_bytes)
+    return {"observed_hbm_bytes": seen.hbm_bytes, "moved_hbm_bytes": seen.hbm_bytes,
+            "refetch_factor": ceiling.refetch_factor, "traffic_ceiling_pct": ceiling.ceiling_pct,
+            "dmas": seen.dmas, **{f"bytes_{k}": int(v) for k, v in seen.bytes_by_operand.items()},
+            "observed": "observed only (no model)", "note": "moved bytes observed in interpret mode, not modelled"}
 
 
 def _side_by_side(records: list[dict], labels: list[str]) -> None:

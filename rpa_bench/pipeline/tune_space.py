@@ -1,17 +1,15 @@
 """Block sizes tuned for a workload's batches: search space, pruning, successive halving.
 
-The knob: RPA v3 takes per kernel case a tuple ``(bq_sz, bkv_sz, bq_csz, bkv_csz)`` in
-tokens (``d_block_sizes`` / ``p_block_sizes`` / ``m_block_sizes``), each a static argument
-(one compile each). The reference has one knob of its own, ``block_bytes`` (the working set
-of one step), so the whole machinery runs for real on a CPU or GPU.
+The knobs are what each kernel declares (:mod:`rpa_bench.kernels.tuning`): RPA v3 takes
+per kernel case a tuple ``(bq_sz, bkv_sz, bq_csz, bkv_csz)`` in tokens, batched and stacked
+RPA a ``BlockSizes`` per call, RPA v2 / JAX's / the head_dim-64 kernel one
+``(num_kv_pages_per_block, num_queries_per_block)`` pair; each a static argument (one compile
+each). The reference has one knob of its own, ``block_bytes`` (the working set of one step),
+so the whole machinery runs for real on a CPU or GPU.
 
-- **Space** (:func:`candidates`): from the kernel's rules, not guesses: ``bq % bq_c == 0``,
-  ``bkv % bkv_c == 0``, ``bkv`` and ``bkv_c`` multiples of the page size; decode has
-  ``bq = bq_c = 1``; fetch sizes (``bkv``) in page multiples doubling up to the longest kv
-  of the phase's batches, compute sizes (``bkv_c``) dividing them; mixed / prefill / verify
-  add query blocks doubling from 8 up to the phase's longest query. The kernel's own
-  heuristic tuple is always a candidate, so the result is never worse than the default on
-  the measured points.
+- **Space** (:func:`candidates`): from the kernel's rules (its declared grid), not guesses.
+  The kernel's own default for the phase's largest batch is always a candidate, so the
+  result is never worse than the default on the measured points.
 - **Pruning** (:func:`compile_verdicts`): each candidate compiled for the target TPU
   generation by the real compiler (offline, libtpu) on the phase's largest batch, dropped
   with its reason when it does not fit VMEM or does not compile; without libtpu the
@@ -42,23 +40,20 @@ from typing import Any
 
 import numpy as np
 
-from rpa_bench.kernels.rpa_v3 import check_blocks
-from rpa_bench.workloads.batch import RaggedBatch, cdiv
+from rpa_bench.kernels.registry import TUNABLE_BACKENDS, tuning
+from rpa_bench.kernels.tuning import PHASES, Knob
+from rpa_bench.workloads.batch import RaggedBatch
 
-PHASES = ("decode", "prefill", "mixed", "verify")
-# the kernel case a phase tunes (verify: the speculative-decoding verify step runs the mixed kernel)
+TUNABLE = TUNABLE_BACKENDS
+
+# the kernel case a phase tunes for RPA v3 (verify: the speculative-decoding verify step runs
+# the mixed kernel); other kernels declare their own mapping (Tuning.phase_case)
 KERNEL_CASE = {"decode": "decode", "prefill": "prefill", "mixed": "mixed", "verify": "mixed"}
-ENV_VARS = {"decode": "RPA_V3_DECODE_BLOCK_SIZES", "prefill": "RPA_V3_PREFILL_BLOCK_SIZES",
-            "mixed": "RPA_V3_MIXED_BLOCK_SIZES"}
-TUNABLE = ("rpa_v3", "reference")
-REFERENCE_BLOCK_BYTES = tuple(2**k for k in range(18, 28))  # 256 KiB .. 128 MiB
-MIN_BQ = 8
 
 
 @dataclasses.dataclass(frozen=True)
 class Candidate:
-    """One tuple for one phase. ``values``: rpa_v3 ``(bq, bkv, bq_c, bkv_c)``; reference
-    ``(block_bytes,)``. ``heuristic``: the kernel's own default for the phase."""
+    """One value of one kernel's knob for one phase. ``heuristic``: the kernel's own default."""
 
     kernel: str
     phase: str
@@ -70,11 +65,13 @@ class Candidate:
         body = ".".join(str(v) for v in self.values)
         return f"{self.phase}-{body}"
 
+    @property
+    def knob(self) -> Knob:
+        return tuning(self.kernel).knob(self.phase)
+
     def options(self) -> dict:
-        """The kernel options that select this tuple."""
-        if self.kernel == "reference":
-            return {"block_bytes": int(self.values[0])}
-        return {f"{KERNEL_CASE[self.phase][0]}_block_sizes": list(self.values)}
+        """The kernel options that select these values."""
+        return self.knob.options(self.values)
 
     def env_value(self) -> str:
         return ",".join(str(v) for v in self.values)
@@ -105,50 +102,16 @@ def phases_in(batches: Iterable[tuple[RaggedBatch, str]]) -> list[str]:
 
 
 # --- the search space --------------------------------------------------------------------
-def doubling(lo: int, hi: int) -> list[int]:
-    """``lo, 2 lo, 4 lo, ...`` up to ``hi`` (at least ``[lo]``)."""
-    out = [lo]
-    while out[-1] * 2 <= hi:
-        out.append(out[-1] * 2)
-    return out
-
-
-def v3_tuples(phase: str, *, page_size: int, max_kv: int, max_q: int) -> list[tuple[int, int, int, int]]:
-    """Every tuple of the rules for ``phase`` (see the module doc)."""
-    top = cdiv(max(max_kv, page_size), page_size) * page_size
-    fetch = doubling(page_size, max(page_size, top))
-    if fetch[-1] < top:  # the longest kv in one fetch, too
-        fetch.append(top)
-    out = []
-    for bkv in fetch:
-        for bkv_c in fetch:
-            if bkv_c > bkv or bkv % bkv_c:
-                continue
-            if phase == "decode":
-                out.append((1, bkv, 1, bkv_c))
-                continue
-            for bq in doubling(MIN_BQ, max(MIN_BQ, 1 << max(0, int(max_q) - 1).bit_length())):
-                for bq_c in (bq, bq // 2):
-                    if bq_c >= 1 and bq % bq_c == 0 and (bq, bkv, bq_c, bkv_c) not in out:
-                        out.append((bq, bkv, bq_c, bkv_c))
-    for t in out:
-        check_blocks("rpa_v3", f"{KERNEL_CASE[phase][0]}_block_sizes", t, page_size)
-    return out
-
-
 def candidates(kernel: str, phase: str, *, heuristic: Sequence[int], page_size: int = 1, max_kv: int = 1,
-               max_q: int = 1) -> list[Candidate]:
-    """The phase's candidates, the heuristic first (always present, marked)."""
-    if kernel not in TUNABLE:
-        raise ValueError(f"kernel={kernel}: no tunable knobs; allowed: {', '.join(TUNABLE)}")
+               max_q: int = 1, generation: str | None = None) -> list[Candidate]:
+    """The phase's candidates from the kernel's declared grid, the heuristic first (always present, marked)."""
+    declared = tuning(kernel)
     if phase not in PHASES:
         raise ValueError(f"tune.phases: {phase!r} unknown; allowed: {', '.join(PHASES)}")
     default = Candidate(kernel, phase, tuple(int(v) for v in heuristic), heuristic=True)
-    if kernel == "reference":
-        grid = [(b,) for b in REFERENCE_BLOCK_BYTES]
-    else:
-        grid = v3_tuples(phase, page_size=page_size, max_kv=max_kv, max_q=max_q)
-    return [default] + [Candidate(kernel, phase, t) for t in grid if t != default.values]
+    grid = declared.grid(declared.phase_case[phase], page_size=page_size, max_kv=max_kv, max_q=max_q,
+                         generation=generation)
+    return [default] + [Candidate(kernel, phase, tuple(t)) for t in grid if tuple(t) != default.values]
 
 
 def subset(cands: Sequence[Candidate], limit: int, *, seed: int = 0) -> list[Candidate]:
@@ -217,13 +180,14 @@ class VerdictCache:
         tmp.replace(self.path)
 
 
-def verdict_from_compile(result: Any, generation: str, phase: str) -> Verdict:
+def verdict_from_compile(result: Any, generation: str, phase: str, kernel: str = "rpa_v3") -> Verdict:
     """A :class:`rpa_bench.kernels.compiling.CompileResult` as a verdict: VMEM and schedule of
-    the phase's own Mosaic kernel (``RPA<d|p|m>-...``) when the batch ran several."""
-    prefix = f"RPA{KERNEL_CASE[phase][0]}"
+    the phase's own Mosaic kernel (RPA v3: ``RPA<d|p|m>-...``) when the batch ran several."""
+    declared = tuning(kernel)
+    prefix = declared.kernel_prefix(declared.phase_case[phase])
 
     def own(figures: Mapping[str, int]) -> list[int]:
-        mine = [v for k, v in figures.items() if k.startswith(prefix)]
+        mine = [v for k, v in figures.items() if prefix is not None and k.startswith(prefix)]
         return mine or list(figures.values())
 
     used, bundles = own(result.vmem_used_bytes or {}), own(result.bundles or {})
@@ -341,21 +305,49 @@ def analyze(latency_us: Mapping[str, Mapping[str, float]], weights: Mapping[str,
 
 
 def env_lines(answers: Mapping[str, Candidate]) -> list[str]:
-    """``RPA_V3_*_BLOCK_SIZES=bq,bkv,bq_c,bkv_c`` lines (what serving reads), one per kernel case."""
+    """The environment lines production reads (RPA v3: ``RPA_V3_*_BLOCK_SIZES=bq,bkv,bq_c,bkv_c``),
+    one per kernel case, from the phases that tune that case themselves."""
     out = []
     for phase, cand in answers.items():
-        if cand.kernel == "rpa_v3" and phase in ENV_VARS:
-            out.append(f"{ENV_VARS[phase]}={cand.env_value()}")
+        knob = cand.knob
+        if knob.env is not None and knob.case == phase and knob.env_line(cand.values) not in out:
+            out.append(knob.env_line(cand.values))
     return out
 
 
-def parse_env_line(line: str) -> tuple[str, tuple[int, int, int, int]]:
+def exports(answers: Mapping[str, Candidate]) -> dict[str, dict]:
+    """Per kernel case: the tuned values in every form they are set in (production's environment
+    variable where it reads one, production's call arguments, this suite's overrides)."""
+    out: dict[str, dict] = {}
+    for phase, cand in answers.items():
+        knob = cand.knob
+        if knob.case in out and out[knob.case]["phase"] == knob.case:
+            continue  # the phase named as the case tunes it; others only where it was not tuned itself
+        out[knob.case] = {"phase": phase, "values": list(cand.values), "fields": list(knob.fields),
+                          "env": knob.env_line(cand.values), "call": knob.call_kwargs(cand.values),
+                          "overrides": knob.overrides(cand.values)}
+    return out
+
+
+def export_lines(exports: Mapping[str, dict]) -> list[str]:
+    """What to paste, per kernel case: ``export NAME=...`` where production reads an environment
+    variable, else production's call arguments; and this suite's overrides for the same values."""
+    lines = []
+    for case, e in exports.items():
+        lines.append(f"export {e['env']}" if e["env"] else f"{case}: call with {e['call']}")
+    for e in exports.values():
+        lines.append(f"rpa-bench: {' '.join(e['overrides'])}")
+    return lines
+
+
+def parse_env_line(line: str) -> tuple[str, tuple[int, ...]]:
     """The inverse of :func:`env_lines` for one line: (kernel option name, tuple)."""
     name, _, value = line.partition("=")
-    cases = {v: k for k, v in ENV_VARS.items()}
-    if name not in cases:
-        raise ValueError(f"{name!r}: allowed: {', '.join(ENV_VARS.values())}")
+    knobs = {k.env: k for kernel in TUNABLE for k in tuning(kernel).knobs.values() if k.env}
+    if name not in knobs:
+        raise ValueError(f"{name!r}: allowed: {', '.join(knobs)}")
+    knob = knobs[name]
     parts = tuple(int(x) for x in value.split(","))
-    if len(parts) != 4:
-        raise ValueError(f"{name}={value!r}: expected bq_sz,bkv_sz,bq_csz,bkv_csz")
-    return f"{cases[name][0]}_block_sizes", parts
+    if len(parts) != len(knob.fields):
+        raise ValueError(f"{name}={value!r}: expected {','.join(knob.fields)}")
+    return knob.option, parts

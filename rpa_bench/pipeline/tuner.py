@@ -18,15 +18,15 @@ from typing import Any
 import jax
 
 from rpa_bench.kernels.generations import generation_kind
+from rpa_bench import engine as eng
 from rpa_bench.engine import engine_from_dict
 from rpa_bench.kernels import compiling, tpu_target
 from rpa_bench.kernels.cases import check_model
 from rpa_bench.kernels.checking import check_on_inputs
-from rpa_bench.kernels.reference import DEFAULT_BLOCK_BYTES
 from rpa_bench.kernels.tpu_target import attached_device_kind
 from rpa_bench.workloads.materialize import materialize
 from rpa_bench.workloads.materialize import padded_shape
-from rpa_bench.kernels.registry import KernelConfig
+from rpa_bench.kernels.registry import PALLAS_BACKENDS, KernelConfig, tuning
 from rpa_bench.measure.compare import IMPROVED, WORSE, compare_kernels, summarize
 from rpa_bench.pipeline import execute, prepare, run_folder, tune_space as tn
 from rpa_bench.paths import output_folder_problem
@@ -117,7 +117,9 @@ class Tuner:
         attached = attached_device_kind()
         self.on_tpu = attached is not None
         self.generation = target_generation(tcfg.generation, plan.device.name, attached)
-        self.timed_here = self.kernel.name == "reference" or self.on_tpu
+        self.declared = tuning(self.kernel.name)  # the kernel's knobs, space and defaults
+        self.pallas = self.kernel.name in PALLAS_BACKENDS  # compiled for a TPU (else XLA: runs here)
+        self.timed_here = not self.pallas or self.on_tpu
         # what the answer is for: the TPU generation compiled / timed for, or (a kernel timed
         # off TPU, the reference) the device it was timed on
         self.target = self.generation if (self.on_tpu or not self.timed_here) else jax.devices()[0].device_kind
@@ -145,6 +147,13 @@ class Tuner:
         phases = [ph for ph in (self.tcfg.phases or exercised) if ph in exercised]
         if not phases:
             raise ValueError(f"workload {entry.name} exercises none of the phases {self.tcfg.phases}")
+        # phases that set the same knob of this kernel are tuned together, as the knob's case
+        # (batched RPA: prefill and mixed sequences share one call; RPA v2: one pair for all)
+        groups: dict[str, list[str]] = {}
+        for ph in phases:
+            groups.setdefault(self.declared.phase_case[ph], []).append(ph)
+        self.units = {(group[0] if len(group) == 1 else case): group for case, group in groups.items()}
+        phases = list(self.units)
         self.out.mkdir(parents=True, exist_ok=True)
         _say(f"rpa-bench tune: {self.kernel.name} on {entry.name} ({len(workload.points)} points), phases "
              f"{', '.join(phases)}; {'timed here' if self.timed_here else 'compile-only pruning (not timed here)'}; "
@@ -153,32 +162,40 @@ class Tuner:
         summary = self.summary(entry, workload, results, time.perf_counter() - t0)
         (self.out / "tune.json").write_text(json.dumps(summary, indent=1, default=str))
         env = summary["env"]
-        (self.out / "env.txt").write_text("".join(f"{line}\n" for line in env))
+        (self.out / "env.txt").write_text("".join(f"{line}\n" for line in env))  # what production reads
+        (self.out / "exports.txt").write_text("".join(f"{line}\n" for line in summary["export_lines"]))
 
         page = write_tune_report(summary, self.out)
         if self.tcfg.json:
             print(json.dumps(summary, indent=1, default=str))
         else:
             print(format_summary(summary))
-            print(f"\nfolder: {self.out}  (tune.json, env.txt, {page.name})")
+            print(f"\nfolder: {self.out}  (tune.json, env.txt, exports.txt, {page.name})")
         return 0
 
     def points_of(self, phase: str, workload: Any) -> list:
-        return [p for p in workload.points if tn.phase_of_point(p.batch, workload.kind, phase)]
+        group = getattr(self, "units", {}).get(phase, [phase])
+        return [p for p in workload.points if any(tn.phase_of_point(p.batch, workload.kind, ph) for ph in group)]
+
+    def case_of(self, phase: str) -> str:
+        return self.declared.phase_case.get(phase, phase)
 
     def heuristic(self, phase: str, rep: Any) -> tuple[int, ...]:
-        if self.kernel.name == "reference":
-
-            return (int(self.kernel.options.get("block_bytes", DEFAULT_BLOCK_BYTES)),)
+        """The kernel's own choice for the phase's largest batch on the target generation."""
         backend = self.base_config().backend()
-        plan = backend.plan(self.plan.model, rep.batch, generation=self.generation)
-        sizes = {"decode": plan.d_block_sizes, "prefill": plan.p_block_sizes, "mixed": plan.m_block_sizes}
-        return tuple(int(v) for v in sizes[tn.KERNEL_CASE[phase]])
+        return tuple(int(v) for v in self.declared.default(
+            backend, self.plan.model, point_attention(self.plan.attention, rep), rep.batch, self.case_of(phase),
+            self.generation))
+
+    def vmem_estimate(self, phase: str, cand: Any, rep: Any) -> int | None:
+        return self.declared.vmem_estimate(self.base_config(cand.options()).backend(), self.plan.model,
+                                           self.case_of(phase), cand.values, page_size=rep.batch.page_size,
+                                           generation=self.generation)
 
     def base_config(self, options: dict | None = None, label: str | None = None):
 
         opts = dict(self.kernel.options)
-        if self.kernel.name == "rpa_v3":
+        if self.pallas:  # block-size defaults for the target generation
             opts.setdefault("generation", self.generation)
         opts.update(options or {})
         return KernelConfig(name=self.kernel.name, source=self.kernel.source, options=opts,
@@ -188,11 +205,13 @@ class Tuner:
     def tune_phase(self, phase: str, entry: Any, workload: Any) -> dict:
         points = self.points_of(phase, workload)
         rep = max(points, key=lambda p: (p.batch.num_tokens * p.batch.max_kv_len, p.batch.num_seqs))
-        case = tn.KERNEL_CASE[phase]
-        q_of_case = [q for p in points for i, q in enumerate(p.batch.q_lens) if p.batch.seq_class(i) == case] or [1]
+        case = self.case_of(phase)
+        classes = {tn.KERNEL_CASE[ph] for ph in self.units.get(phase, [phase])} if case != "all" else None
+        q_of_case = [q for p in points for i, q in enumerate(p.batch.q_lens)
+                     if classes is None or p.batch.seq_class(i) in classes] or [1]
         cands = tn.candidates(self.kernel.name, phase, heuristic=self.heuristic(phase, rep),
                               page_size=rep.batch.page_size, max_kv=max(p.batch.max_kv_len for p in points),
-                              max_q=max(q_of_case))
+                              max_q=max(q_of_case), generation=self.generation)
         space = len(cands)
         cands = tn.subset(cands, self.tcfg.budget.compiles, seed=self.plan.seed)
         verdicts = self.prune(phase, cands, rep)
@@ -228,7 +247,7 @@ class Tuner:
 
     # --- pruning -----------------------------------------------------------------------
     def prune(self, phase: str, cands: list, rep: Any) -> dict[str, tn.Verdict]:
-        if self.kernel.name != "rpa_v3":  # the reference is XLA: no VMEM to fit, nothing to prune
+        if not self.pallas:  # an XLA kernel (the reference): no VMEM to fit, nothing to prune
             return {c.label: tn.Verdict("ok", "none") for c in cands}
 
         backend = self.base_config().backend()
@@ -248,9 +267,7 @@ class Tuner:
             _say(f"  {phase}: libtpu unavailable ({reason}); pruning by the kernel's VMEM estimate", self.quiet)
             capacity = tpu_target.vmem_capacity_bytes(self.generation)
             for c in todo:
-                b = self.base_config(c.options()).backend()
-                est = b.vmem_estimate_bytes(self.plan.model, {"block_sizes": {tn.KERNEL_CASE[phase]: c.values}})
-                verdicts[c.label] = v = tn.verdict_from_estimate(est, capacity)
+                verdicts[c.label] = v = tn.verdict_from_estimate(self.vmem_estimate(phase, c, rep), capacity)
                 self.cache.put(keys[c.label], v)
             return verdicts
         # The kernel's own VMEM estimate is close to the compiler's use but not a lower bound:
@@ -259,9 +276,8 @@ class Tuner:
         # cannot fit, so it is vmem_oom without a compile (source "estimate"). Each compiled
         # verdict re-checks the ratio; past the margin the shortcut is off for the rest of the tune.
         capacity = tpu_target.vmem_capacity_bytes(self.generation)
-        estimates = {c.label: self.base_config(c.options()).backend().vmem_estimate_bytes(
-            self.plan.model, {"block_sizes": {tn.KERNEL_CASE[phase]: c.values}}) for c in todo}
-        if self.estimate_is_lower_bound:
+        estimates = {c.label: self.vmem_estimate(phase, c, rep) for c in todo}
+        if self.estimate_is_lower_bound and self.declared.estimate_checked:
             for c in list(todo):
                 est = estimates[c.label]
                 if est is not None and est > capacity * ESTIMATE_MARGIN:
@@ -292,7 +308,8 @@ class Tuner:
         eta = compiling.Eta(len(jobs))
 
         def progress(r) -> None:  # each verdict is cached as it comes: a killed tune keeps them
-            v = dataclasses.replace(tn.verdict_from_compile(r, self.generation, phase), timeout_s=limit)
+            v = dataclasses.replace(tn.verdict_from_compile(r, self.generation, phase, self.kernel.name),
+                                    timeout_s=limit)
             est = estimates.get(r.kernel)
             if est is not None and v.vmem_used_bytes and est > v.vmem_used_bytes * ESTIMATE_MARGIN:
                 self.estimate_is_lower_bound = False
@@ -310,23 +327,43 @@ class Tuner:
         return verdicts
 
     # --- measuring ------------------------------------------------------------------------
+    def spread_to(self) -> str | None:
+        """The accelerator resource a rung's candidates are spread over (one Ray task each), or
+        None: only on a Ray cluster with two or more accelerators of the kind timed on."""
+        if not self.engine.is_ray or not self.timed_here:
+            return None
+        resource = eng.accelerator_resource(self.engine, jax.devices()[0].platform)
+        if resource is None:
+            return None
+        have = eng.connect(self.engine).get(resource, 0)
+        return resource if have >= 2 else None
+
     def search(self, phase: str, cands: list, points: list, weights: dict, buckets: dict, heur: Any) -> dict:
         ids = {p.point_id for p in points}
         frames: dict[int, Any] = {}
+        spread = self.spread_to()
+        if spread:
+            _say(f"  {phase}: each rung's candidates spread over the cluster's {spread} accelerators (one Ray "
+                 "task each, timed interleaved with the heuristic on the same accelerator)", self.quiet)
 
         def evaluate(alive, rung: int, samples: int):
             started = time.perf_counter()
-            df = self.measure_rung(phase, alive, rung, samples, ids)
+            if spread:
+                lat, pair_frames = self.spread_rung(phase, alive, heur, rung, samples, ids, spread)
+                df = pair_frames  # per contender: its own frame (paired with the heuristic)
+            else:
+                df = self.measure_rung(phase, alive, rung, samples, ids)
+                lat = latencies(df)
             took = time.perf_counter() - started
-            frames[rung] = df
-            lat = latencies(df)
+            frames[rung] = (lat, df)
             scores = {}
             for c in alive:
                 per = lat.get(c.label, {})
                 scores[c.label] = (sum(weights[p] * per[p] for p in ids) * 1e-6
                                    if all(p in per for p in ids) else math.inf)
-            spent = float((df["latency_us"].fillna(0) * df["samples_us"].map(
+            spent = sum(float((f["latency_us"].fillna(0) * f["samples_us"].map(
                 lambda s: len(s) if s is not None else 0)).sum() * 1e-6)
+                for f in (df.values() if isinstance(df, dict) else [df]) if f is not None)
             finite = {k: v for k, v in scores.items() if math.isfinite(v)}
             lead = min(finite, key=finite.get) if finite else "none (no candidate measured on every point)"
             contenders = sum(1 for c in alive if not c.heuristic)
@@ -342,9 +379,13 @@ class Tuner:
         eta = 1 if self.tcfg.strategy == "grid" else self.tcfg.eta
         rungs = tn.successive_halving(cands, evaluate, eta=eta, min_samples=self.tcfg.min_samples,
                                       budget_s=self.tcfg.budget.device_s)
-        final = frames[rungs[-1].index]
-        answer = tn.analyze(latencies(final), weights, buckets, phase, heur.label)
-        vs = vs_heuristic(final, heur.label, answer.best)
+        final_lat, final = frames[rungs[-1].index]
+        answer = tn.analyze(final_lat, weights, buckets, phase, heur.label)
+        if isinstance(final, dict):  # spread: the best's own task timed it with the heuristic, paired
+            pair = final.get(answer.best)
+            vs = vs_heuristic(pair, heur.label, answer.best) if pair is not None else {"same": True}
+        else:
+            vs = vs_heuristic(final, heur.label, answer.best)
         cut = (eta > 1 and len(rungs[-1].kept) > 2
                and sum(r.spent_s for r in rungs) >= self.tcfg.budget.device_s)
         chosen, why = recommend(answer.best, heur.label, vs)
@@ -354,10 +395,42 @@ class Tuner:
         out = {"rungs": [dataclasses.asdict(r) for r in rungs], "answer": dataclasses.asdict(answer),
                "fastest_measured": answer.best, "best": chosen, "recommendation": why, "cut_short": cut,
                "best_values": next(list(c.values) for c in cands if c.label == chosen),
-               "timed": True, "vs_heuristic": vs}
+               "timed": True, "vs_heuristic": vs, "spread_over": spread}
         return out
 
-    def measure_rung(self, phase: str, alive: list, rung: int, samples: int, ids: set) -> Any:
+    def spread_rung(self, phase: str, alive: list, heur: Any, rung: int, samples: int, ids: set,
+                    resource: str) -> tuple[dict, dict]:
+        """One Ray task per contender, each declaring one ``resource``: the contender timed
+        interleaved with the heuristic on that accelerator, in its own run folder. Accelerators
+        differ, so a contender is scored by its paired ratio to the heuristic on its own device,
+        times the heuristic's median latency over every task. Returns (label -> point ->
+        latency us, label -> its task's frame); a failed task leaves its contender unscored."""
+        contenders = [c for c in alive if not c.heuristic]
+        items = [(self, phase, [heur, c], rung, samples, ids, f"rung{rung}/{c.label}") for c in contenders]
+        pair_frames: dict[str, Any] = {}
+        for i, res in eng.map_as_completed(_measure_remote, items, self.engine, resources={resource: 1.0},
+                                           memory_gib=None):
+            c = contenders[i]
+            if isinstance(res, eng.TaskFailure):
+                _say(f"    {c.label}: its Ray task failed ({res.error}); not scored", self.quiet)
+                continue
+            pair_frames[c.label] = res
+            self.stats["rows_measured"] += len(res)
+        per_task = {label: latencies(df) for label, df in pair_frames.items()}
+        heur_lat = {}
+        for p in ids:
+            seen = sorted(t[heur.label][p] for t in per_task.values() if p in t.get(heur.label, {}))
+            if seen:
+                heur_lat[p] = seen[len(seen) // 2]
+        lat = {heur.label: heur_lat}
+        for label, t in per_task.items():
+            mine, base = t.get(label, {}), t.get(heur.label, {})
+            lat[label] = {p: mine[p] / base[p] * heur_lat[p] for p in mine if p in base and base[p] > 0
+                          and p in heur_lat}
+        return lat, pair_frames
+
+    def measure_rung(self, phase: str, alive: list, rung: int, samples: int, ids: set,
+                     folder_name: str | None = None) -> Any:
 
         timing = dataclasses.replace(self.plan.timing, num_samples=samples,
                                      min_samples=min(self.plan.timing.min_samples, samples))
@@ -368,7 +441,7 @@ class Tuner:
         # the workload built once (a trace simulated once), each rung on the phase's points only
         prep = prepare.prepare_run(plan, [(self.entry, dataclasses.replace(
             self.workload, points=[p for p in self.workload.points if p.point_id in ids]))])
-        store = RunStore(folder / f"rung{rung}")
+        store = RunStore(folder / (folder_name or f"rung{rung}"))
         store.acquire_lock()
         try:
             # output-only settings do not make a rung a different run (a resume may change them)
@@ -446,15 +519,18 @@ class Tuner:
     def interpret_check(self, phase: str, cand: Any) -> dict:
 
         page = self.plan.workloads[0].config.get("page_size") or 256
-        bq, bkv = (cand.values[0], cand.values[1]) if len(cand.values) == 4 else (8, page)
+        backend = self.base_config(cand.options()).backend()
+        multiple = getattr(backend.capabilities, "page_size_multiple", None) or 1
+        page = -(-page // multiple) * multiple  # a page the kernel's layout takes
+        given = dict(zip(cand.knob.fields, cand.values))
+        bq = given.get("bq_sz") or given.get("num_queries_per_block") or 8
+        bkv = given.get("bkv_sz") or given.get("num_kv_pages_per_block", 1) * page
         kv_long = bkv + page // 2 + 3  # more than one fetch block
-        q = {"decode": (1, 1), "prefill": (min(bq + 5, 64), 9), "mixed": (1, min(bq + 5, 64)),
-             "verify": (4, 4)}[phase]
+        q = {"decode": (1, 1), "prefill": (min(bq + 5, 64), 9), "verify": (4, 4)}.get(phase, (1, min(bq + 5, 64)))
         kv = (kv_long, max(q[1], page + 7))
         chunk = q[0] if phase == "prefill" else None
         batch = RaggedBatch(q_lens=q, kv_lens=(max(kv[0], q[0]), kv[1]), page_size=page, chunk_prefill_size=chunk)
         model = check_model(self.plan.model)
-        backend = self.base_config(cand.options()).backend()
         record = check_on_inputs(backend, materialize(batch, model), self.plan.attention, interpret=True,
                                  case=f"tune-{phase}")
         _say(f"  {phase}: interpret-mode check of {cand.label}: {record.status} "
@@ -467,7 +543,8 @@ class Tuner:
         best = {}
         for ph, r in results.items():
             best[ph] = tn.Candidate(self.kernel.name, ph, tuple(r["best_values"]))
-        env = tn.env_lines({ph: c for ph, c in best.items() if tn.KERNEL_CASE[ph] == ph})
+        env = tn.env_lines(best)
+        exports = tn.exports(best)
         table = {}
         for ph, r in results.items():
             shapes = r["shapes"]
@@ -478,8 +555,17 @@ class Tuner:
         return {"kernel": self.kernel.name, "kernel_source": self.kernel.source, "workload": entry.name,
                 "workload_kind": workload.kind, "generation": self.target, "timed_here": self.timed_here,
                 "on_tpu": self.on_tpu, "strategy": self.tcfg.strategy, "eta": self.tcfg.eta,
-                "scale": self.plan.scale.name, "phases": results, "env": env, "table": table,
+                "scale": self.plan.scale.name, "phases": results, "env": env, "exports": exports,
+                "export_lines": tn.export_lines(exports), "table": table,
                 "stats": {**self.stats, "wall_s": round(seconds, 1)}, "folder": str(self.out)}
+
+
+def _measure_remote(item: tuple) -> Any:
+    """A spread rung's task (in a Ray worker, on the accelerator it declared): the contender and
+    the heuristic timed interleaved in their own run folder; the frame goes back to the driver."""
+    tuner, phase, pair, rung, samples, ids, folder_name = item
+    tuner.quiet = True
+    return tuner.measure_rung(phase, pair, rung, samples, ids, folder_name=folder_name)
 
 
 def latencies(df: Any) -> dict[str, dict[str, float]]:
@@ -564,12 +650,12 @@ def format_summary(summary: dict) -> str:
         for b, v in a["per_bucket"].items():
             lines.append(f"  {b:<26} {v['best']:<28} {v['best_us']:>10.1f} {v['heuristic_us']:>12.1f} "
                          f"{v['global_us']:>12.1f}")
-    if summary["env"]:
+    if summary.get("export_lines"):
         ways = sorted({r.get("chosen_by", "").split(", not timed")[0] for r in summary["phases"].values()
                        if not r["timed"]})
         lines.append("\nserving (paste):" if summary["timed_here"] else
                      f"\nto time on a TPU first (NOT timed here; chosen by {'; '.join(ways)}):")
-        lines += [f"  export {line}" for line in summary["env"]]
+        lines += [f"  {line}" for line in summary["export_lines"]]
     st = summary["stats"]
     lines.append(f"\n{st['compiles']} compiles, {st['cached_verdicts']} cached verdicts, "
                  f"{st.get('pruned_by_estimate', 0)} over VMEM by the kernel's estimate (not compiled), "

@@ -77,9 +77,10 @@ def write_tune_report(summary: dict, out: Path) -> Path:
                      f"{html.escape(summary['generation'])} and pruned by the compiler's verdict; the chosen tuple "
                      f"is chosen by {html.escape('; '.join(ways))}: a hint to time on a TPU, not a speed "
                      "claim.</p>")
-    if summary["env"]:
+    lines = summary.get("export_lines") or [f"export {e}" for e in summary.get("env") or ()]
+    if lines:
         parts.append(("<h2>For serving</h2>" if summary["timed_here"] else
-                      "<h2>To time on a TPU first (not timed here)</h2>") + "<pre>" + html.escape("\n".join(f"export {e}" for e in summary["env"]))
+                      "<h2>To time on a TPU first (not timed here)</h2>") + "<pre>" + html.escape("\n".join(lines))
                      + "</pre>")
     for ph, r in summary["phases"].items():
         parts.append(f"<h2>{html.escape(ph)}</h2>")

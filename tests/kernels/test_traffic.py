@@ -11,9 +11,14 @@ from __future__ import annotations
 import random
 
 import pytest
+from traffic_cases import (
+    assert_model_equals_observation,
+    modelled_and_observed,
+    random_lens,
+)
 
 from rpa_bench.kernels.registry import get_backend
-from rpa_bench.kernels.traffic import hook_status, observe_traffic
+from rpa_bench.kernels.traffic import hook_status
 from rpa_bench.workloads.batch import RaggedBatch
 from rpa_bench.workloads.model import AttentionSpec, ModelSpec
 
@@ -25,8 +30,7 @@ Q_TOK = 2 * 4 * 128 * 4  # 8 query heads, f32: 4096 bytes per token
 
 
 def _both(batch, options, attn=AttentionSpec(), model=F32):
-    backend = get_backend("rpa_v3", options=options)
-    return backend.traffic(model, attn, batch), observe_traffic(backend, model, attn, batch)
+    return modelled_and_observed(get_backend("rpa_v3", options=options), model, attn, batch)
 
 
 def test_one_decode_sequence_reads_its_kv_once():
@@ -69,18 +73,7 @@ def _random_case(kind: str, rng: random.Random):
     page = 16
     bq, bkv = rng.choice([8, 16, 32]), rng.choice([16, 32, 48, 64])
     sizes = [bq, bkv, bq, bkv]
-    n = rng.randint(1, 5)
-    chunk = None
-    if kind == "decode":
-        q = [1] * n
-        kv = [rng.randint(1, 150) for _ in range(n)]
-    elif kind == "prefill":
-        chunk = rng.choice([16, 24, 40])
-        q = [chunk] * n
-        kv = [chunk + rng.randint(0, 100) for _ in range(n)]
-    else:
-        q = [rng.randint(2, 45) for _ in range(n)]
-        kv = [x + rng.randint(0, 90) for x in q]
+    q, kv, chunk = random_lens(kind, rng)
     batch = RaggedBatch.ordered(q, kv, page_size=page, chunk_prefill_size=chunk)
     attn = rng.choice([AttentionSpec(), AttentionSpec(sliding_window=rng.randint(8, 70)),
                        AttentionSpec(causal=False)])
@@ -102,9 +95,7 @@ def test_model_equals_observation_on_a_random_ragged_batch(kind):
 def test_model_equals_observation_on_twenty_random_batches_per_kind(kind, seed):
     batch, options, attn, model = _random_case(kind, random.Random(f"{kind}-{seed}"))
     modelled, observed = _both(batch, options, attn, model)
-    assert modelled.comparable() == observed.comparable(), (batch.q_lens, batch.kv_lens, options, attn)
-    assert {k: v for k, v in modelled.dmas_by_operand.items() if k != "metadata" and v} == \
-        {k: v for k, v in observed.dmas_by_operand.items() if v}
+    assert_model_equals_observation(modelled, observed, batch.q_lens, batch.kv_lens, options, attn)
 
 
 def test_the_modelled_time_ranks_fewer_rereads_first():

@@ -10,9 +10,14 @@ from __future__ import annotations
 import random
 
 import pytest
+from traffic_cases import (
+    assert_model_equals_observation,
+    modelled_and_observed,
+    random_lens,
+)
 
 from rpa_bench.kernels.registry import get_backend
-from rpa_bench.kernels.traffic import hook_status, observe_traffic
+from rpa_bench.kernels.traffic import hook_status
 from rpa_bench.workloads.batch import RaggedBatch
 from rpa_bench.workloads.model import AttentionSpec, ModelSpec
 
@@ -25,8 +30,7 @@ KERNELS = ("rpa_v2", "jax_rpa")
 
 
 def _both(kernel, batch, options, attn=AttentionSpec(), model=F32):
-    backend = get_backend(kernel, options=options)
-    return backend.traffic(model, attn, batch), observe_traffic(backend, model, attn, batch)
+    return modelled_and_observed(get_backend(kernel, options=options), model, attn, batch)
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
@@ -59,17 +63,7 @@ def test_a_sequence_shorter_than_one_kv_block_fetches_the_whole_block():
 
 def _random_case(kind: str, rng: random.Random):
     page = 16
-    n = rng.randint(1, 5)
-    if kind == "decode":
-        q = [1] * n
-        kv = [rng.randint(1, 150) for _ in range(n)]
-    elif kind == "prefill":
-        chunk = rng.choice([16, 24, 40])
-        q = [chunk] * n
-        kv = [chunk + rng.randint(0, 100) for _ in range(n)]
-    else:
-        q = [rng.randint(2, 45) for _ in range(n)]
-        kv = [x + rng.randint(0, 90) for x in q]
+    q, kv, _ = random_lens(kind, rng)  # fixed-size chunks run as ordinary sequences here
     batch = RaggedBatch.ordered(q, kv, page_size=page)
     options = {"num_kv_pages_per_block": rng.randint(1, 4), "num_queries_per_block": rng.choice([8, 16, 32])}
     attn = rng.choice([AttentionSpec(), AttentionSpec(sliding_window=rng.randint(8, 70))])
@@ -85,9 +79,7 @@ def _random_case(kind: str, rng: random.Random):
 def _agree(kernel, kind, seed):
     batch, options, attn, model = _random_case(kind, random.Random(f"{kind}-{seed}"))
     modelled, observed = _both(kernel, batch, options, attn, model)
-    assert modelled.comparable() == observed.comparable(), (batch.q_lens, batch.kv_lens, options, attn, model.name)
-    assert {k: v for k, v in modelled.dmas_by_operand.items() if k != "metadata" and v} == \
-        {k: v for k, v in observed.dmas_by_operand.items() if v}
+    assert_model_equals_observation(modelled, observed, batch.q_lens, batch.kv_lens, options, attn, model.name)
 
 
 @pytest.mark.parametrize("kind", ["decode", "prefill", "mixed"])
