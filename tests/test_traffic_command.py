@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from rpa_bench import cli
 from rpa_bench.roofline.paper import load_paper_table
 
@@ -51,6 +53,20 @@ def test_a_kernel_without_a_traffic_model_says_so(tmp_path, capsys):
                      f"traffic.out={tmp_path}"]) == 0
     (row,) = json.loads(capsys.readouterr().out)
     assert "declares no traffic model" in row["note"]
+
+
+@pytest.mark.slow  # batched RPA in interpret mode (~90 s)
+def test_a_kernel_without_a_model_is_observed_with_every_hbm_byte_counted(tmp_path, capsys):
+    rc = cli.main(["traffic", "workload=batch_spec", "workload.spec=[2q1s40]", "workload.page_size=16",
+                   "model.num_q_heads=8", "model.num_kv_heads=2", "model.dtype=float32", "model.kv_dtype=float32",
+                   "kernel=batched_rpa", "device=tpu7x", "traffic.observe=true", "--json", f"traffic.out={tmp_path}"])
+    assert rc == 0, capsys.readouterr().err
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["observed"] == "observed only (no model)" and "declares no traffic model" not in row["note"]
+    parts = sum(v for k, v in row.items() if k.startswith("bytes_"))
+    assert row["moved_hbm_bytes"] == row["observed_hbm_bytes"] == parts
+    # 2 decodes of 40 tokens: at least the analytic bytes (each KV byte once), within one page more
+    assert row["analytic_hbm_bytes"] <= row["moved_hbm_bytes"] and 1.0 <= row["refetch_factor"] < 1.1
 
 
 def test_bad_traffic_settings_are_one_line(capsys):

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from rpa_bench.commands import _hydra
 from rpa_bench.commands._hydra import run_hydra
 from rpa_bench.kernels.base import KernelBackend, KernelOutput
-from rpa_bench.kernels.cases import CheckCase, check_cases, padded_sizes
+from rpa_bench.kernels.cases import CHECK_DTYPES, CheckCase, check_cases, padded_sizes
 from rpa_bench.kernels.checking import CheckRecord, SKIPPED, check_on_inputs, summary_ok, tolerance_for
 from rpa_bench.kernels.reference import reference_attention
 from rpa_bench.kernels.registry import BACKENDS, KernelConfig, PALLAS_BACKENDS, kernel_config_from_dict
@@ -165,9 +165,16 @@ def task(cfg: DictConfig) -> int:
         print(f"rpa-bench check: {e}", file=sys.stderr)
         return 2
 
-    which = str((cfg.get("check") or {}).get("cases", "ours"))
+    section = cfg.get("check") or {}
+    which = str(section.get("cases", "ours"))
     if which not in CASE_SETS:
         print(f"rpa-bench check: check.cases={which!r}; allowed: {', '.join(CASE_SETS)}", file=sys.stderr)
+        return 2
+    dtypes = section.get("dtypes")
+    dtypes = None if dtypes is None else ([dtypes] if isinstance(dtypes, str) else list(dtypes))
+    if dtypes is not None and (not dtypes or set(dtypes) - set(CHECK_DTYPES)):
+        print(f"rpa-bench check: check.dtypes={dtypes}; allowed: a list of {', '.join(CHECK_DTYPES)} or null",
+              file=sys.stderr)
         return 2
     cases = check_cases(model, attention=attn, seed=int(cfg.seed))
     own_pages = {}  # page size -> cases, for kernels whose layout needs page-size multiples (stacked RPA: 128)
@@ -185,7 +192,7 @@ def task(cfg: DictConfig) -> int:
         mine = ours(backend) if which in ("ours", "all") else ()
         if which in ("upstream", "all"):
             mine += tuple(as_check_case(u, seed=int(cfg.seed)) for u in upstream_inputs(backend.name))
-        return mine
+        return tuple(c for c in mine if dtypes is None or c.model.dtype in dtypes)
 
     as_json = _hydra.JSON_OUTPUT
     if not as_json:

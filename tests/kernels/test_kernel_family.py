@@ -193,3 +193,5 @@ def test_check_cases_refuses_an_unknown_set_in_one_line(capsys):
 
     assert cli.main(["check", "kernel=reference", "check.cases=theirs"]) == 2
     assert "check.cases='theirs'; allowed: ours, upstream, all" in capsys.readouterr().err
+    assert cli.main(["check", "kernel=reference", "check.dtypes=[float16]"]) == 2
+    assert "check.dtypes=['float16']; allowed: a list of float32, bfloat16 or null" in capsys.readouterr().err
