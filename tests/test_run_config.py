@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from rpa_bench.commands._hydra import compose, conf_dir
+from rpa_bench.commands._hydra import compose, compose_entries, compose_root, conf_dir
+from rpa_bench.kernels.registry import BACKENDS
 from rpa_bench.pipeline import prepare as sweep
 from rpa_bench.pipeline.plan import plan_from_config
 from rpa_bench.parallel.mesh import MeshSpec, mesh_spec_from_config
@@ -19,15 +20,8 @@ def _plan(overrides: list[str]):
     cfg = compose(overrides)
     container = OmegaConf.to_container(cfg, resolve=True)
 
-    def entries(group: str) -> list[dict]:
-        names = container["run"][f"{group}s"]
-        if names is None:
-            return [container[group]]
-        out = []
-        for n in names:
-            sub = OmegaConf.to_container(compose([*overrides, f"{group}={n}"])[group], resolve=True)
-            out.append(sub)
-        return out
+    def entries(group: str) -> list[dict]:  # as `rpa-bench run` composes each listed entry
+        return compose_entries(group, cfg.run.get(f"{group}s"), cfg[group], overrides, compose_root)
 
     return plan_from_config(container, workloads=entries("workload"), kernels=entries("kernel"), experiment="t")
 
@@ -46,6 +40,13 @@ def test_main_cpu_is_reduced_and_lists_the_paper_sweeps_and_a_trace():
     assert {"paper_decode", "paper_prefill", "trace"} <= kinds
     decode = next(w for w in plan.workloads if w.kind == "paper_decode")
     assert max(decode.config["context_lens"]) <= 4096  # scale overrides applied
+
+
+def test_the_kernel_family_runs_every_declared_kernel():
+    plan = _plan(["experiment=kernel_family", "scale=cpu_smoke"])
+    assert [k.name for k in plan.kernels] == list(BACKENDS) and "rpa_v3_cp" in BACKENDS
+    with pytest.raises(ValueError, match=r"run.kernels='most'; allowed: a list of conf/kernel names or 'all'"):
+        _plan(["experiment=kernel_family", "run.kernels=most"])
 
 
 def test_unknown_kernel_is_refused_naming_the_allowed_ones():

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from rpa_bench.kernels.registry import BACKENDS
+
 MAX_JOB_DIR = 120  # characters of a sweep job's folder name (a path component has 255 bytes)
 
 
@@ -66,8 +68,13 @@ def compose_entries(group: str, entries: Any, fallback: DictConfig, task: list[s
 
     A ``<group>=...`` / ``<group>.field=...`` override on the command line wins over an
     experiment's list: ``experiment=paper_decode kernel=rpa_v3 kernel.source=...`` measures
-    that one kernel.
+    that one kernel. ``run.kernels: all`` lists every declared kernel (the registry's order), so
+    an experiment over the whole family follows the declarations.
     """
+    if group == "kernel" and isinstance(entries, str):
+        if entries != "all":
+            raise ValueError(f"run.kernels={entries!r}; allowed: a list of conf/kernel names or 'all'")
+        entries = list(BACKENDS)
     explicit = any(o.lstrip("+~").startswith((f"{group}=", f"{group}.")) for o in task)
     if entries is None or explicit:
         return [container(fallback)]
