@@ -178,14 +178,19 @@ def test_upstream_inputs_are_ported_with_their_shapes_and_skips():
     assert dict(case.kernel_options)["decode_block_sizes"] == [64, 32, 256, 2, 3]
 
 
-def test_the_hd64_kernel_passes_an_upstream_test_input_in_interpret_mode():
-    from rpa_bench.commands.check import run_checks
+def test_the_hd64_kernel_passes_an_upstream_test_input_in_interpret_mode(monkeypatch, capsys):
+    # through the command, with the default model (head_dim 128): upstream's inputs carry their own shapes
+    from rpa_bench import cli
+    from rpa_bench.commands import check as check_cmd
     from rpa_bench.kernels import upstream_cases as uc
 
     u = next(u for u in uc.upstream_inputs("rpa_v3_hd64") if u.test == "logit_soft_capping[50.0]")
-    kc = registry.KernelConfig("rpa_v3_hd64")
-    (record,) = run_checks([(kc, kc.backend())], (uc.as_check_case(u),), platform="cpu", on_record=lambda r: None)
-    assert record.status == "ok" and record.case == "upstream:logit_soft_capping[50.0]", record
+    monkeypatch.setattr(check_cmd, "upstream_inputs", lambda name: [u] if name == "rpa_v3_hd64" else [])
+    assert cli.main(["check", "kernel=rpa_v3_hd64", "check.cases=upstream"]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert any(line.startswith("rpa_v3_hd64") and "upstream:logit_soft_capping[50.0]" in line and " ok" in line
+               for line in out.splitlines()), out
+    assert "1 ok, 0 incorrect, 0 failed, 0 skipped" in out
 
 
 def test_check_cases_refuses_an_unknown_set_in_one_line(capsys):
