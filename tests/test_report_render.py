@@ -177,3 +177,34 @@ def test_summary_counts_every_row_of_a_warning_kind_whatever_its_numbers():
         for key in {_warning_kind(str(x)) for x in list(w)}:
             counted[key] = counted.get(key, 0) + 1
     assert list(counted.values()) == [6]
+
+
+def test_a_placeholder_roof_is_called_one_never_measured(tmp_path, monkeypatch):
+    # the CPU spec before `rpa-bench calibrate`: 10 GB/s and 50 GFLOP/s stand-ins, not this machine
+    path = write_synthetic_run(tmp_path / "ph", SyntheticRunSpec(include_trace=False))
+    manifest = json.loads((path / "manifest.json").read_text())
+    placeholder = "placeholder until `rpa-bench calibrate` measures this machine"
+    manifest["device_spec"].update(hbm_bw_bytes_per_s=10e9, peak_bf16_flops_per_s=50e9, measured=True,
+                                   sources={"hbm_bw_bytes_per_s": placeholder, "peak_bf16_flops_per_s": placeholder})
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    seen = []
+    original = charts._save
+
+    def spy(fig, out):
+        ax = fig.axes[0]
+        seen.append((ax.get_title(), [t.get_text() for t in ax.get_legend().get_texts()] if ax.get_legend() else []))
+        return original(fig, out)
+
+    monkeypatch.setattr(charts, "_save", spy)
+    write_report(path, path / "report")
+    (title, legend), = [(t, lg) for t, lg in seen if t.startswith("SI units; roofs")]
+    # 50 GFLOP/s is written as such (it was rounded to "0.1 TFLOP/s") and never called measured
+    assert "10 GB/s, 50 GFLOP/s (placeholders, not measured" in title and "measured)" not in title
+    assert "placeholder roof (not this machine)" in legend and "datasheet roof" not in legend
+    html = (path / "report" / "index.html").read_text()
+    assert "roof drawn is a placeholder (10 GB/s, 50 GFLOP/s)" in html
+    # MBU / MFU over those peaks say so, on the charts and beside them
+    utilization = [t for t, _ in seen if t.startswith("paper convention")]
+    assert len(utilization) == 2 and all("over placeholder peaks, not measured on this machine" in t
+                                         for t in utilization)
+    assert html.count("Over placeholder peaks, not measured on this machine") == 2

@@ -53,6 +53,14 @@ def _si(value: float, _pos=None) -> str:
     return f"{value:g}"
 
 
+def si_rate(value: float | None, unit: str) -> str:
+    """50e9, "FLOP" -> "50 GFLOP/s" (no rounding of 0.05 T up to 0.1)."""
+    if not value:
+        return "-"
+    s = _si(float(value))
+    return f"{s[:-1]} {s[-1]}{unit}/s" if s[-1].isalpha() else f"{s} {unit}/s"
+
+
 def _tokens(value: float, _pos=None) -> str:
     """512, 1K, 32K: token counts as the paper writes them."""
     if value >= 1024 and value % 1024 == 0:
@@ -84,6 +92,7 @@ def roofline_chart(
     calibrated_flops_per_s: float | None = None,
     matrix_unit_cap: float | None = None,
     peak_label: str = "bf16 peak",
+    roof_label: str = "datasheet roof",
 ) -> pathlib.Path | None:
     """Arithmetic intensity vs attained FLOP/s (log-log), roofs, one point per measured batch.
 
@@ -107,7 +116,7 @@ def roofline_chart(
             if roof and bw:
                 lo, hi = min(lo, roof / bw / 3), max(hi, roof / bw * 3)
     grid = np.geomspace(lo, hi, 200)
-    _roof(ax, grid, hbm_bw_bytes_per_s, peak_flops_per_s, style="-", label="datasheet roof")
+    _roof(ax, grid, hbm_bw_bytes_per_s, peak_flops_per_s, style="-", label=roof_label)
     _roof(ax, grid, calibrated_bw_bytes_per_s, calibrated_flops_per_s, style="--", label="calibrated roof")
     if matrix_unit_cap and matrix_unit_cap < 1 and hbm_bw_bytes_per_s and peak_flops_per_s:
         _roof(ax, grid, hbm_bw_bytes_per_s, peak_flops_per_s * matrix_unit_cap, style=":",
@@ -136,7 +145,7 @@ def roofline_chart(
                   + ("; lines: analytic roofs, bars: kernel-traffic roofs" if traffic_bars else ""))
     ax.set_ylabel("attained FLOP/s (analytic FLOPs / median latency)")
     roofs = "no datasheet roofs for this device" if not (hbm_bw_bytes_per_s and peak_flops_per_s) else (
-        f"roofs: {hbm_bw_bytes_per_s / 1e9:,.0f} GB/s, {peak_flops_per_s / 1e12:,.1f} TFLOP/s ({peak_label})")
+        f"roofs: {si_rate(hbm_bw_bytes_per_s, 'B')}, {si_rate(peak_flops_per_s, 'FLOP')} ({peak_label})")
     kernels = ", ".join(sorted(set(rows["kernel"])))
     fig.suptitle(f"Roofline on {device} - kernels: {kernels}", fontsize=12)
     ax.set_title(f"SI units; {roofs}", fontsize=9)
@@ -151,8 +160,10 @@ def utilization_chart(
     *,
     device: str,
     phase: str,
+    peak_note: str | None = None,
 ) -> pathlib.Path | None:
-    """decode: MBU vs context length; prefill: MFU vs sequence length; one line per kernel."""
+    """decode: MBU vs context length; prefill: MFU vs sequence length; one line per kernel.
+    ``peak_note``: what the percentages are over when that is not a real peak (a placeholder)."""
     rows = speed_rows(frame)
     rows = rows[(rows["phase"] == phase) & (rows["workload_kind"] != "trace")]
     if phase == "decode":
@@ -187,7 +198,7 @@ def utilization_chart(
     what = "MBU vs context length (decode)" if phase == "decode" else "MFU vs sequence length (prefill)"
     kernels = ", ".join(sorted(set(rows["kernel"])))
     fig.suptitle(f"{what} on {device} - kernels: {kernels}", fontsize=12)
-    ax.set_title(convention_label(rows["convention"]), fontsize=8)
+    ax.set_title(convention_label(rows["convention"]) + (f"\n{peak_note}" if peak_note else ""), fontsize=8)
     ax.grid(True, which="both", lw=0.3, alpha=0.5)
     ax.legend(fontsize=8)
     return _save(fig, out_path)

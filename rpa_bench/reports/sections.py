@@ -131,8 +131,20 @@ def _matrix_unit_cap(run: LoadedRun) -> float | None:
     return d / (-(-d // int(width)) * int(width))  # as DeviceSpec.max_mxu_utilization
 
 
+PLACEHOLDER_PEAKS = "over placeholder peaks, not measured on this machine (rpa-bench calibrate measures them)"
+
+
+def _placeholder(spec: dict) -> bool:
+    """The spec's roofs are stand-ins, not figures of any machine (the CPU before `rpa-bench calibrate`)."""
+    sources = spec.get("sources") if isinstance(spec, dict) else None
+    return isinstance(sources, dict) and any("placeholder" in str(sources.get(f, "")) for f in
+                                             ("hbm_bw_bytes_per_s", "peak_bf16_flops_per_s"))
+
+
 def _peak_label(spec: dict, calibration: dict | None) -> str:
-    """What the datasheet compute roof is: bf16 peak, or a measured device's calibrated matmul."""
+    """What the datasheet compute roof is: bf16 peak, a measured device's calibrated matmul, or a placeholder."""
+    if _placeholder(spec):
+        return "placeholders, not measured: rpa-bench calibrate"
     if isinstance(spec, dict) and spec.get("measured"):
         dtype = (calibration or {}).get("matmul_dtype") if isinstance(calibration, dict) else None
         return f"measured {dtype} matmul" if dtype else "measured"
@@ -146,12 +158,17 @@ def roofline_section(run: LoadedRun, out_dir: pathlib.Path) -> Section:
         run.measurements, out_dir / "roofline.png", device=run.device,
         hbm_bw_bytes_per_s=spec.get("hbm_bw_bytes_per_s"), peak_flops_per_s=spec.get("peak_bf16_flops_per_s"),
         calibrated_bw_bytes_per_s=cal_bw, calibrated_flops_per_s=cal_flops, matrix_unit_cap=_matrix_unit_cap(run),
-        peak_label=_peak_label(spec, run.manifest.get("calibration")))
+        peak_label=_peak_label(spec, run.manifest.get("calibration")),
+        roof_label="placeholder roof (not this machine)" if _placeholder(spec) else "datasheet roof")
     if path is None:
         return Section("roofline", "Roofline", omitted=(
             "no measurement with status ok, outside interpret mode, with analytic FLOPs and bytes"))
     notes = []
-    if cal_bw is None:
+    if _placeholder(spec):
+        notes.append(f"The {run.device} roof drawn is a placeholder ({charts.si_rate(spec.get('hbm_bw_bytes_per_s'), 'B')}, "
+                     f"{charts.si_rate(spec.get('peak_bf16_flops_per_s'), 'FLOP')}), not a figure of this machine: points "
+                     "may sit above it. `rpa-bench calibrate` measures the machine; later runs use its figures.")
+    elif cal_bw is None:
         notes.append("No calibration in this run: only the datasheet roof is drawn.")
     elif cal_bw == spec.get("hbm_bw_bytes_per_s") and cal_flops == spec.get("peak_bf16_flops_per_s"):
         notes.append(f"The {run.device} spec is itself measured (its peaks are the calibration), so the datasheet "
@@ -170,11 +187,16 @@ def utilization_sections(run: LoadedRun, out_dir: pathlib.Path) -> list[Section]
         ("decode", "mbu", "Decode: MBU vs context length", "decode points (paper or synthetic sweeps)"),
         ("prefill", "mfu", "Prefill: MFU vs sequence length", "single-sequence prefill points"),
     ):
-        path = charts.utilization_chart(run.measurements, out_dir / f"{ident}_{phase}.png", device=run.device, phase=phase)
+        placeholder = _placeholder(run.manifest.get("device_spec") or {})
+        path = charts.utilization_chart(
+            run.measurements, out_dir / f"{ident}_{phase}.png", device=run.device, phase=phase,
+            peak_note=PLACEHOLDER_PEAKS if placeholder else None)
         if path is None:
             out.append(Section(ident, title, omitted=f"this run has no {what} with status ok outside interpret mode"))
         else:
-            out.append(Section(ident, title, images=(Image(path.name, title),)))
+            notes = (f"{PLACEHOLDER_PEAKS[0].upper()}{PLACEHOLDER_PEAKS[1:]}: the percentages say nothing about "
+                     "this machine and may pass 100%.",) if placeholder else ()
+            out.append(Section(ident, title, images=(Image(path.name, title),), notes=notes))
     return out
 
 
