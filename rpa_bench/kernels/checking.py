@@ -31,6 +31,7 @@ import jax.numpy as jnp
 
 from rpa_bench.kernels.base import KernelBackend, KernelOutput
 from rpa_bench.kernels.cases import CheckCase
+from rpa_bench.kernels.compat_interpret import DEADLOCK_MARK
 from rpa_bench.kernels.reference import reference_attention
 from rpa_bench.status import CHECK_STATUSES, Status
 from rpa_bench.workloads.materialize import KernelInputs
@@ -144,6 +145,10 @@ def compare_outputs(candidate: KernelOutput, reference: KernelOutput, inputs: Ke
 
 def _first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
+    # the interpreter wraps a failure of its own in a traceback: its own line says what happened
+    said = next((line.strip() for line in text if DEADLOCK_MARK in line), None)
+    if said is not None:
+        return said[said.index(DEADLOCK_MARK):]
     return f"{type(e).__name__}: {text[0] if text else ''}".strip()
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -234,8 +235,20 @@ def _make_replacements(ipc, memory) -> dict[tuple[Any, str], Any]:
                 return np.where(mask, current, value), shape_dtype, clock
         return orig_swap_content(self, key, rnge, value, mask, thread, increment_clock, logging_info)
 
+    orig_wait = memory.Semaphore.wait
+
+    def wait(self, value, global_core_id, *args, **kwargs):
+        # registered for the deadlock watchdog (:func:`_watch_waits`) while it waits
+        key = object()
+        _waits[id(key)] = [self, int(global_core_id), int(value), time.monotonic(), None]
+        try:
+            return orig_wait(self, value, global_core_id, *args, **kwargs)
+        finally:
+            _waits.pop(id(key), None)
+
     wrap = ipc.fail_on_exception  # keeps `__wrapped__`, which the DMA engine calls
     return {
+        (memory.Semaphore, "wait"): wait,
         (ipc, "get"): wrap(get),
         (ipc, "store"): wrap(store),
         (ipc, "swap"): wrap(swap),
@@ -244,19 +257,63 @@ def _make_replacements(ipc, memory) -> dict[tuple[Any, str], Any]:
     }
 
 
+# A semaphore wait that nothing can end: JAX's interpreter waits on it forever (its loop only
+# re-checks for a failure every 0.1 s), so a kernel whose DMA schedule never signals what it
+# waits for hangs the check. The watchdog ends such a wait with an error naming the semaphore,
+# what it waits for and what it has. "Nothing can end it": no DMA pending on it and its count
+# unchanged for DEADLOCK_S (one core: nothing else runs; several cores or devices: another may
+# still be computing, so the limit is long).
+DEADLOCK_S = {"one_core": 20.0, "several": 600.0}
+DEADLOCK_MARK = "interpret-mode deadlock"
+_waits: dict[int, list] = {}  # live waits: [semaphore, core, value, since, (count, pending)]
+_watch_stop: threading.Event | None = None
+
+
+def _watch_waits(stop: threading.Event) -> None:
+    while not stop.wait(1.0):
+        now = time.monotonic()
+        for entry in list(_waits.values()):
+            sem, core, value, since, last = entry
+            try:
+                state = (int(sem.count_by_core[core]), len(sem.tasks[core]))
+                cores = int(sem.shared_memory.num_cores)
+            except (AttributeError, IndexError, TypeError):
+                continue  # another JAX's semaphore: nothing known to watch
+            if state != last:
+                entry[3], entry[4] = now, state
+                continue
+            limit = DEADLOCK_S["one_core" if cores == 1 else "several"]
+            if state[1] or now - since < limit:
+                continue
+            memory = sem.shared_memory
+            with memory.lock:
+                if memory._failure is None:
+                    memory._failure = RuntimeError(
+                        f"{DEADLOCK_MARK}: the kernel waits on DMA semaphore {sem.id} (core {core}) for {value}, "
+                        f"it holds {state[0]} and no pending copy can signal it ({limit:g} s without progress)")
+
+
 def _install() -> None:
+    global _watch_stop
     from jax._src.pallas.mosaic.interpret import interpret_pallas_call as ipc
     from jax._src.pallas.mosaic.interpret import shared_memory as memory
 
     for (owner, name), new in _make_replacements(ipc, memory).items():
         _saved.append((owner, name, getattr(owner, name)))
         setattr(owner, name, new)
+    _watch_stop = threading.Event()
+    threading.Thread(target=_watch_waits, args=(_watch_stop,), name="rpa_bench-interpret-watchdog",
+                     daemon=True).start()
 
 
 def _uninstall() -> None:
+    global _watch_stop
     while _saved:
         owner, name, old = _saved.pop()
         setattr(owner, name, old)
+    if _watch_stop is not None:
+        _watch_stop.set()
+        _watch_stop = None
 
 
 @contextlib.contextmanager

@@ -147,3 +147,25 @@ def test_unverified_jax_version_warns_and_leaves_interpreter_alone(monkeypatch):
             assert active is False
             assert ipc.get is original
     assert compat_interpret.patch_supported()[0] is False
+
+
+def _waits_for_a_copy_never_started(x_hbm, o_ref, buf, sem):
+    pltpu.make_async_copy(x_hbm, buf, sem).wait()  # no .start(): nothing will ever signal `sem`
+    o_ref[...] = buf[...]
+
+
+def test_a_wait_nothing_can_end_fails_naming_the_semaphore_instead_of_hanging(monkeypatch):
+    from rpa_bench.kernels.checking import _first_line
+
+    monkeypatch.setitem(compat_interpret.DEADLOCK_S, "one_core", 2.0)
+    with tpu_interpret_mode(), pytest.raises(Exception) as info:
+        call = pl.pallas_call(
+            _waits_for_a_copy_never_started,
+            out_shape=jax.ShapeDtypeStruct((8, 128), jnp.float32),
+            in_specs=[pl.BlockSpec(memory_space=pltpu.MemorySpace.HBM)],
+            scratch_shapes=[pltpu.VMEM((8, 128), jnp.float32), pltpu.SemaphoreType.DMA],
+        )
+        jax.block_until_ready(call(jnp.ones((8, 128), jnp.float32)))
+    line = _first_line(info.value)
+    assert line.startswith("interpret-mode deadlock: the kernel waits on DMA semaphore"), line
+    assert "for 4096, it holds 0 and no pending copy can signal it" in line
