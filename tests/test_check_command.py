@@ -41,14 +41,15 @@ def test_explicit_kernel_checks_only_it_and_writes_nothing(in_tmp, monkeypatch, 
 def test_no_kernel_override_selects_every_backend(in_tmp, monkeypatch):
     seen = {}
 
-    def fake_run(kernels, cases, *, platform, on_record=None):
+    def fake_run(kernels, cases, *, platform, on_record=None, isolated=None):
         seen["names"] = [kc.name for kc, _ in kernels]
+        seen["isolated"] = isolated is not None
         seen["interpret"] = {kc.name: check_cmd.resolve_interpret(kc, platform) for kc, _ in kernels}
         return []
 
     monkeypatch.setattr(check_cmd, "run_checks", fake_run)
     assert check_cmd.main([]) == 0
-    assert seen["names"] == list(BACKENDS)
+    assert seen["names"] == list(BACKENDS) and seen["isolated"]  # interpret-mode cases in a worker by default
     assert seen["interpret"]["reference"] is False
     assert all(seen["interpret"][k] for k in ("rpa_v3", "rpa_v2", "jax_rpa"))  # CPU: interpret mode
 

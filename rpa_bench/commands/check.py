@@ -24,7 +24,16 @@ from rpa_bench.commands import _hydra
 from rpa_bench.commands._hydra import run_hydra
 from rpa_bench.kernels.base import KernelBackend, KernelOutput
 from rpa_bench.kernels.cases import CHECK_DTYPES, CheckCase, check_cases, padded_sizes
-from rpa_bench.kernels.checking import CheckRecord, SKIPPED, check_on_inputs, summary_ok, tolerance_for
+from rpa_bench.kernels.checking import (
+    FAILED,
+    SKIPPED,
+    CheckRecord,
+    check_in_worker,
+    check_on_inputs,
+    summary_ok,
+    tolerance_for,
+)
+from rpa_bench.kernels.isolated import IsolatedCalls, WorkerDied, WorkerTimedOut
 from rpa_bench.kernels.reference import reference_attention
 from rpa_bench.kernels.registry import BACKENDS, KernelConfig, PALLAS_BACKENDS, kernel_config_from_dict
 from rpa_bench.kernels.upstream_cases import SKIPPED_UPSTREAM, as_check_case, upstream_inputs
@@ -111,10 +120,17 @@ def targets(cfg: DictConfig, explicit: bool) -> list[KernelConfig]:
     return [configured if name == configured.name else KernelConfig(name=name) for name in BACKENDS]
 
 
+# what usually ends a check's worker: XLA's CPU compile of an interpreted kernel running out of
+# memory (batched RPA in bfloat16 takes 10-14 GB for one small case)
+_WHY = "; an interpreted kernel's XLA CPU compile can need more memory than the machine has"
+
+
 def run_checks(kernels: list[tuple[KernelConfig, KernelBackend]], cases, *,
-               platform: str, on_record=print_record) -> list[CheckRecord]:
+               platform: str, on_record=print_record, isolated: IsolatedCalls | None = None) -> list[CheckRecord]:
     """Every (kernel, case); each case's inputs and reference are made once and shared.
-    ``cases``: the cases, or a function backend -> its cases (kernels that need their own page size)."""
+    ``cases``: the cases, or a function backend -> its cases (kernels that need their own page size).
+    ``isolated``: interpret-mode cases run there, one worker process at a time (a worker that
+    dies or passes its limit is that case's ``failed`` record; the next case gets a new one)."""
     shared: dict[str, tuple[KernelInputs, KernelOutput]] = {}
     records = []
     for kc, backend in kernels:
@@ -134,12 +150,24 @@ def run_checks(kernels: list[tuple[KernelConfig, KernelBackend]], cases, *,
                 record = CheckRecord(kc.name, case.name, case.dtype_label, SKIPPED,
                                      tolerance=tolerance_for(case.model), message=str(e))
             else:
+                interpret = resolve_interpret(kc, platform)
+                if isolated is not None and interpret:
+                    entry = kc.to_dict()
+                    entry["options"] = {**entry["options"], **dict(case.kernel_options)}
+                    try:
+                        record = isolated.call(check_in_worker, entry, case, interpret)
+                    except (WorkerDied, WorkerTimedOut) as e:
+                        record = CheckRecord(kc.name, case.name, case.dtype_label, FAILED,
+                                             tolerance=tolerance_for(case.model), message=f"the check {e}"
+                                             + (_WHY if isinstance(e, WorkerDied) else " (check.timeout_s)"))
+                    records.append(record)
+                    on_record(record)
+                    continue
                 if key not in shared:
                     inputs = case.materialize()
                     shared[key] = (inputs, jax.block_until_ready(reference_attention(inputs, case.attn)))
                 inputs, ref = shared[key]
-                record = check_on_inputs(own, inputs, case.attn, interpret=resolve_interpret(kc, platform),
-                                         case=case.name, reference=ref)
+                record = check_on_inputs(own, inputs, case.attn, interpret=interpret, case=case.name, reference=ref)
             records.append(record)
             on_record(record)
     return records
@@ -158,6 +186,15 @@ def task(cfg: DictConfig) -> int:
     dtypes = None if dtypes is None else ([dtypes] if isinstance(dtypes, str) else list(dtypes))
     if dtypes is not None and (not dtypes or set(dtypes) - set(CHECK_DTYPES)):
         print(f"rpa-bench check: check.dtypes={dtypes}; allowed: a list of {', '.join(CHECK_DTYPES)} or null",
+              file=sys.stderr)
+        return 2
+    isolate = section.get("isolate", True)
+    if isolate not in (True, False):
+        print(f"rpa-bench check: check.isolate={isolate!r}; allowed: true, false", file=sys.stderr)
+        return 2
+    timeout = section.get("timeout_s")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
+        print(f"rpa-bench check: check.timeout_s={timeout!r}; allowed: a number of seconds > 0, or null (no limit)",
               file=sys.stderr)
         return 2
     try:
@@ -211,8 +248,10 @@ def task(cfg: DictConfig) -> int:
             if own is not cases:
                 print(f"  {kc.name}: the same cases at page_size={own[0].batch.page_size} (its layout's multiple)")
         print(_row(tuple(name for name, _ in COLUMNS)), flush=True)
-    records = run_checks(kernels, cases_for, platform=platform,
-                         on_record=(lambda r: None) if as_json else print_record)
+    with IsolatedCalls(timeout_s=timeout) as isolated:
+        records = run_checks(kernels, cases_for, platform=platform,
+                             on_record=(lambda r: None) if as_json else print_record,
+                             isolated=isolated if isolate else None)
     counts = {str(s): sum(r.status == s for r in records) for s in CHECK_STATUSES}
     if as_json:
         import dataclasses

@@ -33,6 +33,7 @@ from rpa_bench.kernels.base import KernelBackend, KernelOutput
 from rpa_bench.kernels.cases import CheckCase
 from rpa_bench.kernels.compat_interpret import DEADLOCK_MARK
 from rpa_bench.kernels.reference import reference_attention
+from rpa_bench.kernels.registry import kernel_config_from_dict
 from rpa_bench.status import CHECK_STATUSES, Status
 from rpa_bench.workloads.materialize import KernelInputs
 from rpa_bench.workloads.model import AttentionSpec, ModelSpec
@@ -186,6 +187,16 @@ def check_on_inputs(backend: KernelBackend, inputs: KernelInputs, attn: Attentio
     err = max(out_err, cache_err or 0.0)
     ok = err <= tol and math.isfinite(err)
     return record(status=OK if ok else INCORRECT, max_abs_err=err, output_err=out_err, cache_err=cache_err)
+
+
+def check_in_worker(kernel: dict, case: CheckCase, interpret: bool) -> CheckRecord:
+    """One case in a worker process (:class:`rpa_bench.kernels.isolated.IsolatedCalls`): the
+    kernel entry ``kernel`` (``KernelConfig.to_dict()``) built there, the inputs and the
+    reference made there, the check's record sent back."""
+    backend = kernel_config_from_dict(kernel).backend()
+    inputs = case.materialize()
+    reference = jax.block_until_ready(reference_attention(inputs, case.attn))
+    return check_on_inputs(backend, inputs, case.attn, interpret=interpret, case=case.name, reference=reference)
 
 
 def check_backend(backend: KernelBackend, case: CheckCase, *, interpret: bool) -> CheckRecord:
