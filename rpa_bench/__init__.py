@@ -9,3 +9,7 @@ from rpa_bench import _libtpu_env  # noqa: E402 - after the clock starts
 _libtpu_env.apply()  # before anything imports JAX: libtpu stays quiet off TPU
 
 __version__ = "0.1.0"
+
+# Ctrl-C pressed while the command line started the command (imports, config): remembered
+# here by rpa_bench.cli for commands that take it over (CTRL_C_AWARE), so none is lost
+CTRL_C = {"pressed": False}

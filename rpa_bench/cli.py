@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import importlib
 import os
+import signal
 import sys
+
+import rpa_bench
 
 COMMANDS = {
     "check": ("rpa_bench.commands.check", "check every kernel against the reference on small ragged batches"),
@@ -64,8 +67,30 @@ def _dispatch(argv: list[str]) -> int:
     if name not in COMMANDS:
         print(f"rpa-bench: unknown command {name!r}; allowed: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
-    module = importlib.import_module(COMMANDS[name][0])
-    return int(module.main(rest) or 0)
+    try:
+        previous = signal.signal(signal.SIGINT, _remember_ctrl_c)
+    except ValueError:  # not the main thread: no signal handling to change
+        return int(importlib.import_module(COMMANDS[name][0]).main(rest) or 0)
+    rpa_bench.CTRL_C["pressed"] = False
+    restored = False
+    try:
+        # Importing a command (JAX and friends: seconds) with Ctrl-C remembered, not raised: a
+        # KeyboardInterrupt raised inside a library's import or start-up can be swallowed there
+        # (the command then runs to the end) or abort a native module.
+        module = importlib.import_module(COMMANDS[name][0])
+        if rpa_bench.CTRL_C["pressed"]:
+            raise KeyboardInterrupt
+        if not getattr(module, "CTRL_C_AWARE", False):  # it cannot read the flag: Ctrl-C raises again
+            signal.signal(signal.SIGINT, previous)
+            restored = True
+        return int(module.main(rest) or 0)
+    finally:
+        if not restored:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _remember_ctrl_c(signum, frame) -> None:
+    rpa_bench.CTRL_C["pressed"] = True
 
 
 if __name__ == "__main__":

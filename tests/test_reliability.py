@@ -247,3 +247,29 @@ def test_tune_under_sigterm_stops_cleanly_and_leaks_no_capture_folder(tmp_path):
     assert "SIGTERM received" not in err and "stack trace" not in err
     assert "interrupted" in err
     assert not list(tmpdir.glob("rpa_bench_capture_*"))
+
+
+def test_ctrl_c_during_a_commands_imports_is_not_lost_to_a_library_that_swallows_it(monkeypatch, capsys):
+    # what a cold start showed: a KeyboardInterrupt raised inside a library's import was caught
+    # there, and the run went on to the end with exit status 0
+    import os
+    import signal
+    import time
+    import types
+
+    from rpa_bench import cli
+
+    ran = []
+
+    def swallowing_import(name):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.2)  # the signal arrives here
+        except BaseException:  # noqa: BLE001 - what the library did
+            pass
+        return types.SimpleNamespace(main=lambda rest: ran.append(rest) or 0)
+
+    monkeypatch.setattr(cli.importlib, "import_module", swallowing_import)
+    assert cli.main(["report", "x"]) == 130 and not ran
+    assert "interrupted" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler given back

@@ -31,6 +31,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+import rpa_bench
 from rpa_bench.commands import _hydra, report
 from rpa_bench.commands._hydra import compose, run_hydra
 from rpa_bench.measure.host import fix_mmap_threshold
@@ -58,12 +59,15 @@ def _run_dir(cfg: DictConfig) -> tuple[Path, str]:
     return run_dir, run_id
 
 
+CTRL_C_AWARE = True  # reads rpa_bench.CTRL_C: a Ctrl-C while starting up ends the run at its first safe point
+
+
 def task(cfg: DictConfig) -> int:
     import logging
 
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU backend" is not news
     interrupted = _SIGINT
-    interrupted.update(sigint=False, armed=False)
+    interrupted.update(sigint=rpa_bench.CTRL_C["pressed"], armed=False)  # pressed while the command started
 
     def on_int(signum, frame):
         # Remembered, so a Ctrl-C that a library swallows still ends the run. Raised only once
