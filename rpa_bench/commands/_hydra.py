@@ -12,8 +12,6 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from rpa_bench.kernels.registry import BACKENDS
-
 MAX_JOB_DIR = 120  # characters of a sweep job's folder name (a path component has 255 bytes)
 
 
@@ -74,6 +72,8 @@ def compose_entries(group: str, entries: Any, fallback: DictConfig, task: list[s
     if group == "kernel" and isinstance(entries, str):
         if entries != "all":
             raise ValueError(f"run.kernels={entries!r}; allowed: a list of conf/kernel names or 'all'")
+        from rpa_bench.kernels.registry import BACKENDS  # imports JAX: commands like capture import this module
+
         entries = list(BACKENDS)
     explicit = any(o.lstrip("+~").startswith((f"{group}=", f"{group}.")) for o in task)
     if entries is None or explicit:

@@ -141,10 +141,11 @@ def run_checks(kernels: list[tuple[KernelConfig, KernelBackend]], cases, *,
             continue
         for case in (cases(backend) if callable(cases) else cases):
             key = f"{case.name}/{case.dtype_label}/{case.batch.page_size}"
-            own = backend
+            own_kc, own = kc, backend
             try:
                 if case.kernel_options:  # the case's own options (an upstream test's explicit block sizes)
-                    own = dataclasses.replace(kc, options={**kc.options, **dict(case.kernel_options)}).backend()
+                    own_kc = dataclasses.replace(kc, options={**kc.options, **dict(case.kernel_options)})
+                    own = own_kc.backend()
                 own.validate(case.model, case.attn, case.batch)
             except ValueError as e:
                 record = CheckRecord(kc.name, case.name, case.dtype_label, SKIPPED,
@@ -152,22 +153,19 @@ def run_checks(kernels: list[tuple[KernelConfig, KernelBackend]], cases, *,
             else:
                 interpret = resolve_interpret(kc, platform)
                 if isolated is not None and interpret:
-                    entry = kc.to_dict()
-                    entry["options"] = {**entry["options"], **dict(case.kernel_options)}
-                    try:
-                        record = isolated.call(check_in_worker, entry, case, interpret)
+                    try:  # the worker makes the inputs and the reference itself (small: cheap beside the kernel)
+                        record = isolated.call(check_in_worker, own_kc.to_dict(), case, interpret)
                     except (WorkerDied, WorkerTimedOut) as e:
                         record = CheckRecord(kc.name, case.name, case.dtype_label, FAILED,
                                              tolerance=tolerance_for(case.model), message=f"the check {e}"
                                              + (_WHY if isinstance(e, WorkerDied) else " (check.timeout_s)"))
-                    records.append(record)
-                    on_record(record)
-                    continue
-                if key not in shared:
-                    inputs = case.materialize()
-                    shared[key] = (inputs, jax.block_until_ready(reference_attention(inputs, case.attn)))
-                inputs, ref = shared[key]
-                record = check_on_inputs(own, inputs, case.attn, interpret=interpret, case=case.name, reference=ref)
+                else:
+                    if key not in shared:
+                        inputs = case.materialize()
+                        shared[key] = (inputs, jax.block_until_ready(reference_attention(inputs, case.attn)))
+                    inputs, ref = shared[key]
+                    record = check_on_inputs(own, inputs, case.attn, interpret=interpret, case=case.name,
+                                             reference=ref)
             records.append(record)
             on_record(record)
     return records

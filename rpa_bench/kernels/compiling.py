@@ -40,6 +40,7 @@ from typing import Any
 from rpa_bench.kernels import tpu_target
 from rpa_bench.kernels.base import check_capabilities
 from rpa_bench.kernels.generations import TOPOLOGIES, generation_kind
+from rpa_bench.kernels.isolated import kill_pool
 from rpa_bench.kernels.lowering import _for_generation, abstract_kernel_args
 from rpa_bench.kernels.registry import kernel_config_from_dict
 from rpa_bench.workloads.materialize import host_available_bytes
@@ -367,7 +368,7 @@ def compile_many(jobs: Sequence[CompileJob], *, timeout_s: float, progress: Any 
                 if job.schedule and schedule_dir is None:
                     schedule_dir = tempfile.mkdtemp(prefix="rpa_bench_llo_")
                     if pool is not None:
-                        _kill(pool)
+                        kill_pool(pool)
                         pool = None
                 if pool is None:
                     pool = fresh()
@@ -384,13 +385,13 @@ def compile_many(jobs: Sequence[CompileJob], *, timeout_s: float, progress: Any 
                         for f in glob.glob(os.path.join(schedule_dir, "*")):
                             _remove(f)
                 except concurrent.futures.TimeoutError:
-                    _kill(pool)
+                    kill_pool(pool)
                     pool = None
                     res = CompileResult(job.label, generation_kind(job.generation), job.case, "timeout",
                                         time.perf_counter() - start,
                                         error=f"compile did not finish within {timeout_s:g} s ({timeout_field})")
                 except Exception as exc:  # noqa: BLE001 - the worker died (e.g. killed for memory)
-                    _kill(pool)
+                    kill_pool(pool)
                     pool = None
                     res = CompileResult(job.label, generation_kind(job.generation), job.case, "failed",
                                         time.perf_counter() - start, error=short_error(exc))
@@ -419,7 +420,7 @@ def compile_many(jobs: Sequence[CompileJob], *, timeout_s: float, progress: Any 
                 queue.clear()  # no lane starts another job
                 pools = list(live)
             for pool in pools:
-                _kill(pool)
+                kill_pool(pool)
             raise
     return [r for r in results if r is not None]
 
@@ -444,15 +445,6 @@ def _compile_on_ray(jobs: list[CompileJob], *, timeout_s: float, progress: Any, 
         if progress:
             progress(res)
     return [r for r in results if r is not None]
-
-
-def _kill(pool: concurrent.futures.ProcessPoolExecutor) -> None:
-    for p in list(getattr(pool, "_processes", {}).values()):
-        try:
-            p.kill()
-        except Exception:  # noqa: BLE001
-            pass
-    pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _remove(path: str) -> None:

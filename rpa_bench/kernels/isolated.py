@@ -40,6 +40,16 @@ def _exit_text(code: int | None) -> str:
     return f"exit status {code}"
 
 
+def kill_pool(pool: concurrent.futures.ProcessPoolExecutor) -> None:
+    """Kill a pool's workers now (``shutdown`` alone waits for a running call to end)."""
+    for p in list(getattr(pool, "_processes", {}).values()):
+        try:
+            p.kill()
+        except Exception:  # noqa: BLE001 - already gone
+            pass
+    pool.shutdown(wait=False, cancel_futures=True)
+
+
 class IsolatedCalls:
     """``call(fn, *args)`` in a spawned worker; ``timeout_s``: per call (None: no limit)."""
 
@@ -68,14 +78,8 @@ class IsolatedCalls:
 
     def _kill(self) -> None:
         pool, self._pool = self._pool, None
-        if pool is None:
-            return
-        for p in list(getattr(pool, "_processes", {}).values()):
-            try:
-                p.kill()
-            except Exception:  # noqa: BLE001 - already gone
-                pass
-        pool.shutdown(wait=False, cancel_futures=True)
+        if pool is not None:
+            kill_pool(pool)
 
     def close(self) -> None:
         pool, self._pool = self._pool, None

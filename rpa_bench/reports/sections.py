@@ -183,11 +183,11 @@ def roofline_section(run: LoadedRun, out_dir: pathlib.Path) -> Section:
 
 def utilization_sections(run: LoadedRun, out_dir: pathlib.Path) -> list[Section]:
     out = []
+    placeholder = _placeholder(run.manifest.get("device_spec") or {})
     for phase, ident, title, what in (
         ("decode", "mbu", "Decode: MBU vs context length", "decode points (paper or synthetic sweeps)"),
         ("prefill", "mfu", "Prefill: MFU vs sequence length", "single-sequence prefill points"),
     ):
-        placeholder = _placeholder(run.manifest.get("device_spec") or {})
         path = charts.utilization_chart(
             run.measurements, out_dir / f"{ident}_{phase}.png", device=run.device, phase=phase,
             peak_note=PLACEHOLDER_PEAKS if placeholder else None)
