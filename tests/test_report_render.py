@@ -208,3 +208,10 @@ def test_a_placeholder_roof_is_called_one_never_measured(tmp_path, monkeypatch):
     assert len(utilization) == 2 and all("over placeholder peaks, not measured on this machine" in t
                                          for t in utilization)
     assert html.count("Over placeholder peaks, not measured on this machine") == 2
+
+
+def test_roof_rates_are_written_in_si_with_three_significant_digits():
+    # a calibrated CPU's roofs printed as "28.6187 GB/s, 171.967 GFLOP/s"; 50 GFLOP/s once read "0.1 TFLOP/s"
+    assert charts.si_rate(28.6187e9, "B") == "28.6 GB/s" and charts.si_rate(171.967e9, "FLOP") == "172 GFLOP/s"
+    assert charts.si_rate(50e9, "FLOP") == "50 GFLOP/s" and charts.si_rate(7.38e12, "B") == "7.38 TB/s"
+    assert charts.si_rate(None, "B") == "-"

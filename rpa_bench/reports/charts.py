@@ -54,11 +54,13 @@ def _si(value: float, _pos=None) -> str:
 
 
 def si_rate(value: float | None, unit: str) -> str:
-    """50e9, "FLOP" -> "50 GFLOP/s" (no rounding of 0.05 T up to 0.1)."""
+    """50e9, "FLOP" -> "50 GFLOP/s", 28.6187e9, "B" -> "28.6 GB/s" (3 significant digits; no
+    rounding of 0.05 T up to 0.1)."""
     if not value:
         return "-"
-    s = _si(float(value))
-    return f"{s[:-1]} {s[-1]}{unit}/s" if s[-1].isalpha() else f"{s} {unit}/s"
+    for factor, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"), (1, "")):
+        if abs(value) >= factor or factor == 1:
+            return f"{value / factor:.3g} {prefix}{unit}/s"
 
 
 def _tokens(value: float, _pos=None) -> str:
